@@ -1,0 +1,126 @@
+"""Text sources for language modelling, all returning one string.
+
+The default corpus is the docstrings of the installed Python standard library: real English
+technical prose that every machine with Python has, so nothing is downloaded and nothing is
+copied into the repository. It is built deterministically (sorted files, source order) and
+cached under ``$ACTSPARSE_CACHE_DIR`` (default ``~/.cache/actsparse``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+# Test suites and vendored third-party code are not the standard library's own prose.
+_SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+class CorpusError(ValueError):
+    """A text source that cannot be used (missing, empty, unreachable)."""
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    path = Path(override or os.environ.get("ACTSPARSE_CACHE_DIR") or Path.home() / ".cache" / "actsparse")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stdlib_files() -> list[tuple[str, Path]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if _SKIPPED_DIRS.intersection(rel.parts[:-1]):
+            continue
+        files.append((rel.as_posix(), path))
+    files.sort()
+    return files
+
+
+def _docstrings(source: bytes) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escape sequences in old modules
+        tree = ast.parse(source)
+    found = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                found.append(doc)
+        for child in ast.iter_child_nodes(node):  # source order
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def build_stdlib_docs() -> str:
+    """All docstrings of the installed standard library, modules in sorted order."""
+    parts = []
+    for _, path in _stdlib_files():
+        try:
+            parts.extend(_docstrings(path.read_bytes()))
+        except (SyntaxError, ValueError, OSError):
+            continue  # a few files are deliberately invalid or unreadable
+    return "\n\n".join(parts) + "\n"
+
+
+def stdlib_docs(cache: str | os.PathLike | None = None) -> str:
+    """The default corpus, built once per Python installation and read from the cache after."""
+    files = _stdlib_files()
+    fingerprint = hashlib.sha256()
+    fingerprint.update(sys.version.encode())
+    for rel, path in files:
+        fingerprint.update(f"{rel}:{path.stat().st_size}\n".encode())
+    target = cache_dir(cache) / f"stdlib_docs-{fingerprint.hexdigest()[:16]}.txt"
+    if target.exists():
+        return target.read_text(encoding="utf-8")
+    text = build_stdlib_docs()
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)  # atomic: concurrent runs never read a half-written cache
+    return text
+
+
+def resolve_text_file(path: str | os.PathLike) -> Path:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CorpusError(
+            f"Text file not found: {str(file)!r} (from data.text_file). "
+            "Pass an existing UTF-8 text file, or drop data.text_file to use the default corpus."
+        )
+    return file
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    return resolve_text_file(path).read_text(encoding="utf-8", errors="replace")
+
+
+def load_hf_dataset(name: str, config: str | None = None, split: str = "train", text_field: str = "text") -> str:
+    """Concatenate the ``text_field`` column of a Hugging Face dataset split."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise CorpusError(
+            f"data.hf_dataset={name!r} needs the `datasets` package: pip install 'actsparse[hf]'."
+        ) from err
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # the Hub raises many types: offline, missing, gated...
+        raise CorpusError(
+            f"Could not load Hugging Face dataset {name!r} (config={config!r}, split={split!r}): {err}. "
+            "The first use needs the network (later runs read the local cache); offline, use "
+            "data.text_file=PATH or the default corpus."
+        ) from err
+    if text_field not in ds.column_names:
+        raise CorpusError(
+            f"Dataset {name!r} has no column {text_field!r}; its columns are {ds.column_names}. "
+            "Set data.hf_text_field."
+        )
+    return "\n\n".join(str(t) for t in ds[text_field])

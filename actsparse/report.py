@@ -1,0 +1,78 @@
+"""Run reports: PNG curves and the summary table printed at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+Curve = Sequence[tuple[int, float]]
+
+
+def plot_curves(
+    curves: Mapping[str, Curve], path: str | Path, title: str, ylabel: str, logy: bool = False
+) -> Path | None:
+    """One figure with a line per curve (x = optimizer step). Returns None when nothing to plot."""
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in curves.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_lm_curves(history: Mapping[str, Curve], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` (train and val loss) and ``perplexity.png`` (val perplexity)."""
+    out_dir = Path(out_dir)
+    written = [
+        plot_curves(
+            {"train": history.get("train/loss", []), "val": history.get("val/loss", [])},
+            out_dir / "loss.png", "Cross-entropy loss", "loss (nats/byte)",
+        ),
+        plot_curves({"val": history.get("val/ppl", [])}, out_dir / "perplexity.png",
+                    "Validation perplexity", "perplexity", logy=True),
+    ]
+    return [p for p in written if p is not None]
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_summary(rows: Mapping[str, object], title: str = "actsparse run summary") -> str:
+    """Print a two-column table; returns the text so callers can store it."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, format_value(value))
+    console = Console(width=100)
+    with console.capture() as capture:
+        console.print(table)
+    text = capture.get()
+    print(text, flush=True)
+    return text

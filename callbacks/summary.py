@@ -1,0 +1,62 @@
+"""End-of-run report: a summary table, ``summary.json`` and PNG curves in the run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from actsparse.callbacks.monitors import MetricHistory
+from actsparse.report import plot_lm_curves, print_summary
+
+
+class RunSummary(Callback):
+    """At the end of ``fit`` (on rank zero): print a table of steps, tokens, final validation
+    loss and perplexity and parameters; write ``summary.json``; plot the curves kept by a
+    :class:`MetricHistory` callback to ``loss.png`` / ``perplexity.png`` and send them to W&B.
+
+    Runs inside the training process, so it also reports ``ddp_spawn`` runs.
+    """
+
+    def __init__(self, out_dir: str | None = None) -> None:
+        self.out_dir = out_dir
+        self._start = time.perf_counter()
+        self.summary: dict[str, Any] = {}
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out_dir = Path(self.out_dir or trainer.default_root_dir)
+        metrics = trainer.callback_metrics
+        history = next((cb for cb in trainer.callbacks if isinstance(cb, MetricHistory)), None)
+        summary: dict[str, Any] = {
+            "steps": trainer.global_step,
+            "tokens": getattr(pl_module, "tokens_seen", None),
+            "val loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
+            "val perplexity": float(metrics["val/ppl"]) if "val/ppl" in metrics else None,
+            "parameters": sum(p.numel() for p in pl_module.parameters()),
+            "processes": trainer.world_size,
+            "wall time (s)": round(time.perf_counter() - self._start, 1),
+            "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
+            if trainer.checkpoint_callback else None,
+            "run dir": str(out_dir),
+        }
+        self.summary = {k: v for k, v in summary.items() if v is not None}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        plots = plot_lm_curves(history.history, out_dir) if history else []
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and plots:
+                logger.log_image(key="curves", images=[str(p) for p in plots], step=trainer.global_step)
+        print_summary(self.summary)

@@ -1,0 +1,3 @@
+"""Pure functions behind the ``actsparse.metrics`` classes."""
+
+__all__: list[str] = []
