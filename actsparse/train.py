@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from actsparse.tasks.lm import CausalLM
@@ -39,14 +40,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     os.environ.setdefault("WANDB_MODE", "offline")  # online only when the user says so
 
     # Bad data or model settings fail here, before loggers or checkpoints create anything.
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    task = instantiate(cfg.task, model=model)
+    # _convert_="all": plain Python containers, so checkpoints' hparams load with weights_only.
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    task = instantiate(cfg.task, model=model, _convert_="all")
     if not isinstance(task, L.LightningModule):
         raise TypeError(f"task must build a LightningModule, got {type(task).__name__}.")
+    # Read the corpus now (setup is idempotent; fit reuses it) so an empty or unreadable
+    # source fails before any logger or checkpoint exists.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
 
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     callbacks = _instantiate_each(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` wins
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
     loggers = _instantiate_each(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     try:

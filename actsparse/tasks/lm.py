@@ -45,6 +45,7 @@ class CausalLM(L.LightningModule):
         min_lr_ratio: float = 0.1,
     ) -> None:
         super().__init__()
+        betas = tuple(float(b) for b in betas)  # hparams must be plain types (weights_only loads)
         if model is None:
             if model_config is None:
                 raise ValueError("CausalLM needs a `model` or a `model_config` to build a TinyLM from.")
