@@ -76,3 +76,19 @@ def print_summary(rows: Mapping[str, object], title: str = "actsparse run summar
     text = capture.get()
     print(text, flush=True)
     return text
+
+
+def print_table(rows: Sequence[Mapping[str, object]], title: str = "") -> str:
+    """Print rows (dicts with the same keys) as a table; returns the text."""
+    table = Table(title=title or None, show_header=True, header_style="bold")
+    columns = list(rows[0]) if rows else []
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(format_value(row[c]) for c in columns))
+    console = Console(width=160)
+    with console.capture() as capture:
+        console.print(table)
+    text = capture.get()
+    print(text, flush=True)
+    return text

@@ -1,9 +1,41 @@
-"""What plugs into a model: activation functions (and, as they land, activation sites,
-the sparse FFN module, KAN layers, dendrites, SDR theory and NTK kernels).
+"""What plugs into a model: activation sites (find, record, swap), activation functions (and,
+as they land, the sparse FFN module, KAN layers, dendrites, SDR theory and NTK kernels).
 
 Kept importable without Hydra or wandb: the GPU machine has neither.
 """
 
 from actsparse.plugins.activations import ACTIVATIONS, FATReLU, make_activation
+from actsparse.plugins.recording import STATS, Recording, SiteRecord, pack_codes, record, unpack_codes
+from actsparse.plugins.sites import (
+    ACTIVATION,
+    GATED_FFN,
+    PLAIN_FFN,
+    NoSitesError,
+    Site,
+    find_sites,
+    register_activation_type,
+    register_ffn,
+)
+from actsparse.plugins.swap import SwapReport, swap_activation
 
-__all__ = ["ACTIVATIONS", "FATReLU", "make_activation"]
+__all__ = [
+    "ACTIVATION",
+    "ACTIVATIONS",
+    "FATReLU",
+    "GATED_FFN",
+    "NoSitesError",
+    "PLAIN_FFN",
+    "Recording",
+    "STATS",
+    "Site",
+    "SiteRecord",
+    "SwapReport",
+    "find_sites",
+    "make_activation",
+    "pack_codes",
+    "record",
+    "register_activation_type",
+    "register_ffn",
+    "swap_activation",
+    "unpack_codes",
+]

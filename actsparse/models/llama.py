@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.plugins.activations import make_activation
+from actsparse.plugins.sites import register_ffn
 
 FFN_KINDS = ("gated", "plain")
 
@@ -124,6 +125,11 @@ class PlainFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(self.fc(x)))
+
+
+# How activation-sparsity tools see these FFNs (DESIGN §2).
+register_ffn(GatedFFN, gate="gate", up="up", down="down", act="act")
+register_ffn(PlainFFN, fc="fc", down="proj", act="act")
 
 
 class Block(nn.Module):

@@ -1,0 +1,311 @@
+"""Activation sites: the one mechanism that finds, hooks, swaps and converts the activations
+of a model. Every callback and metric of actsparse goes through :func:`find_sites`.
+
+A site is a place where a nonlinearity produces the intermediate activation whose sparsity
+matters (DESIGN §2):
+
+- ``gated_ffn``: ``down(act(gate(x)) * up(x))`` (LLaMA, Mistral, Qwen2); the site's tensor
+  ``x1 = act(gate(x)) * up(x)`` is the input of ``down``;
+- ``plain_ffn``: ``proj(act(fc(x)))`` (GPT-2, BERT, nanoGPT); ``x1 = act(fc(x))``, the input of ``proj``;
+- ``activation``: any other activation module (``nn.ReLU``/``nn.GELU``/``nn.SiLU``/``FATReLU``
+  in an MLP or CNN); its tensor is the module's output.
+
+Teaching actsparse a new FFN block is one call::
+
+    register_ffn("MyMLP", gate="w1", up="w3", down="w2", act="act")        # gated
+    register_ffn("MyBlock", fc="ffn.fc1", down="ffn.fc2", act="ffn.act")  # plain, dotted paths
+
+Attribute paths are relative to the matched module. When ``act`` names no attribute (the
+activation is a functional call such as ``F.gelu`` inside ``forward``), the site can still be
+recorded but not swapped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from actsparse.plugins.activations import FATReLU
+
+GATED_FFN, PLAIN_FFN, ACTIVATION = "gated_ffn", "plain_ffn", "activation"
+
+def _get_path(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return None
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
+    *parents, last = path.split(".")
+    owner = root
+    for part in parents:
+        owner = getattr(owner, part)
+    setattr(owner, last, value)
+
+
+def linear_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of a projection in ``nn.Linear`` layout ``[out, in]``.
+
+    Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]``; it is transposed (a view).
+    """
+    if isinstance(layer, nn.Linear):
+        return layer.weight
+    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
+        return layer.weight.t()
+    raise TypeError(f"Cannot read a projection weight from {type(layer).__name__}.")
+
+
+@dataclass(eq=False)
+class Site:
+    """One activation site of a model (see the module docstring)."""
+
+    name: str
+    kind: str
+    owner: nn.Module
+    act_path: str | None
+    input_paths: tuple[str, ...] = ()
+    down_path: str | None = None
+    adapter: str = ""
+
+    # -- structure -----------------------------------------------------------------------
+    @property
+    def activation(self) -> nn.Module | Callable | None:
+        """The activation (module or callable); None when it is a functional call in ``forward``."""
+        return _get_path(self.owner, self.act_path) if self.act_path else None
+
+    @property
+    def swappable(self) -> bool:
+        return self.act_path is not None and _get_path(self.owner, self.act_path) is not None
+
+    @property
+    def inputs(self) -> tuple[nn.Module, ...]:
+        """``(gate, up)`` for gated FFNs, ``(fc,)`` for plain ones, ``()`` for bare activations."""
+        return tuple(_get_path(self.owner, p) for p in self.input_paths)
+
+    @property
+    def down(self) -> nn.Module | None:
+        """The down (or proj) projection reading the site's tensor; None for bare activations."""
+        return _get_path(self.owner, self.down_path) if self.down_path else None
+
+    @property
+    def w_down(self) -> torch.Tensor:
+        """Down-projection weight ``[d, f]`` in ``nn.Linear`` layout (what CETT needs)."""
+        if self.down is None:
+            raise ValueError(f"Site {self.name!r} ({self.kind}) has no down projection.")
+        return linear_weight(self.down)
+
+    @property
+    def width(self) -> int | None:
+        """Number of FFN neurons ``f`` (None for bare activations: it depends on the input)."""
+        return self.w_down.shape[1] if self.down is not None else None
+
+    def require_swappable(self) -> None:
+        """Raise the error that names the module when the activation cannot be swapped."""
+        if not self.swappable:
+            raise TypeError(
+                f"Site {self.name!r} ({type(self.owner).__name__}) computes its activation as a "
+                "functional call inside forward(), so there is no module to swap. Make the "
+                "activation a submodule (e.g. self.act = nn.GELU()) and call self.act(...) instead."
+            )
+
+    def set_activation(self, module: nn.Module) -> None:
+        self.require_swappable()
+        _set_path(self.owner, self.act_path, module)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def register_hook(self, fn: Callable[["Site", torch.Tensor], None]) -> torch.utils.hooks.RemovableHandle:
+        """Call ``fn(site, tensor)`` with the site's tensor on every forward.
+
+        FFN sites: the input of the down projection (``x1``). Bare activations: the module's
+        output. The tensor is the live one: ``fn`` must not modify it.
+        """
+        if self.down is not None:
+            return self.down.register_forward_pre_hook(lambda mod, args: fn(self, args[0]))
+        act = self.activation
+        return act.register_forward_hook(lambda mod, args, out: fn(self, out))
+
+    def __repr__(self) -> str:
+        act = self.activation
+        act_name = type(act).__name__ if isinstance(act, nn.Module) else ("functional" if act is None else repr(act))
+        return f"Site(name={self.name!r}, kind={self.kind!r}, activation={act_name})"
+
+
+# -- the adapter registry ---------------------------------------------------------------------
+
+@dataclass
+class SiteAdapter:
+    name: str
+    match: Callable[[nn.Module], bool]
+    kind: str
+    inputs: tuple[str, ...]
+    down: str
+    act: tuple[str, ...]
+
+    def build(self, qualified_name: str, module: nn.Module) -> Site | None:
+        if not self.match(module):
+            return None
+        if any(_get_path(module, p) is None for p in (*self.inputs, self.down)):
+            return None
+        act = next((p for p in self.act if _get_path(module, p) is not None), None)
+        return Site(qualified_name, self.kind, module, act, self.inputs, self.down, self.name)
+
+
+_ADAPTERS: list[SiteAdapter] = []
+_ACTIVATION_TYPES: list[type[nn.Module]] = [nn.ReLU, nn.GELU, nn.SiLU, FATReLU]
+
+
+def _matcher(match) -> tuple[str, Callable[[nn.Module], bool]]:
+    if isinstance(match, str):
+        return match, lambda m: type(m).__name__ == match
+    if isinstance(match, type):
+        return match.__name__, lambda m: isinstance(m, match)
+    if callable(match):
+        return getattr(match, "__name__", "predicate"), match
+    raise TypeError(f"match must be a module class, a class name or a predicate, got {match!r}.")
+
+
+def register_ffn(
+    match,
+    *,
+    down: str,
+    act: str | Sequence[str] | None,
+    gate: str | None = None,
+    up: str | None = None,
+    fc: str | None = None,
+    first: bool = False,
+) -> SiteAdapter:
+    """Teach :func:`find_sites` an FFN block.
+
+    Args:
+        match: the block's class, its class name (no import needed), or a predicate.
+        down: path of the down/proj projection (reads the site tensor ``x1``).
+        act: path of the activation (or candidate paths, the first present wins); none
+            present means the activation is a functional call in ``forward``.
+        gate, up: paths of a gated FFN's projections; or ``fc`` for a plain FFN.
+        first: try this adapter before the built-in ones.
+    """
+    if (gate is None) != (up is None) or (gate is None) == (fc is None):
+        raise ValueError("Give either gate= and up= (gated FFN) or fc= (plain FFN).")
+    label, predicate = _matcher(match)
+    kind = GATED_FFN if gate else PLAIN_FFN
+    inputs = (gate, up) if gate else (fc,)
+    acts = () if act is None else (act,) if isinstance(act, str) else tuple(act)
+    adapter = SiteAdapter(label, predicate, kind, inputs, down, acts)
+    _ADAPTERS.insert(0, adapter) if first else _ADAPTERS.append(adapter)
+    return adapter
+
+
+def register_activation_type(cls: type[nn.Module]) -> None:
+    """Make every module of class ``cls`` a bare activation site."""
+    if cls not in _ACTIVATION_TYPES:
+        _ACTIVATION_TYPES.append(cls)
+
+
+def searched_types() -> list[str]:
+    """What :func:`find_sites` looks for, for error messages and docs."""
+    return [a.name for a in _ADAPTERS] + [t.__name__ for t in _ACTIVATION_TYPES]
+
+
+def _register_builtins() -> None:
+    # actsparse's own FFNs register themselves in actsparse/models/llama.py.
+    for name in ("LlamaMLP", "MistralMLP", "Qwen2MLP"):
+        register_ffn(name, gate="gate_proj", up="up_proj", down="down_proj", act="act_fn")
+    register_ffn("GPT2MLP", fc="c_fc", down="c_proj", act="act")
+    # BERT splits its FFN over BertIntermediate (fc + act) and BertOutput (proj): the site is the layer.
+    register_ffn("BertLayer", fc="intermediate.dense", down="output.dense", act="intermediate.intermediate_act_fn")
+    register_ffn(
+        lambda m: hasattr(m, "c_fc") and hasattr(m, "c_proj"), fc="c_fc", down="c_proj", act=("gelu", "act")
+    ).name = "nanoGPT-style MLP (c_fc, c_proj)"
+    # Other Hugging Face gated MLPs share LLaMA's attribute names (Gemma, Qwen3, ...).
+    register_ffn(
+        lambda m: all(hasattr(m, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")),
+        gate="gate_proj", up="up_proj", down="down_proj", act="act_fn",
+    ).name = "any module with gate_proj/up_proj/down_proj/act_fn"
+
+
+_register_builtins()
+
+
+# -- finding sites -----------------------------------------------------------------------------
+
+class NoSitesError(ValueError):
+    """The model has no activation site actsparse understands."""
+
+
+def _selected(name: str, patterns: str | Sequence[str] | Callable[[str], bool] | None, default: bool) -> bool:
+    if patterns is None:
+        return default
+    if callable(patterns):
+        return bool(patterns(name))
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def find_sites(
+    model: nn.Module,
+    include: str | Sequence[str] | Callable[[str], bool] | None = None,
+    exclude: str | Sequence[str] | Callable[[str], bool] | None = None,
+) -> list[Site]:
+    """The activation sites of ``model``, in module order.
+
+    Args:
+        include / exclude: glob patterns on site names (``"blocks.*.ffn"``), or a predicate.
+
+    Raises:
+        NoSitesError: nothing found (naming the module types searched), or nothing left after
+            ``include``/``exclude``.
+
+    Example:
+        >>> from actsparse.models import TinyLM
+        >>> [s.name for s in find_sites(TinyLM(d_model=16, n_layers=2, n_heads=2))]
+        ['blocks.0.ffn', 'blocks.1.ffn']
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> find_sites(mlp)
+        [Site(name='1', kind='activation', activation=ReLU)]
+    """
+    sites: list[Site] = []
+    claimed: set[str] = set()  # modules inside an FFN site are not sites of their own
+    for name, module in model.named_modules():
+        if any(name == c or name.startswith(c + ".") for c in claimed):
+            continue
+        site = next((s for a in _ADAPTERS if (s := a.build(name, module)) is not None), None)
+        if site is not None:
+            sites.append(site)
+            claimed.add(name)
+        elif isinstance(module, tuple(_ACTIVATION_TYPES)) and name:
+            parent, _, attr = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            sites.append(Site(name, ACTIVATION, owner, attr, adapter=type(module).__name__))
+    if not sites:
+        raise NoSitesError(
+            f"No activation sites found in {type(model).__name__}. Searched for FFN blocks "
+            f"({', '.join(a.name for a in _ADAPTERS)}) and activation modules "
+            f"({', '.join(t.__name__ for t in _ACTIVATION_TYPES)}). If the activation is a "
+            "functional call (F.relu) inside forward(), make it a module; for a new FFN block, "
+            "use actsparse.plugins.register_ffn."
+        )
+    chosen = [s for s in sites if _selected(s.name, include, True) and not _selected(s.name, exclude, False)]
+    if not chosen:
+        raise NoSitesError(
+            f"include={include!r} / exclude={exclude!r} left none of the sites of "
+            f"{type(model).__name__}: {[s.name for s in sites]}."
+        )
+    return chosen
+
+
+def resolve_sites(model: nn.Module, sites: Iterable[Site] | str | Sequence[str] | None) -> list[Site]:
+    """``sites`` as given by users: None (all), glob pattern(s) for ``include``, or Site objects."""
+    if sites is None or isinstance(sites, str):
+        return find_sites(model, include=sites)
+    sites = list(sites)
+    if sites and all(isinstance(s, Site) for s in sites):
+        return sites
+    return find_sites(model, include=sites)

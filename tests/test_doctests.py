@@ -1,0 +1,23 @@
+"""The runnable examples in docstrings are tests too."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "actsparse.plugins.activations",
+    "actsparse.plugins.sites",
+    "actsparse.plugins.recording",
+    "actsparse.plugins.swap",
+    "actsparse.models.llama",
+    "actsparse.data.tokenizer",
+    "actsparse.callbacks.monitors",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
