@@ -41,17 +41,22 @@ def plot_curves(
     return path
 
 
-def plot_lm_curves(history: Mapping[str, Curve], out_dir: str | Path) -> list[Path]:
-    """``loss.png`` (train and val loss) and ``perplexity.png`` (val perplexity)."""
+def plot_run_curves(history: Mapping[str, Curve], out_dir: str | Path) -> list[Path]:
+    """``loss.png`` (train and val loss), ``perplexity.png`` (val perplexity) and one
+    ``<name>.png`` for every other validation curve (``val/acc`` -> ``acc.png``)."""
     out_dir = Path(out_dir)
     written = [
         plot_curves(
             {"train": history.get("train/loss", []), "val": history.get("val/loss", [])},
-            out_dir / "loss.png", "Cross-entropy loss", "loss (nats/byte)",
+            out_dir / "loss.png", "Loss", "loss",
         ),
         plot_curves({"val": history.get("val/ppl", [])}, out_dir / "perplexity.png",
                     "Validation perplexity", "perplexity", logy=True),
     ]
+    for key, points in history.items():
+        if key.startswith("val/") and key not in ("val/loss", "val/ppl"):
+            name = key.removeprefix("val/").replace("/", "_")
+            written.append(plot_curves({"val": points}, out_dir / f"{name}.png", f"Validation {name}", name))
     return [p for p in written if p is not None]
 
 

@@ -14,13 +14,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.monitors import MetricHistory
-from actsparse.report import plot_lm_curves, print_summary
+from actsparse.report import plot_run_curves, print_summary
 
 
 class RunSummary(Callback):
-    """At the end of ``fit`` (on rank zero): print a table of steps, tokens, final validation
-    loss and perplexity and parameters; write ``summary.json``; plot the curves kept by a
-    :class:`MetricHistory` callback to ``loss.png`` / ``perplexity.png`` and send them to W&B.
+    """At the end of ``fit`` (on rank zero): print a table of steps, tokens, the final
+    validation metrics (loss, perplexity, any other ``val/*``) and parameters; write
+    ``summary.json``; plot the curves kept by a :class:`MetricHistory` callback (``loss.png``,
+    ``perplexity.png``, one PNG per other validation metric) and send them to W&B.
 
     Runs inside the training process, so it also reports ``ddp_spawn`` runs.
     """
@@ -45,6 +46,9 @@ class RunSummary(Callback):
             "tokens": getattr(pl_module, "tokens_seen", None),
             "val loss": float(metrics["val/loss"]) if "val/loss" in metrics else None,
             "val perplexity": float(metrics["val/ppl"]) if "val/ppl" in metrics else None,
+            # every other scalar validation metric (accuracy, sparsity, ...) under its own key
+            **{k: float(v) for k, v in metrics.items()
+               if k.startswith("val/") and k not in ("val/loss", "val/ppl") and v.numel() == 1},
             "parameters": sum(p.numel() for p in pl_module.parameters()),
             "processes": trainer.world_size,
             "wall time (s)": round(time.perf_counter() - self._start, 1),
@@ -55,7 +59,7 @@ class RunSummary(Callback):
         self.summary = {k: v for k, v in summary.items() if v is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
-        plots = plot_lm_curves(history.history, out_dir) if history else []
+        plots = plot_run_curves(history.history, out_dir) if history else []
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and plots:
                 logger.log_image(key="curves", images=[str(p) for p in plots], step=trainer.global_step)
