@@ -41,6 +41,27 @@ def plot_curves(
     return path
 
 
+def plot_heatmap(
+    grid: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[int], path: str | Path,
+    title: str, xlabel: str,
+) -> Path:
+    """A rows x columns heatmap (e.g. site x step sparsity) with a colour bar in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6), dpi=120)
+    image = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(rows)), rows)
+    ticks = sorted({0, len(columns) - 1, *range(0, len(columns), max(1, len(columns) // 8))})
+    ax.set_xticks(ticks, [str(columns[i]) for i in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_run_curves(history: Mapping[str, Curve], out_dir: str | Path) -> list[Path]:
     """``loss.png`` (train and val loss), ``perplexity.png`` (val perplexity) and one
     ``<name>.png`` for every other validation curve (``val/acc`` -> ``acc.png``)."""

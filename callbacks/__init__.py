@@ -1,7 +1,19 @@
 """Lightning callbacks. Each is resumable (``state_dict``/``load_state_dict``) and logs through
-``trainer.loggers``."""
+``trainer.loggers`` (``LightningModule.log``)."""
 
 from actsparse.callbacks.monitors import MetricHistory
+from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
+from actsparse.callbacks.sparsity import SparsityMonitor
 from actsparse.callbacks.summary import RunSummary
+from actsparse.callbacks.swap import ActivationSwap
+from actsparse.callbacks.threshold import ThresholdShift
 
-__all__ = ["MetricHistory", "RunSummary"]
+__all__ = [
+    "ActivationSwap",
+    "MetricHistory",
+    "ProSparse",
+    "RunSummary",
+    "SparsityMonitor",
+    "ThresholdShift",
+    "prosparse_coefficient",
+]

@@ -1,0 +1,207 @@
+"""ProSparse: progressive, sine-scheduled L1 regularization of site activations (Song et al. 2024)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from actsparse.callbacks.sparsity import SparsityMonitor
+from actsparse.plugins.activations import FATReLU
+from actsparse.plugins.sites import Site, resolve_sites
+
+NORMALIZATIONS = ("mean", "sum", "element")
+
+
+def validate_stages(stages: Sequence[Sequence[float]]) -> list[tuple[float, int]]:
+    """``[(lambda_i, end_step_i), ...]`` checked: non-empty, lambda >= 0, ends increasing."""
+    if stages is None or len(stages) == 0:
+        raise ValueError("ProSparse needs at least one stage: stages=[(lambda_1, end_step_1), ...].")
+    checked = []
+    for i, stage in enumerate(stages):
+        if len(stage) != 2:
+            raise ValueError(f"Stage {i} is {stage!r}; each stage is (lambda, end_step).")
+        lam, end = float(stage[0]), stage[1]
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"Stage {i} has lambda={stage[0]!r}; lambdas must be finite and >= 0.")
+        if int(end) != end or end < 0:
+            raise ValueError(f"Stage {i} ends at step {end!r}; end steps are integers >= 0.")
+        if checked and end <= checked[-1][1]:
+            raise ValueError(
+                f"Stage end steps must increase: stage {i} ends at {int(end)}, not after stage "
+                f"{i - 1}'s end {checked[-1][1]}. They are cumulative optimizer steps (T_1 < T_2 < ...)."
+            )
+        checked.append((lam, int(end)))
+    return checked
+
+
+def prosparse_coefficient(stages: Sequence[tuple[float, int]], step: int) -> float:
+    """lambda(t) of DESIGN §4: lambda_1 up to T_1; within stage i a half-sine ramp from
+    lambda_{i-1} to lambda_i; constant after the last stage."""
+    lam_first, end_first = stages[0]
+    if step <= end_first:
+        return lam_first
+    for (lam_prev, start), (lam, end) in zip(stages, stages[1:]):
+        if step <= end:
+            eta = 0.5 * (math.sin(-math.pi / 2 + math.pi * (step - start) / (end - start)) + 1)
+            return lam_prev + eta * (lam - lam_prev)
+    return stages[-1][0]
+
+
+class ProSparse(Callback):
+    """Adds ``lambda(t) * sum_sites ||x1||_1`` to the training loss of any LightningModule.
+
+    ``x1`` is each site's tensor (the input of an FFN's down projection, DESIGN §2).
+    ``normalize`` sets the norm: ``"mean"`` (default) divides each site's L1 by its number of
+    tokens (rows), ``"element"`` by its number of entries, ``"sum"`` not at all.
+
+    Mechanism: the module is not modified. A hook on every site registers, during training
+    forwards, a gradient hook on ``x1`` that adds ``d(lambda * L1)/d x1 = lambda * sign(x1) / N``
+    to its gradient; Lightning then backpropagates exactly ``loss + lambda(t) * L1``. The
+    injected term is divided by ``accumulate_grad_batches`` and multiplied by the AMP loss scale
+    (16-mixed), as Lightning does to the loss, so gradients equal those of the hand-written
+    ``(loss + lambda * L1) / accumulate`` under automatic optimization, gradient accumulation,
+    ``bf16-mixed`` and ``16-mixed``. Limits: under manual optimization the term is added to every
+    backward through the sites and is not divided by any accumulation the module does itself;
+    activation checkpointing that recomputes forwards with gradients enabled would add it twice.
+    The logged training loss is the module's own (without the penalty); ``prosparse/reg_loss``
+    logs the penalty.
+
+    Args:
+        stages: ``[(lambda_1, T_1), (lambda_2, T_2), ...]`` with cumulative end steps; the first
+            stage is the warm-up (constant ``lambda_1``). Paper (7B): ``[(0, 5000), (5e-3, 6000),
+            (5e-2, 10000), (5e-2, 12000), (2e-1, 16000), (2e-1, 16500)]``.
+        normalize: ``"mean"`` | ``"element"`` | ``"sum"`` (above).
+        sites: None (all sites) or glob pattern(s) on site names seen from the LightningModule.
+        log_sparsity: also log ``sparsity/<site>``, ``sparsity/mean`` (and the W&B heatmap)
+            through an internal :class:`SparsityMonitor`, unless the trainer already has one.
+
+    Logged every ``trainer.log_every_n_steps`` optimizer steps: ``prosparse/lambda``,
+    ``prosparse/reg_loss``.
+
+    Example:
+        >>> cb = ProSparse([(0.0, 100), (1e-3, 200), (1e-2, 300)])
+        >>> [round(cb.coefficient(t), 6) for t in (0, 100, 150, 200, 250, 300, 1000)]
+        [0.0, 0.0, 0.0005, 0.001, 0.0055, 0.01, 0.01]
+    """
+
+    def __init__(self, stages: Sequence[Sequence[float]], normalize: str = "mean",
+                 sites: str | Sequence[str] | None = None, log_sparsity: bool = True) -> None:
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}.")
+        self.stages = validate_stages(stages)
+        self.normalize = normalize
+        self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
+        self.log_sparsity = log_sparsity
+        self.monitor: SparsityMonitor | None = None
+        self._site_list: list[Site] = []
+        self._handles: list = []
+        self._lambda = 0.0
+        self._accumulate = 1
+        self._scaler = None
+        self._reg_sum = torch.zeros(())
+        self._reg_count = 0
+        self._last_step = -1
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(stages=self.stages, normalize=self.normalize, sites=self.sites)
+
+    def coefficient(self, step: int) -> float:
+        """lambda at optimizer step ``step`` (DESIGN §4)."""
+        return prosparse_coefficient(self.stages, step)
+
+    # -- wiring ------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._site_list = resolve_sites(pl_module, self.sites)
+        not_relu = [s.name for s in self._site_list if not isinstance(s.activation, (torch.nn.ReLU, FATReLU))]
+        if not_relu:
+            warnings.warn(
+                f"ProSparse sites {not_relu} do not use ReLU, so the L1 penalty cannot create exact "
+                "zeros there; add ActivationSwap('relu') before ProSparse (ProSparse step 1).",
+                stacklevel=2,
+            )
+        self._handles = [s.register_hook(self._inject) for s in self._site_list]
+        if self.log_sparsity and not any(isinstance(cb, SparsityMonitor) for cb in trainer.callbacks):
+            self.monitor = self.monitor or SparsityMonitor(self.sites)
+            self.monitor.setup(trainer, pl_module, stage)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self.monitor is not None:
+            self.monitor.teardown(trainer, pl_module, stage)
+
+    def _inject(self, site: Site, x1: torch.Tensor) -> None:
+        if not (torch.is_grad_enabled() and x1.requires_grad) or self._lambda == 0.0:
+            return
+        rows = x1.numel() // x1.shape[-1] if x1.dim() > 1 else 1
+        norm = {"mean": rows, "element": x1.numel(), "sum": 1}[self.normalize]
+        coef = self._lambda / (norm * self._accumulate)
+        with torch.no_grad():
+            self._reg_sum = self._reg_sum.to(x1.device) + x1.abs().sum(dtype=torch.float32) * (self._lambda / norm)
+        scaler = self._scaler
+
+        def add_penalty_grad(grad: torch.Tensor) -> torch.Tensor:
+            scale = 1.0 if scaler is None else scaler._scale if getattr(scaler, "_scale", None) is not None \
+                else scaler.get_scale()
+            return grad + (coef * scale) * x1.detach().sign().to(grad.dtype)
+
+        x1.register_hook(add_penalty_grad)
+
+    # -- per batch -----------------------------------------------------------------------------
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._lambda = self.coefficient(trainer.global_step)
+        self._accumulate = trainer.accumulate_grad_batches
+        self._scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._last_step = trainer.global_step
+        self._reg_count += 1
+        if self.monitor is not None:
+            self.monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.on_train_batch_end(trainer, pl_module, *args)
+        stepped = trainer.global_step != self._last_step
+        if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
+            reg = self._reg_sum.to(pl_module.device) / max(1, self._reg_count)  # per micro-batch
+            pl_module.log("prosparse/lambda", self.coefficient(trainer.global_step - 1), on_step=True, on_epoch=False)
+            pl_module.log("prosparse/reg_loss", reg, on_step=True, on_epoch=False, sync_dist=True)
+        if stepped:
+            self._reg_sum = torch.zeros(())
+            self._reg_count = 0
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor is not None:
+            self.monitor.on_fit_end(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # lambda is a function of trainer.global_step, which Lightning restores.
+        return {"stages": self.stages, "normalize": self.normalize,
+                "monitor": self.monitor.state_dict() if self.monitor is not None else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if [tuple(s) for s in state_dict["stages"]] != self.stages:
+            warnings.warn(f"Resuming with stages {self.stages}; the checkpoint used {state_dict['stages']}.",
+                          stacklevel=2)
+        if state_dict.get("monitor") is not None and self.log_sparsity:
+            self.monitor = self.monitor or SparsityMonitor(self.sites)
+            self.monitor.load_state_dict(state_dict["monitor"])

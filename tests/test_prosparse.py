@@ -1,0 +1,239 @@
+"""ProSparse callbacks: the schedule against DESIGN §4's formula, gradients against the
+hand-written regularized loss, logging, resume, and bad input."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from actsparse.callbacks import ActivationSwap, ProSparse, SparsityMonitor, ThresholdShift
+from actsparse.models import TinyLM
+from actsparse.plugins import FATReLU, find_sites
+
+PAPER = [(0.0, 5000), (5e-3, 6000), (5e-2, 10000), (5e-2, 12000), (2e-1, 16000), (2e-1, 16500)]
+
+
+def eta(t, start, end):
+    return 0.5 * (math.sin(-math.pi / 2 + math.pi * (t - start) / (end - start)) + 1)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.0), (5000, 0.0),                                  # warm-up stage, its end included
+        (5001, 5e-3 * eta(5001, 5000, 6000)),
+        (5250, 5e-3 * 0.5 * (1 - math.sqrt(2) / 2)),            # a quarter into the sine ramp
+        (5500, 2.5e-3),                                         # halfway: eta = 1/2
+        (6000, 5e-3),                                           # stage end reaches lambda_2
+        (8000, 5e-3 + 0.5 * (5e-2 - 5e-3)),
+        (10000, 5e-2), (11000, 5e-2), (12000, 5e-2),            # equal lambdas: a constant stage
+        (14000, 5e-2 + 0.5 * (2e-1 - 5e-2)),
+        (16000, 2e-1), (16250, 2e-1), (16500, 2e-1), (10**6, 2e-1),  # after the last stage
+    ],
+)
+def test_schedule_matches_design_formula(step, expected):
+    assert ProSparse(PAPER).coefficient(step) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_schedule_is_monotone_and_continuous_for_increasing_lambdas():
+    cb = ProSparse(PAPER)
+    values = [cb.coefficient(t) for t in range(0, 17000, 7)]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert max(abs(b - a) for a, b in zip(values, values[1:])) < 2e-3
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([], "at least one stage"),
+        ([(0.1, 10), (0.2, 10)], "must increase"),
+        ([(0.1, 10), (0.2, 5)], "must increase"),
+        ([(-0.1, 10)], ">= 0"),
+        ([(float("nan"), 10)], "finite"),
+        ([(0.1, 2.5)], "integers"),
+        ([(0.1,)], "(lambda, end_step)"),
+    ],
+)
+def test_invalid_stages_are_rejected(stages, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ProSparse(stages)
+
+
+def test_invalid_normalize_and_threshold():
+    with pytest.raises(ValueError, match="normalize"):
+        ProSparse([(0.1, 1)], normalize="l2")
+    with pytest.raises(ValueError, match="threshold"):
+        ThresholdShift(-0.1)
+    with pytest.raises(ValueError, match="fit_end"):
+        ThresholdShift(0.1, at="epoch_end")
+
+
+# -- gradients equal the hand-written regularized loss -------------------------------------------
+
+class PlainLM(L.LightningModule):
+    """An unmodified LightningModule: it knows nothing about ProSparse."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x).flatten(0, 1).float(), y.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class GradCapture(L.Callback):
+    def __init__(self):
+        self.grads = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.grads is None:  # grads are unscaled here, also under 16-mixed
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def make_model():
+    torch.manual_seed(0)
+    return TinyLM(d_model=32, n_layers=2, n_heads=2, activation="relu", ffn_ratio=3.0)
+
+
+def make_batches(n):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (n * 4, 17), generator=g)
+    return TensorDataset(tokens[:, :-1], tokens[:, 1:])
+
+
+def reference_grads(accumulate, lam, precision, normalize="mean"):
+    """(loss_i + lam * sum_sites ||x1||_1 / N) / accumulate, backpropagated by hand."""
+    model = make_model()
+    captured = []
+    for site in find_sites(model):
+        site.down.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    data = make_batches(accumulate)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scale = 65536.0 if precision == "16-mixed" else 1.0  # Lightning's initial GradScaler scale
+    for i in range(accumulate):
+        x, y = data[i * 4:(i + 1) * 4]
+        captured.clear()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            norms = {"mean": lambda t: t.numel() // t.shape[-1], "sum": lambda t: 1, "element": lambda t: t.numel()}
+            reg = sum(t.abs().sum() / norms[normalize](t) for t in captured)
+            total = (loss + lam * reg) / accumulate
+        (total * scale).backward()
+    return {f"model.{n}": p.grad / scale for n, p in model.named_parameters()}
+
+
+def lightning_grads(accumulate, lam, precision, normalize="mean", prosparse=True):
+    capture = GradCapture()
+    callbacks = [capture] + ([ProSparse([(lam, 100)], normalize=normalize)] if prosparse else [])
+    precision_args = {"precision": precision}
+    if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; build the fp16 + GradScaler plugin
+        from lightning.pytorch.plugins import MixedPrecision
+
+        precision_args = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, **precision_args,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(PlainLM(make_model()), DataLoader(make_batches(accumulate), batch_size=4))
+    return capture.grads
+
+
+@pytest.mark.parametrize(
+    "precision, accumulate, normalize, tol",
+    [("32-true", 1, "mean", 1e-5), ("32-true", 3, "mean", 1e-5), ("32-true", 2, "sum", 1e-5),
+     ("32-true", 1, "element", 1e-5), ("bf16-mixed", 2, "mean", 2e-2), ("16-mixed", 2, "mean", 2e-3)],
+)
+def test_gradients_equal_hand_written_regularized_loss(precision, accumulate, normalize, tol):
+    lam = 0.05 if normalize != "sum" else 2e-4
+    got = lightning_grads(accumulate, lam, precision, normalize)
+    want = reference_grads(accumulate, lam, precision, normalize)
+    without = lightning_grads(accumulate, lam, precision, normalize, prosparse=False)
+    changed = 0
+    for name, ref in want.items():
+        scale = ref.abs().max().item() + 1e-12
+        assert (got[name] - ref).abs().max().item() <= tol * scale, name
+        changed += not torch.allclose(without[name], ref, rtol=10 * tol, atol=10 * tol * scale)
+    assert changed >= 4  # the penalty really changes the FFN gradients
+
+
+# -- the callbacks in a run ---------------------------------------------------------------------
+
+def fit(callbacks, steps=12, tmp_path=None, logger=False, **trainer_kwargs):
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                        log_every_n_steps=2, default_root_dir=tmp_path, **trainer_kwargs)
+    module = PlainLM(TinyLM(d_model=32, n_layers=2, n_heads=2, activation="silu", ffn_ratio=3.0))
+    module.configure_optimizers = lambda: torch.optim.AdamW(module.parameters(), lr=3e-3)
+    trainer.fit(module, DataLoader(make_batches(steps), batch_size=4))
+    return trainer, module
+
+
+def test_swap_prosparse_and_threshold_shift_in_one_run(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    prosparse = ProSparse([(0.0, 4), (0.02, 10)])
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer, module = fit([ActivationSwap("relu"), prosparse, ThresholdShift(0.05)], tmp_path=tmp_path,
+                          logger=logger)
+    sites = find_sites(module)
+    assert all(isinstance(s.activation, FATReLU) and s.activation.threshold == 0.05 for s in sites)
+    import csv
+
+    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    lam = {int(r["step"]): float(r["prosparse/lambda"]) for r in rows if r.get("prosparse/lambda")}
+    assert lam  # logged every 2 steps
+    for step, value in lam.items():
+        assert value == pytest.approx(prosparse.coefficient(step))  # the lambda of the step just taken
+    keys = set(rows[0])
+    assert {"prosparse/reg_loss", "sparsity/mean", "sparsity/model.blocks.0.ffn", "sparsity/model.blocks.1.ffn"} <= keys
+    sparsity = [float(r["sparsity/mean"]) for r in rows if r.get("sparsity/mean")]
+    assert all(0.3 < s < 1.0 for s in sparsity)  # ReLU after the swap
+    assert (tmp_path / "sparsity_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sparsity_monitor_against_hand_count():
+    monitor = SparsityMonitor(every_n_steps=1)
+    captured = []
+
+    class Capture(L.Callback):
+        def setup(self, trainer, pl_module, stage):
+            for s in find_sites(pl_module):
+                s.down.register_forward_pre_hook(lambda m, a: captured.append(a[0].detach().clone()))
+
+        def on_train_batch_start(self, *args):
+            captured.clear()
+
+    fit([ActivationSwap("relu"), monitor, Capture()], steps=3)
+    step, values = monitor.history[-1]
+    assert step == 3
+    zeros = sum(int((t == 0).sum()) for t in captured)
+    total = sum(t.numel() for t in captured)
+    assert values["mean"] == pytest.approx(zeros / total)
+    assert values["model.blocks.0.ffn"] == pytest.approx((captured[0] == 0).float().mean().item())
+
+
+def test_threshold_shift_at_a_step():
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen[trainer.global_step] = type(find_sites(pl_module)[0].activation).__name__
+
+    fit([ActivationSwap("relu"), ThresholdShift(0.01, at=5), Spy()], steps=8)
+    assert seen[5] == "ReLU" and seen[6] == "FATReLU"  # shifted before step 6's forward (global_step 5)
+
+
+def test_threshold_shift_needs_relu_sites():
+    with pytest.raises(TypeError, match="not ReLU.*ActivationSwap"):
+        fit([ThresholdShift(0.01, at=0)], steps=2)
+
+
+def test_prosparse_warns_on_non_relu_sites():
+    with pytest.warns(UserWarning, match="ActivationSwap"):
+        fit([ProSparse([(0.01, 2)])], steps=2)
