@@ -18,7 +18,8 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
+import torch
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task = instantiate(cfg.task, model=model, _convert_="all")
     if not isinstance(task, L.LightningModule):
         raise TypeError(f"task must build a LightningModule, got {type(task).__name__}.")
+    if cfg.get("init_from"):
+        load_weights(task, cfg.init_from)
     # Read the corpus now (setup is idempotent; fit reuses it) so an empty or unreadable
     # source fails before any logger or checkpoint exists.
     datamodule.prepare_data()
@@ -65,6 +68,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return json.loads(summary_file.read_text()) if summary_file.exists() else {}
 
 
+def load_weights(task: L.LightningModule, checkpoint: str | Path) -> None:
+    """Start from a checkpoint's weights only (a fresh optimizer, schedule and step count);
+    ``ckpt_path`` instead resumes the whole training state."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from checkpoint not found: {str(path)!r}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = task.load_state_dict(state["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"init_from={str(path)!r} does not fit the configured model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}. Use the model config the checkpoint was trained with."
+        )
+
+
 def _finish_wandb(loggers: list[Any]) -> None:
     # Close the run so the next job of an in-process multirun starts a new one.
     from lightning.pytorch.loggers import WandbLogger
@@ -78,7 +96,9 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://actsparse.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
+    # An experiment may name its own pipeline (e.g. the ProSparse study); the default is train().
+    entry = get_method(cfg.get("entry") or "actsparse.train.train")
+    summary = entry(cfg)
     return summary.get("val loss")  # the value a Hydra sweeper would optimize
 
 

@@ -237,3 +237,56 @@ def test_threshold_shift_needs_relu_sites():
 def test_prosparse_warns_on_non_relu_sites():
     with pytest.warns(UserWarning, match="ActivationSwap"):
         fit([ProSparse([(0.01, 2)])], steps=2)
+
+
+# -- through the app: resume and the experiment --------------------------------------------------
+
+from conftest import compose_train  # noqa: E402
+from actsparse.train import train  # noqa: E402
+
+SMOKE = ["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false"]
+
+
+def test_prosparse_resume_continues_lambda_and_weights_exactly(tmp_path):
+    common = [*SMOKE, "callbacks=prosparse", "callbacks.prosparse.stages=[[0.0,4],[0.01,12],[0.02,16]]",
+              "callbacks.model_checkpoint.every_n_train_steps=10", "callbacks.model_checkpoint.monitor=null",
+              "callbacks.model_checkpoint.save_top_k=-1", "trainer.log_every_n_steps=2"]
+    train(compose_train(common, tmp_path / "full"))
+    step10 = tmp_path / "full" / "checkpoints" / "step10.ckpt"
+    summary = train(compose_train([*common, f"ckpt_path={step10}"], tmp_path / "resumed"))
+    assert summary["steps"] == 20
+    a = torch.load(tmp_path / "full" / "checkpoints" / "step20.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "step20.ckpt", weights_only=False)
+    assert any(v.abs().sum() > 0 for v in a["state_dict"].values())
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    # The sparsity history of the resumed run continues the interrupted one's.
+    history = lambda ckpt: next(v for k, v in ckpt["callbacks"].items() if k.startswith("ProSparse"))["monitor"]
+    assert history(a)["history"] == history(b)["history"]
+
+
+def test_prosparse_experiment_pipeline(tmp_path, monkeypatch):
+    """The experiment's pipeline end to end at toy size: five regimes, table, figure."""
+    overrides = ["experiment=prosparse", "logger=none", "trainer.enable_progress_bar=false",
+                 "data.max_chars=150000", "data.seq_len=64", "data.batch_size=8",
+                 "model.d_model=64", "model.n_layers=2", "model.n_heads=2",
+                 "prosparse.pretrain_steps=20", "prosparse.steps=12", "prosparse.warmup_steps=2",
+                 "prosparse.stage_fractions=[[0.0,2],[0.5,6],[1.0,10]]", "prosparse.final_lambda=0.02",
+                 "trainer.limit_val_batches=4", "trainer.log_every_n_steps=2"]
+    from actsparse.experiments.prosparse import run
+
+    result = run(compose_train(overrides, tmp_path))
+    res = result["results"]
+    assert list(res) == ["silu_dense", "relu", "relu_fixed", "prosparse", "prosparse_fatrelu"]
+    assert res["silu_dense"]["sparsity"] < 0.01  # SiLU has (almost) no exact zeros
+    assert res["relu"]["sparsity"] > 0.3
+    assert res["prosparse_fatrelu"]["sparsity"] >= res["prosparse"]["sparsity"]  # a higher threshold
+    assert res["relu"]["ppl_ratio_to_relu"] == pytest.approx(1.0)
+    for name in ("results.md", "results.json", "tradeoff.png"):
+        assert (tmp_path / name).is_file()
+    assert "ProSparse + FATReLU" in (tmp_path / "results.md").read_text()
+    # The second run reuses the cached SiLU baseline.
+    assert len(list((tmp_path / "pretrain_silu").glob("checkpoints/*.ckpt"))) >= 1
+    result2 = run(compose_train([*overrides, "prosparse.regimes=[relu]"], tmp_path / "again"))
+    assert not (tmp_path / "again" / "pretrain_silu").exists()
+    assert result2["results"]["relu"]["val_ppl"] == pytest.approx(res["relu"]["val_ppl"], rel=1e-5)

@@ -1,0 +1,219 @@
+"""The ProSparse experiment in miniature (``actsparse-train experiment=prosparse``).
+
+1. Train the tiny LM with SiLU (the dense baseline); cached, so multiruns pay for it once.
+2. Continue it for the same step budget under each regime, with actsparse's callbacks:
+   ``silu_dense`` (keep SiLU), ``relu`` (ActivationSwap only), ``relu_fixed`` (ReLU + the final
+   lambda from step 0), ``prosparse`` (ReLU + the staged sine schedule); ``prosparse_fatrelu``
+   is the ProSparse model after ThresholdShift (no further training).
+3. Evaluate every model on the validation set: activation sparsity (zeros over all FFN sites
+   and tokens), perplexity, and perplexity relative to ReLU-only; write ``results.md``,
+   ``results.json`` and ``tradeoff.png``.
+
+A multirun over ``prosparse.final_lambda`` draws the sparsity-vs-perplexity frontier of the
+schedule against fixed lambda (:class:`FrontierPlot`, a Hydra callback).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+from actsparse.data.corpus import cache_dir  # noqa: E402
+from actsparse.plugins import record, swap_activation  # noqa: E402
+from actsparse.report import print_table  # noqa: E402
+from actsparse.tasks.lm import CausalLM  # noqa: E402
+from actsparse.train import train  # noqa: E402
+
+REGIMES = ("silu_dense", "relu", "relu_fixed", "prosparse", "prosparse_fatrelu")
+LABELS = {
+    "silu_dense": "SiLU dense",
+    "relu": "ReLU only",
+    "relu_fixed": "ReLU + fixed λ",
+    "prosparse": "ProSparse schedule",
+    "prosparse_fatrelu": "ProSparse + FATReLU",
+}
+
+
+def schedule(p: DictConfig) -> list[list[float]]:
+    """Stages in absolute continuation steps: each is (fraction of final lambda, end step)."""
+    return [[float(frac) * p.final_lambda, int(end)] for frac, end in p.stage_fractions]
+
+
+def _regime_config(cfg: DictConfig, regime: str, init_from: Path, out_dir: Path) -> DictConfig:
+    p = cfg.prosparse
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.paths.output_dir = str(out_dir)
+        c.init_from = str(init_from)
+        c.entry = "actsparse.train.train"
+        c.trainer.max_steps = p.steps
+        c.trainer.val_check_interval = p.steps
+        c.task.lr = p.lr
+        c.task.warmup_steps = p.warmup_steps
+        c.task_name = f"{cfg.task_name}-{regime}"
+        c.callbacks = c.callbacks or {}
+        if regime != "silu_dense":
+            c.callbacks.activation_swap = {"_target_": "actsparse.callbacks.ActivationSwap", "activation": "relu"}
+            c.callbacks.sparsity = {"_target_": "actsparse.callbacks.SparsityMonitor"}
+        if regime in ("relu_fixed", "prosparse"):
+            stages = [[float(p.final_lambda), 0]] if regime == "relu_fixed" else schedule(p)
+            c.callbacks.prosparse = {"_target_": "actsparse.callbacks.ProSparse", "stages": stages,
+                                     "normalize": p.normalize}
+    return c
+
+
+def _pretrain(cfg: DictConfig, run_dir: Path) -> Path:
+    """The SiLU baseline's checkpoint, trained once per (model, data, task, steps, seed)."""
+    p = cfg.prosparse
+    key_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "task")}
+    key_cfg.update(steps=p.pretrain_steps, seed=cfg.seed, trainer=cfg.trainer.get("precision"))
+    key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir(cfg.data.get("cache_dir")) / "prosparse_pretrain" / f"silu-{key}.ckpt"
+    if cached.exists():
+        print(f"[prosparse] SiLU baseline from cache: {cached}", flush=True)
+        return cached
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.paths.output_dir = str(run_dir / "pretrain_silu")
+        c.entry = "actsparse.train.train"
+        c.trainer.max_steps = p.pretrain_steps
+        c.task_name = f"{cfg.task_name}-pretrain"
+        c.model.activation = "silu"
+    print(f"[prosparse] training the SiLU baseline for {p.pretrain_steps} steps", flush=True)
+    summary = train(c)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    shutil.copyfile(summary["checkpoint"], tmp)
+    tmp.replace(cached)
+    return cached
+
+
+def evaluate(checkpoint: str | Path, activation: str, threshold: float | None, datamodule: L.LightningDataModule,
+             limit_val_batches: Any) -> dict[str, float]:
+    """Validation loss, perplexity and activation sparsity of a checkpoint run with ``activation``."""
+    task = CausalLM.load_from_checkpoint(checkpoint, map_location="cpu")
+    swap_activation(task, activation, threshold=threshold)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=limit_val_batches)
+    with record(task, what="zero_fraction") as rec:
+        (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
+    return {"val_loss": metrics["val/loss"], "val_ppl": metrics["val/ppl"], "sparsity": rec.zero_fraction()}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    p = cfg.prosparse
+    unknown = [r for r in p.regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"Unknown prosparse.regimes {unknown}; choose from {', '.join(REGIMES)}.")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    base = _pretrain(cfg, run_dir)
+
+    results: dict[str, dict[str, float]] = {}
+    checkpoints: dict[str, str] = {}
+    trained = [r for r in p.regimes if r != "prosparse_fatrelu"]
+    if "prosparse_fatrelu" in p.regimes and "prosparse" not in trained:
+        trained.append("prosparse")
+    for regime in trained:
+        print(f"[prosparse] regime {regime}: {p.steps} steps from the SiLU baseline", flush=True)
+        L.seed_everything(cfg.seed, workers=True)
+        summary = train(_regime_config(cfg, regime, base, run_dir / regime))
+        checkpoints[regime] = summary["checkpoint"]
+    limit = cfg.trainer.get("limit_val_batches", 1.0)
+    for regime in p.regimes:
+        if regime == "prosparse_fatrelu":
+            results[regime] = evaluate(checkpoints["prosparse"], "fatrelu", p.threshold, datamodule, limit)
+        else:
+            activation = "silu" if regime == "silu_dense" else "relu"
+            results[regime] = evaluate(checkpoints[regime], activation, None, datamodule, limit)
+    reference = results.get("relu", {}).get("val_ppl")
+    for values in results.values():
+        values["ppl_ratio_to_relu"] = values["val_ppl"] / reference if reference else float("nan")
+
+    rows = [{"regime": LABELS[r], "activation sparsity": f"{v['sparsity']:.2%}", "val perplexity": v["val_ppl"],
+             "ppl / ReLU-only": v["ppl_ratio_to_relu"]} for r, v in results.items()]
+    text = print_table(rows, title=f"ProSparse in miniature (final λ = {p.final_lambda}, {p.steps} steps per regime)")
+    payload = {"final_lambda": p.final_lambda, "stages": schedule(p), "steps": p.steps,
+               "pretrain_steps": p.pretrain_steps, "threshold": p.threshold, "results": results}
+    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    (run_dir / "results.md").write_text(_markdown(rows) + "\n")
+    (run_dir / "results.txt").write_text(text)
+    plot_tradeoff(results, run_dir / "tradeoff.png")
+    return {"val loss": results.get("prosparse", next(iter(results.values())))["val_loss"], **payload}
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(results: dict[str, dict[str, float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for regime, v in results.items():
+        ax.scatter(v["sparsity"] * 100, v["val_ppl"], s=50)
+        ax.annotate(LABELS[regime], (v["sparsity"] * 100, v["val_ppl"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("activation sparsity (%)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Sparsity vs perplexity per regime")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class FrontierPlot(HydraCallback):
+    """Hydra callback: after a multirun over ``prosparse.final_lambda``, collect every job's
+    ``results.json`` and draw sparsity vs perplexity for the schedule and for fixed lambda
+    (``frontier.png`` and ``frontier.md`` in the sweep directory)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        points: dict[str, list[tuple[float, float, float]]] = {}
+        for path in sorted(sweep_dir.glob("*/results.json")):
+            data = json.loads(path.read_text())
+            for regime, v in data["results"].items():
+                points.setdefault(regime, []).append((data["final_lambda"], v["sparsity"], v["val_ppl"]))
+        if not points:
+            return
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        rows = []
+        for regime, pts in points.items():
+            pts.sort()
+            ax.plot([s * 100 for _, s, _ in pts], [q for _, _, q in pts], marker="o", label=LABELS[regime])
+            for lam, s, q in pts:
+                ax.annotate(f"λ={lam:g}", (s * 100, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                rows.append({"regime": LABELS[regime], "final λ": lam, "activation sparsity": f"{s:.2%}",
+                             "val perplexity": q})
+        ax.set_xlabel("activation sparsity (%)")
+        ax.set_ylabel("validation perplexity")
+        ax.set_title("Sparsity–perplexity frontier: schedule vs fixed λ")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(sweep_dir / "frontier.png")
+        plt.close(fig)
+        (sweep_dir / "frontier.md").write_text(_markdown(rows) + "\n")
+        print_table(rows, title="ProSparse frontier")
