@@ -1,4 +1,6 @@
-"""torchmetrics ``Metric`` classes for activation sparsity; their pure functions live in
-``actsparse.metrics.functional``. Kept importable without Hydra or wandb."""
+"""torchmetrics ``Metric`` classes for activation sparsity and neural codes; their pure
+functions live in ``actsparse.metrics.functional``. Kept importable without Hydra or wandb."""
 
-__all__: list[str] = []
+from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
+
+__all__ = ["CodeCategorization", "HashCodePurity", "RedundancyRatio"]

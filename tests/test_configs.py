@@ -33,7 +33,10 @@ def test_model_group(option, tmp_path):
     cfg = compose_config([f"model={option}", f"paths.output_dir={tmp_path}"])
     model = instantiate(cfg.model)
     assert model.num_parameters() > 0
-    assert model.config.ffn == {"llama_tiny": "gated", "gpt_tiny": "plain"}[option]
+    if option in ("llama_tiny", "gpt_tiny"):
+        assert model.config.ffn == {"llama_tiny": "gated", "gpt_tiny": "plain"}[option]
+    else:
+        assert model.config_dict()["kind"] == option
 
 
 @pytest.mark.parametrize("option", options("trainer"))
@@ -55,8 +58,13 @@ def test_callbacks_group(option, tmp_path):
     cfg = compose_config([f"callbacks={option}", f"paths.output_dir={tmp_path}"])
     built = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     names = {type(c).__name__ for c in built}
+    default = {"ModelCheckpoint", "MetricHistory", "RunSummary", "TQDMProgressBar"}
     if option == "default":
-        assert {"ModelCheckpoint", "MetricHistory", "RunSummary", "TQDMProgressBar"} <= names
+        assert default <= names
+    elif option == "prosparse":  # the defaults plus the three ProSparse steps, swap before L1
+        assert default | {"ActivationSwap", "ProSparse", "ThresholdShift"} <= names
+        order = [type(c).__name__ for c in built]
+        assert order.index("ActivationSwap") < order.index("ProSparse")
     else:
         assert not built
 
@@ -82,7 +90,7 @@ def test_wandb_mode_follows_environment(tmp_path, monkeypatch):
 def test_data_group(option, tmp_path):
     cfg = compose_config([f"data={option}", f"paths.output_dir={tmp_path}"])
     dm = instantiate(cfg.data)
-    assert dm.source_name == "stdlib_docs"
+    assert dm.source_name == {"stdlib_docs": "stdlib_docs", "digits": "sklearn_digits"}[option]
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -150,6 +150,20 @@ class DigitsDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
 
+    def __getstate__(self) -> dict:
+        # Spawned DDP processes rebuild the (deterministic, 0.5 MB) data in setup() rather than
+        # receiving tensors through shared memory, which small /dev/shm mounts refuse.
+        # A torch.Generator travels as plain bytes (its tensor state fails to cross spawn here).
+        state = dict(self.__dict__)
+        state.update(train_set=None, val_set=None, test_set=None, mean=None, std=None,
+                     _generator=bytes(self._generator.get_state().numpy()))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["_generator"]), dtype=torch.uint8))
+        self.__dict__.update(state, _generator=generator)
+
     def state_dict(self) -> dict:
         return {"generator": self._generator.get_state()}
 

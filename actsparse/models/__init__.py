@@ -1,5 +1,6 @@
-"""Reference models: a tiny LLaMA-style decoder with gated or plain FFNs."""
+"""Reference models: a tiny LLaMA-style decoder with gated or plain FFNs; MLP and CNN classifiers."""
 
 from actsparse.models.llama import FFN_KINDS, GatedFFN, LMConfig, PlainFFN, TinyLM
+from actsparse.models.mlp import CNN, MLP
 
-__all__ = ["FFN_KINDS", "GatedFFN", "LMConfig", "PlainFFN", "TinyLM"]
+__all__ = ["CNN", "FFN_KINDS", "GatedFFN", "LMConfig", "MLP", "PlainFFN", "TinyLM"]

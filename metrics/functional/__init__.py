@@ -1,3 +1,21 @@
 """Pure functions behind the ``actsparse.metrics`` classes."""
 
-__all__: list[str] = []
+from actsparse.metrics.functional.code_categorization import code_categorization
+from actsparse.metrics.functional.hash_codes import (
+    NeuralCodes,
+    hash_code_purity,
+    neural_codes,
+    pack_bits,
+    redundancy_ratio,
+    unpack_bits,
+)
+
+__all__ = [
+    "NeuralCodes",
+    "code_categorization",
+    "hash_code_purity",
+    "neural_codes",
+    "pack_bits",
+    "redundancy_ratio",
+    "unpack_bits",
+]

@@ -1,0 +1,90 @@
+"""Figures and markdown tables of the hash-code study (``actsparse.experiments.hash_codes``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHODS = ("kmeans", "knn", "logreg")
+LABELS = {"kmeans": "k-means (10, majority)", "knn": "k-NN (k=9, Hamming)", "logreg": "logistic regression"}
+Rows = Sequence[Mapping[str, Any]]
+
+
+def _panels(rows: Rows, x: str, xlabel: str, path: Path, title: str, group: str | None = None,
+            logx: bool = False) -> Path:
+    """Redundancy ratio and the three accuracies against ``x``; solid = test codes, dashed = train."""
+    groups = sorted({r[group] for r in rows}) if group else [None]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=110)
+    for g in groups:
+        sub = sorted((r for r in rows if group is None or r[group] == g), key=lambda r: r[x])
+        xs = [r[x] for r in sub]
+        tag = f"{group} {g}, " if group else ""
+        for ax, metric in zip(axes, ("redundancy", *METHODS)):
+            line, = ax.plot(xs, [r[f"test_{metric}"] for r in sub], marker="o", markersize=3, label=f"{tag}test")
+            ax.plot(xs, [r[f"train_{metric}"] for r in sub], marker="o", markersize=3, linestyle="--",
+                    color=line.get_color(), alpha=0.7, label=f"{tag}train")
+    for ax, metric in zip(axes, ("redundancy", *METHODS)):
+        ax.set_title("redundancy ratio" if metric == "redundancy" else f"{LABELS[metric]} accuracy", fontsize=9)
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_study(results: Mapping[str, Rows], out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    written = []
+    if results.get("width"):
+        written.append(_panels(results["width"], "width", "hidden width (units per layer)", out_dir / "vs_width.png",
+                               "Neural codes of digits MLPs vs width (solid: test codes, dashed: train codes)",
+                               group="depth", logx=True))
+    if results.get("epochs"):
+        written.append(_panels(results["epochs"], "epoch", "training epochs", out_dir / "vs_epochs.png",
+                               "Neural codes during training (solid: test codes, dashed: train codes)"))
+    if results.get("train_size"):
+        written.append(_panels(results["train_size"], "train_size", "training samples", out_dir / "vs_train_size.png",
+                               "Neural codes vs training-set size (solid: test codes, dashed: train codes)", logx=True))
+    return written
+
+
+def _table(rows: Rows, keys: Sequence[str]) -> str:
+    heads = {"width": "width", "depth": "depth", "epoch": "epoch", "train_size": "train samples", "units": "units",
+             "train_redundancy": "redundancy train", "test_redundancy": "redundancy test",
+             "train_purity": "purity train", "test_purity": "purity test",
+             "train_kmeans": "k-means train", "test_kmeans": "k-means test", "train_knn": "k-NN train",
+             "test_knn": "k-NN test", "train_logreg": "logreg train", "test_logreg": "logreg test",
+             "net_test_acc": "network test acc"}
+    lines = ["| " + " | ".join(heads[k] for k in keys) + " |", "|" + "|".join(" ---: " for _ in keys) + "|"]
+    for r in rows:
+        cells = [str(r[k]) if isinstance(r[k], int) else f"{r[k]:.4f}" if "redundancy" in k else f"{r[k]:.3f}"
+                 for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ACC_KEYS = ("train_redundancy", "test_redundancy", "train_purity", "test_purity", "train_kmeans", "test_kmeans", "train_knn", "test_knn",
+            "train_logreg", "test_logreg", "net_test_acc")
+
+
+def tables_markdown(results: Mapping[str, Rows], meta: Mapping[str, Any]) -> str:
+    parts = [f"Command: `{meta['command']}` ({meta['seconds']} s, torch {meta['torch']}, "
+             f"{meta['threads']} thread(s)).", ""]
+    if results.get("width"):
+        parts += ["### vs width and depth", "", _table(results["width"], ("width", "depth", "units", *ACC_KEYS)), ""]
+    if results.get("epochs"):
+        parts += ["### vs training epochs", "", _table(results["epochs"], ("epoch", "units", *ACC_KEYS)), ""]
+    if results.get("train_size"):
+        parts += ["### vs training-set size", "",
+                  _table(results["train_size"], ("train_size", "units", *ACC_KEYS)), ""]
+    return "\n".join(parts)
