@@ -1,0 +1,258 @@
+"""Kernel benchmarks: ``python -m actsparse.bench sparse-ffn`` (``actsparse-bench sparse-ffn``).
+
+Times one gated FFN layer (LLaMA shapes) three ways, in the same run and interleaved:
+dense PyTorch (``F.linear`` x3: MKL/oneDNN or cuBLAS), a naive PyTorch gather of the active rows,
+and actsparse's compiled kernels; reports medians, speedups, the useful bytes per second (the
+bytes a perfect sparse kernel must read: all of ``w_gate`` plus the active rows of ``w_up`` and
+``w_down_t``) and that rate as a percentage of the copy bandwidth measured in the same run.
+
+Activation patterns are imposed exactly: token b is the scaled basis vector ``e_b`` and column b
+of ``w_gate`` holds ``+1`` for the neurons the pattern activates and ``-1`` elsewhere, so the gate
+pre-activation is ``±1`` and the threshold 0 selects the pattern; every other weight is random,
+so all kernels read real bytes. ``random`` draws each (token, neuron) independently at the given
+sparsity (the worst case for batch unions); ``recorded`` replays masks recorded from a trained
+model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, e.g. stacked
+``Recording`` codes), tiled to the layer width, so batch unions are realistic.
+
+GPU timings use CUDA graphs (one graph replays the op over every weight set) and CUDA events;
+several weight sets are rotated so that L2 does not hold the weights. The naive gather syncs
+with the host (``nonzero``) and cannot be captured; it is timed eagerly with events.
+
+Example:
+    >>> rows = run_sparse_ffn(shapes=["tiny"], sparsities=[90], batches=[1], device="cpu", repeats=3)
+    >>> sorted(rows[0])[:4], rows[0]["max_rel_err"] < 1e-5
+    (['actsparse_ms', 'batch', 'copy_gbs', 'd'], True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {  # name: (d_model, d_ff)
+    "tiny": (128, 344),
+    "7b": (4096, 11008),
+    "13b": (5120, 13824),
+    "70b": (8192, 28672),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+def make_masks(pattern: str, batch: int, f: int, sparsity: float, gen: torch.Generator,
+               recorded: torch.Tensor | None = None) -> torch.Tensor:
+    """[batch, f] bool: which neurons each token activates."""
+    if pattern == "random":
+        return torch.rand(batch, f, generator=gen) >= sparsity / 100.0
+    if recorded is None:
+        raise ValueError("pattern 'recorded' needs --patterns FILE (a saved bool tensor [tokens, neurons]).")
+    rows = torch.randint(0, recorded.shape[0], (batch,), generator=gen)
+    reps = math.ceil(f / recorded.shape[1])
+    return recorded[rows].repeat(1, reps)[:, :f].bool()
+
+
+def make_layer(d: int, f: int, masks: torch.Tensor, dtype: torch.dtype, device: str, gen: torch.Generator):
+    batch = masks.shape[0]
+    if batch > d:
+        raise ValueError(f"batch {batch} > d_model {d}: the imposed-pattern construction needs batch <= d.")
+    scale = 1.0 / math.sqrt(d)
+    w_gate = torch.randn(f, d, generator=gen) * scale
+    w_gate[:, :batch] = masks.t().float() * 2 - 1  # z[b, j] = ±1 exactly
+    w_up = torch.randn(f, d, generator=gen) * scale
+    w_down = torch.randn(d, f, generator=gen) / math.sqrt(f)
+    to = lambda t: t.to(dtype).to(device)  # noqa: E731
+    return {"w_gate": to(w_gate), "w_up": to(w_up), "w_down": to(w_down), "w_down_t": to(w_down.t().contiguous())}
+
+
+# -- the three variants ----------------------------------------------------------------------------------
+
+def dense_ffn(x, w):
+    return F.linear(F.relu(F.linear(x, w["w_gate"])) * F.linear(x, w["w_up"]), w["w_down"])
+
+
+def naive_gather_ffn(x, w):
+    z = F.linear(x, w["w_gate"])
+    idx = (z >= 0).any(0).nonzero().squeeze(1)
+    h = F.relu(z.index_select(1, idx)) * F.linear(x, w["w_up"].index_select(0, idx))
+    return h @ w["w_down_t"].index_select(0, idx)
+
+
+def actsparse_ffn(x, w):
+    from actsparse.plugins.sparse_ffn import sparse_gated_ffn
+
+    return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, backend="ext")
+
+
+VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "naive": naive_gather_ffn, "actsparse": actsparse_ffn}
+
+
+# -- timing ---------------------------------------------------------------------------------------------------
+
+def copy_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 9) -> float:
+    """Copy bandwidth in bytes/s, counting read + write (the STREAM convention)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    times = time_interleaved({"copy": lambda: dst.copy_(src)}, device, repeats)["copy"]
+    return 2 * nbytes / statistics.median(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, list[float]]:
+    """Seconds per call, variants interleaved each repetition so machine load hits them alike."""
+    for fn in fns.values():
+        fn()
+    out = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                out[k].append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out[k].append(time.perf_counter() - t0)
+    return out
+
+
+def _graph(fn: Callable[[], object]) -> Callable[[], None]:
+    """Capture fn (which loops over the weight sets) once; return its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up outside capture (allocator, lazy init)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_sets, gen, recorded=None) -> dict:
+    masks = make_masks(pattern, batch, f, sparsity, gen, recorded)
+    union = int(masks.any(0).sum())
+    x = torch.zeros(batch, d)
+    x[torch.arange(batch), torch.arange(batch)] = 1.0
+    x = x.to(dtype).to(device)
+    layers = [make_layer(d, f, masks, dtype, device, gen) for _ in range(weight_sets)]
+
+    ref = dense_ffn(x.double(), {k: v.double() for k, v in layers[0].items()})
+    got = actsparse_ffn(x, layers[0])
+    rel = float((got.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+    def over_sets(variant):
+        return lambda: [variant(x, w) for w in layers]
+
+    fns = {k: over_sets(v) for k, v in VARIANTS.items()}
+    if device == "cuda":  # graphs for the capturable variants
+        for k in ("dense", "actsparse"):
+            fns[k] = _graph(fns[k])
+    times = time_interleaved(fns, device, repeats)
+    med = {k: statistics.median(v) / weight_sets for k, v in times.items()}
+    elt = torch.finfo(dtype).bits // 8
+    useful = (f * d + 2 * union * d) * elt
+    return {
+        "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
+        "device": device, "union_active": union / f, "weight_sets": weight_sets,
+        "dense_ms": med["dense"] * 1e3, "naive_ms": med["naive"] * 1e3, "actsparse_ms": med["actsparse"] * 1e3,
+        "speedup_vs_dense": med["dense"] / med["actsparse"], "speedup_vs_naive": med["naive"] / med["actsparse"],
+        "useful_gbs": useful / med["actsparse"] / 1e9, "dense_gbs": 3 * f * d * elt / med["dense"] / 1e9,
+        "max_rel_err": rel,
+    }
+
+
+def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4, 8, 32), device="cpu",
+                   dtype: str | None = None, pattern="random", patterns_file=None, repeats=15, weight_sets=None,
+                   seed=0, log=None) -> list[dict]:
+    """Run the benchmark grid; returns one dict per configuration (see the module docstring)."""
+    from actsparse import ext
+
+    if not ext.supports(device):
+        raise SystemExit(f"actsparse-bench: no compiled kernels for {device}: {ext.load().reason}")
+    dt = DTYPES[dtype or ("bfloat16" if device == "cuda" else "float32")]
+    recorded = torch.load(patterns_file) if pattern == "recorded" else None
+    gen = torch.Generator().manual_seed(seed)
+    copy_gbs = copy_bandwidth(device) / 1e9
+    rows = []
+    for shape in shapes:
+        d, f = SHAPES[shape]
+        set_bytes = 4 * d * f * (torch.finfo(dt).bits // 8)
+        # Enough sets that the rotation exceeds the last-level cache several times over.
+        sets = weight_sets or max(1, min(8, math.ceil((256 << 20) / set_bytes)))
+        for batch in batches:
+            for sparsity in (sparsities if pattern == "random" else [None]):
+                row = bench_config(d, f, batch, sparsity if sparsity is not None else -1, pattern, dt, device,
+                                   repeats, sets, gen, recorded)
+                row.update(shape=shape, copy_gbs=copy_gbs, pct_of_copy=100 * row["useful_gbs"] / copy_gbs)
+                rows.append(row)
+                if log:
+                    log(format_row(row))
+    return rows
+
+
+COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms", "actsparse_ms",
+           "speedup_vs_dense", "speedup_vs_naive", "useful_gbs", "pct_of_copy", "max_rel_err"]
+
+
+def format_header() -> str:
+    return ("| shape | batch | sparsity % | union active % | dense ms | naive gather ms | actsparse ms | "
+            "vs dense | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
+
+
+def format_row(r: dict) -> str:
+    sp = "rec" if r["sparsity"] < 0 else f"{r['sparsity']:g}"
+    return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {r['dense_ms']:.3f} | "
+            f"{r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
+            f"{r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | {r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="actsparse-bench", description="actsparse kernel benchmarks")
+    sub = parser.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("sparse-ffn", help="sparse gated FFN vs dense PyTorch and a naive gather")
+    p.add_argument("--shape", nargs="+", default=["7b"], choices=list(SHAPES))
+    p.add_argument("--sparsity", nargs="+", type=float, default=[0, 50, 80, 90, 95], help="percent of zeros")
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 4, 8, 32])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: float32 (cpu), bfloat16 (cuda)")
+    p.add_argument("--pattern", default="random", choices=["random", "recorded"])
+    p.add_argument("--patterns", default=None, help="saved bool tensor [tokens, neurons] for --pattern recorded")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--weight-sets", type=int, default=None, help="weight copies rotated (default: > 256 MB in all)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write rows and machine info here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"# torch {torch.__version__}, {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f" ({torch.get_num_threads()} threads, "
+             f"{platform.processor() or platform.machine()})"), flush=True)
+    print(format_header(), flush=True)
+    rows = run_sparse_ffn(args.shape, args.sparsity, args.batch, args.device, args.dtype, args.pattern,
+                          args.patterns, args.repeats, args.weight_sets, args.seed,
+                          log=lambda s: print(s, flush=True))
+    print(f"# copy bandwidth (read + write) measured in this run: {rows[0]['copy_gbs']:.1f} GB/s", flush=True)
+    if args.json:
+        meta = {"argv": sys.argv, "torch": torch.__version__, "device": args.device,
+                "threads": torch.get_num_threads(), "platform": platform.platform(),
+                "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

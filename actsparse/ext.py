@@ -1,0 +1,211 @@
+"""Build and load the compiled kernels (``csrc/``) on first use, or say why not.
+
+The C++ (and, where CUDA is available, CUDA) sources are compiled with
+``torch.utils.cpp_extension.load`` (ninja) into a cache directory keyed by the torch version,
+the CUDA version, a hash of the sources and build flags, and the CPU's instruction sets (the CPU
+code is built with ``-march=native``, so a cache shared between machines must not mix them).
+Later processes load the cached library in well under a second.
+
+``ACTSPARSE_CACHE_DIR`` moves the cache (default ``~/.cache/actsparse``); ``ACTSPARSE_NO_EXT=1``
+skips the extension entirely. Without a C++ compiler (or when the build fails) a single warning
+is emitted and callers fall back to the pure PyTorch reference path; without a CUDA toolkit the
+extension is built for CPU only and CUDA tensors take the reference path.
+
+Example:
+    >>> from actsparse import ext
+    >>> status = ext.load()          # builds on the first call, then cached
+    >>> isinstance(status.available, bool) and isinstance(status.reason, str)
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import importlib.resources
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+# The sources ship as package data (csrc/ in the repository, actsparse/csrc/ when installed).
+CSRC = Path(str(importlib.resources.files("actsparse.csrc")))
+CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp")
+CUDA_SOURCES = ("sparse_ffn_cuda.cu",)
+HEADERS = ("sparse_ffn.h",)
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+# H100/H200 (sm_90) plus a PTX fallback; override with TORCH_CUDA_ARCH_LIST as usual.
+CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+
+
+@dataclass
+class ExtStatus:
+    """What :func:`load` managed: ``available`` (ops registered), ``cuda`` (CUDA kernels built),
+    ``reason`` (why not, or where the library lives), ``library`` (path of the .so)."""
+
+    available: bool
+    cuda: bool = False
+    reason: str = ""
+    library: str | None = None
+    devices: set[str] = field(default_factory=set)
+
+
+_lock = threading.Lock()
+_status: ExtStatus | None = None
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are cached (``ACTSPARSE_CACHE_DIR`` or ``~/.cache/actsparse``)."""
+    root = os.environ.get("ACTSPARSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "actsparse")
+    return Path(root) / "ext"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code must not be loaded on a CPU with fewer instruction sets.
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+def _build_dir(sources: list[Path], with_cuda: bool) -> Path:
+    digest = hashlib.sha1()
+    for path in [*sources, *(CSRC / h for h in HEADERS)]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(repr((CFLAGS, LDFLAGS, CUDA_FLAGS, os.environ.get("TORCH_CUDA_ARCH_LIST"))).encode())
+    cuda_tag = f"cu{torch.version.cuda}" if with_cuda else "cpu"
+    name = f"torch{torch.__version__}-{cuda_tag}-py{sys.version_info[0]}{sys.version_info[1]}-{_cpu_fingerprint()}-{digest.hexdigest()[:12]}"
+    return cache_dir() / name.replace("+", "_")
+
+
+def _want_cuda() -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        return False, "CUDA device present but no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    return True, ""
+
+
+def _compile(with_cuda: bool, verbose: bool) -> str:
+    from torch.utils.cpp_extension import load as cpp_load
+
+    sources = [CSRC / s for s in CPU_SOURCES] + ([CSRC / s for s in CUDA_SOURCES] if with_cuda else [])
+    build = _build_dir(sources, with_cuda)
+    build.mkdir(parents=True, exist_ok=True)
+    if with_cuda and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        # Only the visible GPU's architecture: a fat build for every arch takes minutes.
+        major, minor = torch.cuda.get_device_capability()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    return cpp_load(
+        name="actsparse_C",
+        sources=[str(s) for s in sources],
+        extra_cflags=CFLAGS + (["-DACTSPARSE_WITH_CUDA"] if with_cuda else []),
+        extra_cuda_cflags=CUDA_FLAGS,
+        extra_ldflags=LDFLAGS,
+        extra_include_paths=[str(CSRC)],
+        build_directory=str(build),
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
+
+
+def load(verbose: bool = False) -> ExtStatus:
+    """Build (first call) and load the kernels; never raises for a missing toolchain.
+
+    Returns an :class:`ExtStatus`; when the extension is unavailable, ``reason`` says why and a
+    one-time warning has been emitted (except for ``ACTSPARSE_NO_EXT=1``, which is deliberate).
+    """
+    global _status
+    with _lock:
+        if _status is not None:
+            return _status
+        _status = _load(verbose)
+        return _status
+
+
+def _load(verbose: bool) -> ExtStatus:
+    if os.environ.get("ACTSPARSE_NO_EXT", "") not in ("", "0"):
+        return ExtStatus(False, reason="ACTSPARSE_NO_EXT is set: using the PyTorch reference path")
+    if _has_kernel("CPU"):  # registered by an earlier load (or an installed build)
+        cuda = _has_kernel("CUDA")
+        return ExtStatus(True, cuda=cuda, reason="already loaded", devices={"cpu", "cuda"} if cuda else {"cpu"})
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return _unavailable("no C++ compiler found (install g++ or set CXX)")
+    with_cuda, why_no_cuda = _want_cuda()
+    try:
+        library = _compile(with_cuda, verbose)
+    except Exception as exc:  # a failed build must not take the model down with it
+        if not with_cuda:
+            return _unavailable(f"building the C++ extension failed: {exc}")
+        warnings.warn(f"actsparse: building the CUDA kernels failed ({exc}); building CPU kernels only.", stacklevel=3)
+        why_no_cuda = f"CUDA build failed: {exc}"
+        with_cuda = False
+        try:
+            library = _compile(False, verbose)
+        except Exception as exc2:
+            return _unavailable(f"building the C++ extension failed: {exc2}")
+    _register_fakes()
+    devices = {"cpu", "cuda"} if with_cuda else {"cpu"}
+    reason = f"loaded {library}" + ("" if with_cuda else f" (CPU only: {why_no_cuda})")
+    return ExtStatus(True, cuda=with_cuda, reason=reason, library=str(library), devices=devices)
+
+
+def _has_kernel(dispatch_key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("actsparse::sparse_ffn", dispatch_key)
+    except RuntimeError:  # the op is not defined at all
+        return False
+
+
+def _unavailable(reason: str) -> ExtStatus:
+    warnings.warn(
+        f"actsparse: compiled sparse-FFN kernels unavailable ({reason}); using the pure PyTorch "
+        "reference path, which is correct but not fast. Set ACTSPARSE_NO_EXT=1 to silence this.",
+        stacklevel=4,
+    )
+    return ExtStatus(False, reason=reason)
+
+
+def _register_fakes() -> None:
+    """Shape functions so the ops trace under torch.compile / FakeTensor (no kernel runs)."""
+
+    def out_like(x, w_out_t):
+        return x.new_empty((x.shape[0], w_out_t.shape[1]))
+
+    @torch.library.register_fake("actsparse::sparse_gated_ffn")
+    def _(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None, dense_above=1.0):
+        torch._check(x.dim() == 2 and w_gate.shape[1] == x.shape[1] and w_up.shape == w_gate.shape)
+        torch._check(w_down_t.shape[0] == w_gate.shape[0])
+        return out_like(x, w_down_t)
+
+    @torch.library.register_fake("actsparse::sparse_ffn")
+    def _(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0):
+        torch._check(x.dim() == 2 and w_fc.shape[1] == x.shape[1] and w_proj_t.shape[0] == w_fc.shape[0])
+        return out_like(x, w_proj_t)
+
+
+def supports(device: torch.device | str) -> bool:
+    """Whether compiled kernels serve tensors on ``device`` (builds on first call)."""
+    status = load()
+    return status.available and torch.device(device).type in status.devices
+
+
+def reset_for_tests() -> None:
+    """Forget the cached status (tests toggle ``ACTSPARSE_NO_EXT``); a loaded library stays loaded."""
+    global _status
+    with _lock:
+        if _status is not None and _status.available:
+            return
+        _status = None

@@ -1,0 +1,358 @@
+// CUDA kernels of the sparse FFN (bf16, fp16, fp32) for small batches (decoding).
+//
+// Batch-1 decoding is bound by weight bytes, so every kernel is built around wide coalesced
+// loads and enough loads in flight, never around flops:
+//   1. gate_up_kernel: one warp per neuron row. The warp streams w_in[j] with 16-byte loads
+//      (8 bf16 per lane), reduces with shuffles, applies FATReLU and, only when the neuron is
+//      active for some batch row, streams w_up[j] the same way. Writes h [batch, f] in fp32
+//      (exact zeros for inactive neurons). Divergence is per warp, never inside one.
+//   2. down_kernel: grid (column tiles of w_out_t, slices of the neuron range). Each warp scans
+//      32 neurons of its slice with one ballot on h, then for each active neuron reads one
+//      512-byte coalesced segment of w_out_t[j] (one 16-byte load per lane), several neurons
+//      at once for memory-level parallelism. Warps reduce in shared memory; each block writes
+//      fp32 partial sums for its slice.
+//   3. reduce_kernel: sums the slices (+ bias) in a fixed order and casts to the output dtype.
+// No step reads anything back to the host: the ops are CUDA-graph capturable and sparse for
+// any union size; batches above kMaxSparseBatch rows go to the dense cuBLAS path (their union
+// is large and tensor cores win), as does dense_above <= 0.
+#include "sparse_ffn.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+namespace actsparse {
+namespace {
+
+constexpr int kMaxSparseBatch = 8;
+constexpr int kWarp = 32;
+constexpr int kGateWarps = 8;   // rows per gate block
+constexpr int kDownWarps = 4;   // warps sharing one column tile in the down kernel
+constexpr int kDownBatch = 4;   // active neurons whose loads a warp issues together
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// 16 bytes of T, unpacked to floats.
+template <typename T>
+struct Vec {
+  static constexpr int N = 16 / sizeof(T);
+  float v[N];
+  __device__ __forceinline__ void load(const T* p) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = to_f(e[i]);
+  }
+  // Weights are streamed once: bypass L1 and mark them evict-first in L2 so x, h and the
+  // partial sums stay cached.
+  __device__ __forceinline__ void load_stream(const T* p) {
+    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = to_f(e[i]);
+  }
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// acc[b] = dot(w[0:d], x[b][0:d]) summed over the warp (every lane gets the total).
+// VEC: rows are 16-byte aligned and d is a multiple of the vector width.
+template <typename T, int NB, bool VEC>
+__device__ __forceinline__ void warp_dot(const T* __restrict__ w, const T* __restrict__ x, int nb,
+                                         int64_t d, int lane, float (&acc)[NB]) {
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = 0.f;
+  if constexpr (VEC) {
+    constexpr int N = Vec<T>::N;
+    constexpr int kUnroll = 4;
+    const int64_t step = int64_t(kWarp) * N;
+    int64_t k = int64_t(lane) * N;
+    for (; k + (kUnroll - 1) * step < d; k += kUnroll * step) {
+      Vec<T> wv[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) wv[u].load_stream(w + k + u * step);  // loads first: MLP
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          if (b >= nb) break;
+          Vec<T> xv;
+          xv.load(x + b * d + k + u * step);
+#pragma unroll
+          for (int i = 0; i < N; ++i) acc[b] = fmaf(wv[u].v[i], xv.v[i], acc[b]);
+        }
+    }
+    for (; k < d; k += step) {
+      Vec<T> wv;
+      wv.load_stream(w + k);
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        if (b >= nb) break;
+        Vec<T> xv;
+        xv.load(x + b * d + k);
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc[b] = fmaf(wv.v[i], xv.v[i], acc[b]);
+      }
+    }
+  } else {  // odd shapes: element-wise, still coalesced across the warp
+    for (int64_t k = lane; k < d; k += kWarp) {
+      const float wk = to_f(w[k]);
+#pragma unroll
+      for (int b = 0; b < NB; ++b)
+        if (b < nb) acc[b] = fmaf(wk, to_f(x[b * d + k]), acc[b]);
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; ++b) acc[b] = warp_sum(acc[b]);
+}
+
+template <typename T, int NB, bool VEC>
+__global__ void __launch_bounds__(kGateWarps * kWarp)
+gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
+               const T* __restrict__ b_in, const T* __restrict__ b_up, float threshold, int nb,
+               int64_t f, int64_t d, float* __restrict__ h) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t j = int64_t(blockIdx.x) * kGateWarps + threadIdx.x / kWarp;
+  if (j >= f) return;
+  float z[NB];
+  warp_dot<T, NB, VEC>(w_in + j * d, x, nb, d, lane, z);
+  bool any = false;
+#pragma unroll
+  for (int b = 0; b < NB; ++b) {
+    if (b < nb) {
+      z[b] += b_in ? to_f(b_in[j]) : 0.f;
+      z[b] = z[b] >= threshold ? z[b] : 0.f;  // FATReLU
+      any |= z[b] != 0.f;
+    }
+  }
+  // `any` must mean ">= threshold for some row"; a pre-activation equal to 0 with threshold 0
+  // contributes 0 either way, so testing the activated value is exact.
+  if (any && w_up) {
+    float u[NB];
+    warp_dot<T, NB, VEC>(w_up + j * d, x, nb, d, lane, u);
+#pragma unroll
+    for (int b = 0; b < NB; ++b)
+      if (b < nb) z[b] *= u[b] + (b_up ? to_f(b_up[j]) : 0.f);
+  }
+  if (lane < nb) {
+    float v = 0.f;
+#pragma unroll
+    for (int b = 0; b < NB; ++b)
+      if (b == lane) v = z[b];
+    h[int64_t(lane) * f + j] = v;  // inactive neurons get an exact 0: h is never assumed zeroed
+  }
+}
+
+template <typename T, int NB, bool VEC>
+__global__ void __launch_bounds__(kDownWarps * kWarp)
+down_kernel(const T* __restrict__ w_out_t, const float* __restrict__ h, int nb, int64_t f,
+            int64_t d_out, int64_t slice, float* __restrict__ partial) {
+  constexpr int N = VEC ? Vec<T>::N : 1;
+  constexpr int kTile = kWarp * N;
+  __shared__ float red[kDownWarps][NB][kTile];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t c0 = int64_t(blockIdx.x) * kTile;
+  const int64_t col = c0 + int64_t(lane) * N;
+  const int64_t j0 = int64_t(blockIdx.y) * slice, j1 = min(f, j0 + slice);
+  float acc[NB][N];
+#pragma unroll
+  for (int b = 0; b < NB; ++b)
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[b][i] = 0.f;
+
+  for (int64_t g = j0 + int64_t(warp) * kWarp; g < j1; g += int64_t(kDownWarps) * kWarp) {
+    const int64_t jl = g + lane;
+    float hv[NB];
+    bool act = false;
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      hv[b] = (b < nb && jl < j1) ? h[int64_t(b) * f + jl] : 0.f;
+      act |= hv[b] != 0.f;
+    }
+    unsigned mask = __ballot_sync(0xffffffffu, act);
+    while (mask) {
+      // Pop up to kDownBatch active neurons and issue their loads before any FMA.
+      int src[kDownBatch];
+      int cnt = 0;
+#pragma unroll
+      for (int q = 0; q < kDownBatch; ++q) {
+        src[q] = mask ? __ffs(mask) - 1 : -1;
+        if (mask) { mask &= mask - 1; ++cnt; }
+      }
+      Vec<T> wv[kDownBatch];
+      float ws[kDownBatch];
+#pragma unroll
+      for (int q = 0; q < kDownBatch; ++q) {
+        if (src[q] < 0) continue;
+        const T* row = w_out_t + (g + src[q]) * d_out;
+        if constexpr (VEC) {
+          if (col < d_out) wv[q].load_stream(row + col);
+        } else {
+          ws[q] = col < d_out ? to_f(row[col]) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kDownBatch; ++q) {
+        if (q >= cnt) break;
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          const float hb = __shfl_sync(0xffffffffu, hv[b], src[q]);
+          if constexpr (VEC) {
+#pragma unroll
+            for (int i = 0; i < N; ++i) acc[b][i] = fmaf(hb, wv[q].v[i], acc[b][i]);
+          } else {
+            acc[b][0] = fmaf(hb, ws[q], acc[b][0]);
+          }
+        }
+      }
+    }
+  }
+  // Fixed-order reduction over the block's warps (deterministic), then one partial per slice.
+#pragma unroll
+  for (int b = 0; b < NB; ++b)
+#pragma unroll
+    for (int i = 0; i < N; ++i) red[warp][b][lane * N + i] = acc[b][i];
+  __syncthreads();
+  for (int t = threadIdx.x; t < NB * kTile; t += blockDim.x) {
+    const int b = t / kTile, c = t % kTile;
+    if (b >= nb || c0 + c >= d_out) continue;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kDownWarps; ++w) s += red[w][b][c];
+    partial[(int64_t(blockIdx.y) * nb + b) * d_out + c0 + c] = s;
+  }
+}
+
+template <typename T>
+__global__ void reduce_kernel(const float* __restrict__ partial, const T* __restrict__ b_out, int n_slices,
+                              int nb, int64_t d_out, T* __restrict__ y) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(nb) * d_out) return;
+  float s = b_out ? to_f(b_out[i % d_out]) : 0.f;
+  for (int k = 0; k < n_slices; ++k) s += partial[int64_t(k) * nb * d_out + i];
+  y[i] = from_f<T>(s);
+}
+
+template <typename T> struct Native { using type = T; };
+template <> struct Native<at::Half> { using type = __half; };
+template <> struct Native<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename T>
+const T* opt_ptr(const OptTensor& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+template <typename AT>
+at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
+  using T = typename Native<AT>::type;
+  const int nb = int(a.x.size(0));
+  const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
+  constexpr int N = Vec<T>::N;
+  const bool vec_in = d % N == 0 && aligned16(a.x) && aligned16(a.w_in) && (!a.w_up || aligned16(*a.w_up));
+  const bool vec_out = d_out % N == 0 && aligned16(a.w_out_t);
+  // c10 headers only: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers we do not use.
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto f32 = a.x.options().dtype(at::kFloat);
+
+  at::Tensor h = new_scratch({nb, f}, f32);
+  const T* x = reinterpret_cast<const T*>(a.x.data_ptr());
+  const T* w_up = a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr;
+  const dim3 gate_grid(unsigned((f + kGateWarps - 1) / kGateWarps));
+  auto launch_gate = [&](auto nb_tag, auto vec_tag) {
+    constexpr int NB = decltype(nb_tag)::value;
+    constexpr bool V = decltype(vec_tag)::value;
+    gate_up_kernel<T, NB, V><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
+        x, reinterpret_cast<const T*>(a.w_in.data_ptr()), w_up, opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
+        float(a.threshold), nb, f, d, h.data_ptr<float>());
+  };
+
+  // Slices of the neuron range: enough blocks to fill the GPU, few enough partials to stay in L2.
+  const int64_t n_slices = std::max<int64_t>(1, std::min<int64_t>(64, f / 256));
+  const int64_t slice = (f + n_slices - 1) / n_slices;
+  at::Tensor partial = new_scratch({n_slices, nb, d_out}, f32);
+  auto launch_down = [&](auto nb_tag, auto vec_tag) {
+    constexpr int NB = decltype(nb_tag)::value;
+    constexpr bool V = decltype(vec_tag)::value;
+    constexpr int64_t tile = kWarp * (V ? N : 1);
+    const dim3 grid(unsigned((d_out + tile - 1) / tile), unsigned(n_slices));
+    down_kernel<T, NB, V><<<grid, kDownWarps * kWarp, 0, stream>>>(
+        reinterpret_cast<const T*>(a.w_out_t.data_ptr()), h.data_ptr<float>(), nb, f, d_out, slice,
+        partial.data_ptr<float>());
+  };
+  // Template batch sizes 1, 2, 4, 8: registers per batch row; runtime nb <= NB masks the rest.
+  auto with_nb = [&](auto&& fn, bool vec) {
+    auto go = [&](auto nb_tag) {
+      if (vec) fn(nb_tag, std::true_type{});
+      else fn(nb_tag, std::false_type{});
+    };
+    if (nb == 1) go(std::integral_constant<int, 1>{});
+    else if (nb == 2) go(std::integral_constant<int, 2>{});
+    else if (nb <= 4) go(std::integral_constant<int, 4>{});
+    else go(std::integral_constant<int, 8>{});
+  };
+  with_nb(launch_gate, vec_in);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  with_nb(launch_down, vec_out);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  at::Tensor y = at::empty({nb, d_out}, a.x.options());
+  if (debug_poison()) y.fill_(NAN);
+  const int threads = 256;
+  const unsigned blocks = unsigned((int64_t(nb) * d_out + threads - 1) / threads);
+  reduce_kernel<T><<<blocks, threads, 0, stream>>>(partial.data_ptr<float>(), opt_ptr<T>(a.b_out), int(n_slices), nb,
+                                                  d_out, reinterpret_cast<T*>(y.data_ptr()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
+at::Tensor dispatch_cuda(const char* op, const FfnArgs& a) {
+  check_ffn_args(op, a);
+  TORCH_CHECK(a.x.is_cuda(), op, ": the CUDA kernel got x on ", a.x.device(), ".");
+  const auto dt = a.x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
+              ": the CUDA kernels support float32, float16 and bfloat16, got ", dt, ".");
+  const c10::cuda::CUDAGuard guard(a.x.device());
+  if (a.dense_above <= 0.0 || a.x.size(0) > kMaxSparseBatch) return dense_ffn(a);
+  if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
+  if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
+  return sparse_ffn_cuda_impl<at::BFloat16>(a);
+}
+
+at::Tensor sparse_gated_ffn_cuda(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
+                                 const at::Tensor& w_down_t, double threshold, const OptTensor& b_gate,
+                                 const OptTensor& b_up, const OptTensor& b_down, double dense_above) {
+  const at::Tensor xc = x.contiguous();
+  return dispatch_cuda("actsparse.sparse_gated_ffn",
+                       FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above});
+}
+
+at::Tensor sparse_ffn_cuda(const at::Tensor& x, const at::Tensor& w_fc, const at::Tensor& w_proj_t,
+                           double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above) {
+  const at::Tensor xc = x.contiguous();
+  const OptTensor none;
+  return dispatch_cuda("actsparse.sparse_ffn",
+                       FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above});
+}
+
+}  // namespace
+}  // namespace actsparse
+
+TORCH_LIBRARY_IMPL(actsparse, CUDA, m) {
+  m.impl("sparse_gated_ffn", &actsparse::sparse_gated_ffn_cuda);
+  m.impl("sparse_ffn", &actsparse::sparse_ffn_cuda);
+}

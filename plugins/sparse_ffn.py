@@ -1,0 +1,351 @@
+"""Sparse FFN inference: the ops, their pure PyTorch reference, and model conversion.
+
+``sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold)`` computes
+``(FATReLU_t(x w_gateᵀ) * (x w_upᵀ)) w_down_t`` and ``sparse_ffn(x, w_fc, w_proj_t, threshold)``
+computes ``FATReLU_t(x w_fcᵀ) w_proj_t`` (DESIGN §3). All weights are neuron-major ``[f, d]``:
+gate/up/fc in ``nn.Linear`` layout, the down/proj weight transposed once at conversion, so that
+the neurons a token activates are contiguous rows everywhere. The gate is computed densely; up
+and down touch only the neurons active for some token of the batch (their union), and run dense
+when that union is too large for sparsity to pay (``dense_above``).
+
+The compiled kernels (``csrc/``, built on first use by :mod:`actsparse.ext`) serve CPU (fp32,
+bf16) and CUDA (fp32, fp16, bf16); anything else, ``ACTSPARSE_NO_EXT=1``, or a call that needs
+gradients takes the pure PyTorch reference path (same math, differentiable).
+
+Example:
+    >>> import torch
+    >>> from actsparse.models import TinyLM
+    >>> from actsparse.plugins.sparse_ffn import convert_to_sparse, SparseFFN
+    >>> torch.manual_seed(0) and None
+    >>> model = TinyLM(d_model=32, n_layers=2, n_heads=2, activation="relu").eval()
+    >>> prompt = torch.randint(0, 256, (1, 8))
+    >>> dense_tokens = model.generate(prompt, 5)
+    >>> sparse_model = convert_to_sparse(model, inplace=False)
+    >>> type(sparse_model.blocks[0].ffn).__name__
+    'SparseFFN'
+    >>> torch.equal(sparse_model.generate(prompt, 5), dense_tokens)
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actsparse.plugins.activations import FATReLU
+from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, find_sites, linear_weight
+
+__all__ = [
+    "SparseFFN",
+    "convert_to_sparse",
+    "default_dense_above",
+    "reference_ffn",
+    "reference_gated_ffn",
+    "sparse_ffn",
+    "sparse_gated_ffn",
+]
+
+# Union fraction of active neurons above which up/down run dense, per device. Measured with
+# `python -m actsparse.bench sparse-ffn` (docs/sparse_ffn.md): on the 2-core CPU the sparse
+# kernels stream at least as fast as MKL's dense GEMV for batches <= 8 at any union, so only
+# larger batches (compute-bound, where MKL's GEMM wins) switch to dense. On CUDA the kernels never
+# read the union back to the host (that would synchronize and break CUDA graphs); batches above
+# 8 rows go to cuBLAS inside the op instead, so the value only matters when it is 0 (force dense).
+_CPU_SMALL_BATCH = 8
+_CPU_LARGE_BATCH_DENSE_ABOVE = 0.5
+
+
+def default_dense_above(device: torch.device | str, batch: int) -> float:
+    """The ``dense_above`` used when none is given (see the module docstring for the source).
+
+    Example:
+        >>> default_dense_above("cpu", 1), default_dense_above("cpu", 32)
+        (1.0, 0.5)
+    """
+    if torch.device(device).type == "cpu" and batch > _CPU_SMALL_BATCH:
+        return _CPU_LARGE_BATCH_DENSE_ABOVE
+    return 1.0
+
+
+# -- the pure PyTorch reference -------------------------------------------------------------------
+
+def _fatrelu(z: torch.Tensor, threshold: float) -> torch.Tensor:
+    return torch.where(z >= threshold, z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None,
+                        dense_above=1.0):
+    """Pure PyTorch sparse gated FFN on 2-D ``x`` (gather of the active rows; differentiable).
+
+    Example:
+        >>> x, w = torch.ones(1, 2), torch.tensor([[1.0, 1.0], [-1.0, 0.0]])
+        >>> reference_gated_ffn(x, w, w, w)   # neuron 0 active: 2 * 2 * [1, 1]
+        tensor([[4., 4.]])
+    """
+    z = F.linear(x, w_gate, b_gate)
+    keep = z >= threshold
+    active = keep.any(0).nonzero().squeeze(1)
+    if active.numel() > dense_above * w_gate.shape[0]:
+        h = _fatrelu(z, threshold) * F.linear(x, w_up, b_up)
+        out = h @ w_down_t
+    else:
+        up = F.linear(x, w_up.index_select(0, active), None if b_up is None else b_up.index_select(0, active))
+        h = _fatrelu(z.index_select(1, active), threshold) * up
+        out = h @ w_down_t.index_select(0, active)
+    return out if b_down is None else out + b_down
+
+
+def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0):
+    """Pure PyTorch sparse plain FFN on 2-D ``x`` (gather of the active rows; differentiable).
+
+    Example:
+        >>> reference_ffn(torch.ones(1, 2), torch.tensor([[1.0, 1.0], [-1.0, 0.0]]), torch.eye(2))
+        tensor([[2., 0.]])
+    """
+    z = F.linear(x, w_fc, b_fc)
+    active = (z >= threshold).any(0).nonzero().squeeze(1)
+    if active.numel() > dense_above * w_fc.shape[0]:
+        out = _fatrelu(z, threshold) @ w_proj_t
+    else:
+        out = _fatrelu(z.index_select(1, active), threshold) @ w_proj_t.index_select(0, active)
+    return out if b_proj is None else out + b_proj
+
+
+# -- the fronts --------------------------------------------------------------------------------------
+
+def _check(op: str, x, weights: dict, biases: dict, d_out_name: str) -> None:
+    """The reference path's argument checks (the compiled ops run the same checks in C++)."""
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must be [..., d] with d > 0, got shape {tuple(x.shape)}.")
+    f = None
+    for name, w in weights.items():
+        if w.device != x.device:
+            raise ValueError(f"{op}: {name} is on {w.device} but x is on {x.device}; move the module "
+                             "(model.to(device)) so weights and inputs share a device.")
+        if w.dtype != x.dtype:
+            raise ValueError(f"{op}: {name} has dtype {w.dtype} but x has dtype {x.dtype}; cast one of "
+                             f"them (e.g. x.to({name}.dtype)).")
+        f = w.shape[0] if f is None else f
+        want_cols = None if name == d_out_name else x.shape[-1]
+        if w.dim() != 2 or w.shape[0] != f or (want_cols is not None and w.shape[1] != want_cols):
+            raise ValueError(f"{op}: {name} must be neuron-major [f, d] = [{f}, {want_cols or 'd_out'}], got "
+                             f"{tuple(w.shape)}. Down/proj weights are stored transposed (weight.t().contiguous()).")
+        if not w.is_contiguous():
+            raise ValueError(f"{op}: {name} with shape {tuple(w.shape)} is not contiguous (strides {w.stride()}); "
+                             "store it once with .contiguous() (SparseFFN.from_dense does).")
+    sizes = {"b_gate": f, "b_up": f, "b_fc": f, "b_down": weights[d_out_name].shape[1],
+             "b_proj": weights[d_out_name].shape[1]}
+    for name, b in biases.items():
+        if b is not None and (b.shape != (sizes[name],) or b.dtype != x.dtype or b.device != x.device):
+            raise ValueError(f"{op}: {name} must be a 1-D tensor of size {sizes[name]} with x's dtype and "
+                             f"device, got {tuple(b.shape)} {b.dtype} on {b.device}.")
+
+
+def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
+    if backend not in ("auto", "ext", "reference"):
+        raise ValueError(f"backend must be 'auto', 'ext' or 'reference', got {backend!r}.")
+    if backend == "reference":
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if backend == "ext":
+            raise RuntimeError("The compiled sparse-FFN kernels are inference-only; call under torch.no_grad() "
+                               "or torch.inference_mode(), or use backend='reference' for gradients.")
+        return False  # gradients flow through the (differentiable) reference path
+    from actsparse import ext
+
+    ok = ext.supports(x.device)
+    if backend == "ext" and not ok:
+        raise RuntimeError(f"backend='ext' but no compiled kernel serves {x.device}: {ext.load().reason}")
+    return ok
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gate=None, b_up=None, b_down=None,
+                     dense_above: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """``(FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down`` for x ``[..., d]``.
+
+    Args:
+        x: activations ``[..., d]`` (leading dimensions are flattened into one batch).
+        w_gate, w_up: ``[f, d]`` (``nn.Linear`` layout), contiguous.
+        w_down_t: ``[f, d_out]``, the down weight transposed once (``down.weight.t().contiguous()``).
+        threshold: FATReLU threshold: a neuron is active where its gate pre-activation is ``>= threshold``.
+        dense_above: union fraction of active neurons above which up/down run dense; ``None``
+            picks :func:`default_dense_above`, ``0`` forces dense, ``1`` forces sparse.
+        backend: ``"auto"`` (compiled kernels when available), ``"ext"`` (require them) or ``"reference"``.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> x, wg, wu, wd = torch.randn(3, 16), torch.randn(40, 16), torch.randn(40, 16), torch.randn(16, 40)
+        >>> y = sparse_gated_ffn(x, wg, wu, wd.t().contiguous(), threshold=0.5)
+        >>> dense = (FATReLU(0.5)(x @ wg.t()) * (x @ wu.t())) @ wd.t()
+        >>> torch.allclose(y, dense, rtol=1e-4, atol=1e-4)
+        True
+    """
+    op = "actsparse.sparse_gated_ffn"
+    x2 = _flat(x)
+    dense_above = default_dense_above(x.device, x2.shape[0]) if dense_above is None else float(dense_above)
+    tensors = (x, w_gate, w_up, w_down_t, b_gate, b_up, b_down)
+    if _use_ext(x, tensors, backend):
+        y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
+                                                 dense_above)
+    else:
+        _check(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
+               {"b_gate": b_gate, "b_up": b_up, "b_down": b_down}, "w_down_t")
+        y = reference_gated_ffn(x2, w_gate, w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above)
+    return y.reshape(*x.shape[:-1], w_down_t.shape[1])
+
+
+def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=None,
+               dense_above: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """``FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj`` for x ``[..., d]`` (GPT-2/BERT-style FFN).
+
+    Arguments as in :func:`sparse_gated_ffn`; ``w_proj_t`` is ``proj.weight.t().contiguous()``.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> x, wf, wp, bf = torch.randn(2, 5, 16), torch.randn(40, 16), torch.randn(16, 40), torch.randn(40)
+        >>> y = sparse_ffn(x, wf, wp.t().contiguous(), b_fc=bf)
+        >>> torch.allclose(y, torch.relu(x @ wf.t() + bf) @ wp.t(), rtol=1e-4, atol=1e-4), y.shape
+        (True, torch.Size([2, 5, 16]))
+    """
+    op = "actsparse.sparse_ffn"
+    x2 = _flat(x)
+    dense_above = default_dense_above(x.device, x2.shape[0]) if dense_above is None else float(dense_above)
+    if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
+        y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above)
+    else:
+        _check(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
+        y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above)
+    return y.reshape(*x.shape[:-1], w_proj_t.shape[1])
+
+
+# -- conversion ----------------------------------------------------------------------------------------
+
+def _threshold_of(site: Site) -> float:
+    act = site.activation
+    if isinstance(act, FATReLU):
+        return act.threshold
+    if isinstance(act, nn.ReLU):
+        return 0.0  # relu(z) and FATReLU_0(z) agree everywhere (z = 0 gives 0 either way)
+    name = type(act).__name__ if isinstance(act, nn.Module) else ("a functional call" if act is None else repr(act))
+    raise TypeError(
+        f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU activations only (zeros are "
+        "what it skips). Swap the activation first (actsparse.plugins.swap_activation(model, 'relu') or "
+        "'fatrelu') and fine-tune, e.g. with the ProSparse callback, then convert."
+    )
+
+
+class SparseFFN(nn.Module):
+    """Inference FFN that skips inactive neurons (see the module docstring).
+
+    Built with :meth:`from_dense`; weights are buffers (it is not meant to be trained), stored
+    neuron-major with the down/proj weight transposed once. ``forward`` accepts ``[..., d]``.
+    """
+
+    def __init__(self, kind: str, w_in: torch.Tensor, w_out_t: torch.Tensor, w_up: torch.Tensor | None = None,
+                 b_in=None, b_up=None, b_out=None, threshold: float = 0.0, dense_above: float | None = None,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if kind not in (GATED_FFN, PLAIN_FFN):
+            raise ValueError(f"kind must be {GATED_FFN!r} or {PLAIN_FFN!r}, got {kind!r}.")
+        if (kind == GATED_FFN) != (w_up is not None):
+            raise ValueError("A gated FFN needs w_up; a plain FFN must not have one.")
+        self.kind, self.threshold, self.dense_above, self.backend = kind, float(threshold), dense_above, backend
+        for name, t in (("w_in", w_in), ("w_up", w_up), ("w_out_t", w_out_t), ("b_in", b_in), ("b_up", b_up),
+                        ("b_out", b_out)):
+            self.register_buffer(name, None if t is None else t.detach().contiguous())
+
+    @classmethod
+    def from_dense(cls, module_or_site: nn.Module | Site, dense_above: float | None = None,
+                   backend: str = "auto") -> "SparseFFN":
+        """Convert one FFN (a module :func:`find_sites` understands, or one of its sites).
+
+        Example:
+            >>> from actsparse.models.llama import GatedFFN
+            >>> ffn = GatedFFN(16, 48, "relu")
+            >>> sparse = SparseFFN.from_dense(ffn)
+            >>> x = torch.randn(4, 16)
+            >>> torch.allclose(sparse(x), ffn(x), atol=1e-6)
+            True
+        """
+        site = module_or_site if isinstance(module_or_site, Site) else _own_ffn_site(module_or_site)
+        if site.kind not in (GATED_FFN, PLAIN_FFN):
+            raise TypeError(f"Site {site.name!r} is a bare activation ({site.kind}), not an FFN block.")
+        if site.adapter == "BertLayer":
+            raise TypeError(
+                f"Site {site.name!r}: BERT's FFN spans BertIntermediate and BertOutput, whose forward also adds "
+                "the residual and applies LayerNorm, so it cannot be replaced by one FFN module."
+            )
+        threshold = _threshold_of(site)
+
+        def bias(layer):
+            return getattr(layer, "bias", None)
+
+        down = site.down
+        w_out_t = linear_weight(down).t()  # [f, d_out]; contiguous() in __init__ copies once
+        if site.kind == GATED_FFN:
+            gate, up = site.inputs
+            return cls(GATED_FFN, linear_weight(gate), w_out_t, linear_weight(up), bias(gate), bias(up), bias(down),
+                       threshold, dense_above, backend)
+        (fc,) = site.inputs
+        return cls(PLAIN_FFN, linear_weight(fc), w_out_t, None, bias(fc), None, bias(down), threshold, dense_above,
+                   backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == GATED_FFN:
+            return sparse_gated_ffn(x, self.w_in, self.w_up, self.w_out_t, self.threshold, b_gate=self.b_in,
+                                    b_up=self.b_up, b_down=self.b_out, dense_above=self.dense_above,
+                                    backend=self.backend)
+        return sparse_ffn(x, self.w_in, self.w_out_t, self.threshold, b_fc=self.b_in, b_proj=self.b_out,
+                          dense_above=self.dense_above, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        f, d = self.w_in.shape
+        return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}"
+
+
+def _own_ffn_site(module: nn.Module) -> Site:
+    sites = [s for s in find_sites(module) if s.kind in (GATED_FFN, PLAIN_FFN) and s.owner is module]
+    if not sites:
+        raise TypeError(
+            f"{type(module).__name__} is not an FFN block find_sites understands; pass the FFN module itself "
+            "(e.g. model.blocks[0].ffn) or a Site, or register it with actsparse.plugins.register_ffn."
+        )
+    return sites[0]
+
+
+def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: bool = True,
+                      dense_above: float | None = None, backend: str = "auto") -> nn.Module:
+    """Replace every FFN site of ``model`` (gated and plain) with a :class:`SparseFFN`.
+
+    ``include``/``exclude`` select sites as in :func:`find_sites`. Every selected FFN must use a
+    ReLU or FATReLU activation (else a ``TypeError`` names the site and the fix). Returns the
+    converted model (``model`` itself unless ``inplace=False``, which converts a deep copy).
+    Conversion is for inference: call the result under ``torch.no_grad()``/``inference_mode()``.
+
+    Example:
+        >>> from actsparse.models import TinyLM
+        >>> m = convert_to_sparse(TinyLM(d_model=16, n_layers=2, n_heads=2, activation="fatrelu", threshold=0.01))
+        >>> m.blocks[1].ffn
+        SparseFFN(kind=gated_ffn, d=16, f=48, d_out=16, threshold=0.01)
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    sites = [s for s in find_sites(model, include, exclude) if s.kind in (GATED_FFN, PLAIN_FFN)]
+    if not sites:
+        raise TypeError(f"{type(model).__name__} has activation sites but no FFN block to convert "
+                        "(find_sites found only bare activations).")
+    converted = [(s.name, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend)) for s in sites]
+    for name, new in converted:  # every site validated before the model is touched
+        if not name:
+            return new
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    return model

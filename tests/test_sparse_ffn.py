@@ -1,0 +1,351 @@
+"""Sparse FFN ops (csrc/ kernels and the PyTorch reference) against an independent float64 reference.
+
+Every op test runs with the kernels' debug poison on (outputs and scratch NaN-filled before the
+kernels run), on fresh random inputs, at odd sizes (not multiples of any vector width) and at
+SIMD-friendly ones. CUDA cases skip where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from actsparse import ext
+from actsparse.models import TinyLM
+from actsparse.models.llama import GatedFFN, PlainFFN
+from actsparse.plugins.activations import FATReLU
+from actsparse.plugins.sites import find_sites
+from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.swap import swap_activation
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}  # DESIGN §5
+
+
+@pytest.fixture(scope="module")
+def ops():
+    status = ext.load()
+    if not status.available:
+        pytest.skip(f"compiled kernels unavailable: {status.reason}")
+    return torch.ops.actsparse
+
+
+@pytest.fixture
+def poison(ops):
+    previous = ops._set_debug_poison(True)
+    yield
+    ops._set_debug_poison(previous)
+
+
+def need(device: str, dtype: torch.dtype) -> None:
+    if device == "cuda" and not ext.supports("cuda"):
+        pytest.skip(f"no CUDA kernels: {ext.load().reason}")
+    if device == "cpu" and dtype == torch.float16:
+        pytest.skip("the CPU kernels serve float32 and bfloat16")
+
+
+# -- the independent reference: dense, float64, written from the definition -----------------------
+
+def ref64(x, w_in, w_out_t, t, w_up=None, b_in=None, b_up=None, b_out=None):
+    d = lambda v: None if v is None else v.double().cpu()  # noqa: E731
+    x, w_in, w_out_t, w_up, b_in, b_up, b_out = map(d, (x, w_in, w_out_t, w_up, b_in, b_up, b_out))
+    z = x @ w_in.T + (0 if b_in is None else b_in)
+    h = torch.where(z >= t, z, torch.zeros((), dtype=z.dtype))
+    if w_up is not None:
+        h = h * (x @ w_up.T + (0 if b_up is None else b_up))
+    return h @ w_out_t + (0 if b_out is None else b_out)
+
+
+def rel_err(y, ref) -> float:
+    assert torch.isfinite(y).all(), "output has NaN/inf (an element was not written?)"
+    return ((y.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make(batch, d, f, dtype, device, gated=True, bias=False, d_out=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d_out = d if d_out is None else d_out
+    r = lambda *s: (torch.randn(*s, generator=g) / s[-1] ** 0.5).to(dtype).to(device)  # noqa: E731
+    p = dict(x=r(batch, d), w_in=r(f, d), w_out_t=r(f, d_out), w_up=r(f, d) if gated else None)
+    if bias:
+        p.update(b_in=r(f), b_up=r(f) if gated else None, b_out=r(d_out))
+    return p
+
+
+def threshold_for(p, active: str) -> float:
+    """A threshold with a wide margin to every pre-activation (no 64-bit vs 32-bit flips)."""
+    if active == "none":
+        return 1e30
+    if active == "all":
+        return -1e30
+    z = (p["x"].double() @ p["w_in"].double().T + (p["b_in"].double() if p.get("b_in") is not None else 0)).flatten()
+    s = z.sort().values.cpu()
+    k = int(0.75 * (len(s) - 1))  # ~25% of (token, neuron) pairs active
+    gaps = s[k - 5 : k + 5].diff()
+    i = k - 5 + int(gaps.argmax())
+    return float((s[i] + s[i + 1]) / 2)
+
+
+def call(p, t, dense_above=None, backend="auto"):
+    if p["w_up"] is not None:
+        return sparse_gated_ffn(p["x"], p["w_in"], p["w_up"], p["w_out_t"], t, b_gate=p.get("b_in"),
+                                b_up=p.get("b_up"), b_down=p.get("b_out"), dense_above=dense_above, backend=backend)
+    return sparse_ffn(p["x"], p["w_in"], p["w_out_t"], t, b_fc=p.get("b_in"), b_proj=p.get("b_out"),
+                      dense_above=dense_above, backend=backend)
+
+
+def ref_of(p, t):
+    return ref64(p["x"], p["w_in"], p["w_out_t"], t, p["w_up"], p.get("b_in"), p.get("b_up"), p.get("b_out"))
+
+
+# -- correctness ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(67, 133, 67), (256, 704, 192)], ids=["odd", "aligned"])
+@pytest.mark.parametrize("batch", [1, 3, 8, 13])
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
+def test_matches_float64_reference(poison, device, dtype, shape, batch, gated):
+    need(device, dtype)
+    d, f, d_out = shape
+    p = make(batch, d, f, dtype, device, gated=gated, bias=not gated, d_out=d_out, seed=batch * 7 + d)
+    # Low-precision gates at batch > 8 run through at::mm with a rounded output; threshold 0
+    # keeps a rounding flip harmless (a flipped neuron contributes ~0).
+    t = 0.0 if (dtype != torch.float32 and batch > 8) else threshold_for(p, "some")
+    y = call(p, t, backend="ext")
+    assert y.shape == (batch, d_out) and y.dtype == dtype and y.device.type == device
+    assert rel_err(y, ref_of(p, t)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("active", ["none", "all"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_zero_and_all_active(poison, device, dtype, active, batch):
+    need(device, dtype)
+    for gated, bias in ((True, False), (True, True), (False, True)):
+        p = make(batch, 97, 211, dtype, device, gated=gated, bias=bias, seed=batch)
+        t = threshold_for(p, active)
+        y = call(p, t, backend="ext")
+        ref = ref_of(p, t)
+        if active == "none" and not bias:
+            assert torch.equal(y.cpu(), torch.zeros_like(y.cpu())), "no neuron active: the output is exactly 0"
+        else:
+            assert rel_err(y, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dense_above", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("batch", [2, 16])
+def test_dense_dispatch_agrees(poison, device, dense_above, batch):
+    need(device, torch.float32)
+    p = make(batch, 128, 320, torch.float32, device, bias=True, seed=3)
+    t = threshold_for(p, "some")
+    assert rel_err(call(p, t, dense_above=dense_above, backend="ext"), ref_of(p, t)) < 1e-5
+
+
+def test_reference_path_matches(poison):
+    for gated in (True, False):
+        p = make(6, 45, 99, torch.float32, "cpu", gated=gated, bias=True, seed=11)
+        t = threshold_for(p, "some")
+        for dense_above in (0.0, 1.0):
+            assert rel_err(call(p, t, dense_above, backend="reference"), ref_of(p, t)) < 1e-5
+
+
+def test_leading_dims_and_deterministic(ops):
+    p = make(1, 64, 160, torch.float32, "cpu", seed=5)
+    x = torch.randn(2, 7, 64)
+    y = sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0)
+    assert y.shape == (2, 7, 64)
+    again = sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0)
+    assert torch.equal(y, again), "results must not depend on thread scheduling"
+    assert rel_err(y.reshape(14, 64), ref64(x.reshape(14, 64), p["w_in"], p["w_out_t"], 0.0, p["w_up"])) < 1e-5
+
+
+def test_gradients_take_the_reference_path(ops):
+    p = make(3, 32, 80, torch.float32, "cpu", seed=2)
+    x = p["x"].clone().requires_grad_()
+    sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0).sum().backward()
+    x2 = p["x"].clone().requires_grad_()
+    ((F.relu(x2 @ p["w_in"].T) * (x2 @ p["w_up"].T)) @ p["w_out_t"]).sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0, backend="ext")
+
+
+# -- the op contract --------------------------------------------------------------------------------
+
+def test_opcheck(ops):
+    p = make(3, 40, 72, torch.float32, "cpu", bias=True, seed=4)
+    t = threshold_for(p, "some")
+    torch.library.opcheck(ops.sparse_gated_ffn.default,
+                          (p["x"], p["w_in"], p["w_up"], p["w_out_t"], t, p["b_in"], p["b_up"], p["b_out"], 1.0))
+    torch.library.opcheck(ops.sparse_ffn.default, (p["x"], p["w_in"], p["w_out_t"], t, p["b_in"], None, 0.5))
+    if ext.supports("cuda"):
+        q = {k: v.cuda() for k, v in p.items()}
+        torch.library.opcheck(ops.sparse_gated_ffn.default, (q["x"], q["w_in"], q["w_up"], q["w_out_t"], t))
+
+
+def test_torch_compile_fullgraph(ops):
+    p = make(2, 48, 96, torch.float32, "cpu", seed=6)
+
+    def fn(x):
+        return ops.sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0) * 2
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    assert torch.allclose(compiled(p["x"]), fn(p["x"]))
+
+
+@pytest.mark.parametrize("backend", ["ext", "reference"])
+def test_clear_errors(ops, backend):
+    p = make(2, 32, 64, torch.float32, "cpu", seed=8)
+    x, wg, wu, wdt = p["x"], p["w_in"], p["w_up"], p["w_out_t"]
+    err = (RuntimeError, ValueError)
+    with pytest.raises(err, match="w_up .*dtype|dtype .*w_up"):
+        sparse_gated_ffn(x, wg, wu.double(), wdt, backend=backend)
+    with pytest.raises(err, match="w_down_t must be neuron-major"):
+        sparse_gated_ffn(x, wg, wu, wdt[:-1], backend=backend)
+    with pytest.raises(err, match="w_up must be neuron-major"):
+        sparse_gated_ffn(x, wg, wu[:, :-1], wdt, backend=backend)
+    with pytest.raises(err, match="not contiguous.*contiguous"):
+        sparse_gated_ffn(x, wg, wu, wdt.t().contiguous().t(), backend=backend)
+    with pytest.raises(err, match="b_fc"):
+        sparse_ffn(x, wg, wdt, b_fc=torch.zeros(3), backend=backend)
+    if backend == "ext":
+        with pytest.raises(RuntimeError, match="float32 and bfloat16"):
+            sparse_gated_ffn(x.double(), wg.double(), wu.double(), wdt.double(), backend=backend)
+    if CUDA:
+        with pytest.raises(err, match="cuda.*x is on cpu|move the module"):
+            sparse_gated_ffn(x, wg.cuda(), wu, wdt, backend=backend)
+
+
+# -- conversion ---------------------------------------------------------------------------------------
+
+def test_from_dense_actsparse_ffns():
+    torch.manual_seed(0)
+    x = torch.randn(5, 24)
+    for ffn in (GatedFFN(24, 72, "relu"), GatedFFN(24, 72, "fatrelu", threshold=0.01), PlainFFN(24, 96, "relu")):
+        sparse = SparseFFN.from_dense(ffn)
+        with torch.no_grad():
+            assert rel_err(sparse(x), ffn(x).double()) < 1e-5
+    with pytest.raises(TypeError, match="swap_activation"):
+        SparseFFN.from_dense(GatedFFN(24, 72, "silu"))
+
+
+@pytest.mark.parametrize("mlp_bias", [False, True])
+def test_from_dense_hf_llama_mlp(mlp_bias):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=40, intermediate_size=112, num_attention_heads=4, num_key_value_heads=4,
+                      hidden_act="relu", mlp_bias=mlp_bias)
+    mlp = LlamaMLP(cfg).eval()
+    model = nn.Sequential(mlp)
+    x = torch.randn(3, 4, 40)
+    with torch.no_grad():
+        expected = mlp(x).double()
+        converted = convert_to_sparse(model)
+        assert isinstance(converted[0], SparseFFN) and (converted[0].b_in is not None) == mlp_bias
+        assert rel_err(converted(x), expected) < 1e-5
+
+
+def test_from_dense_gpt2_conv1d():
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+
+    torch.manual_seed(2)
+    cfg = GPT2Config(n_embd=32, activation_function="relu", resid_pdrop=0.0)
+    mlp = GPT2MLP(128, cfg).eval()
+    nn.init.normal_(mlp.c_fc.bias)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert rel_err(SparseFFN.from_dense(mlp)(x), mlp(x).double()) < 1e-5
+
+
+def _train_sparse_lm(steps: int = 120) -> TinyLM:
+    """A ReLU TinyLM trained with an L1 penalty on its FFN activations (ProSparse steps 1-2),
+    then FATReLU(0.01) (step 3): the kind of model the sparse FFN is for."""
+    torch.manual_seed(0)
+    text = (open(__file__, "rb").read() * 4)[: 64 * 1024]
+    data = torch.tensor(list(text), dtype=torch.long)
+    model = TinyLM(d_model=64, n_layers=2, n_heads=2, activation="relu", max_seq_len=64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    acts = []
+    hooks = [s.register_hook(lambda site, t: acts.append(t)) for s in find_sites(model)]
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - 65, (16,))
+        batch = torch.stack([data[s : s + 65] for s in starts])
+        acts.clear()
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 256), batch[:, 1:].reshape(-1))
+        l1 = sum(a.abs().sum(-1).mean() for a in acts)
+        (loss + 2e-3 * l1).backward()
+        opt.step()
+        opt.zero_grad()
+    for h in hooks:
+        h.remove()
+    swap_activation(model, FATReLU(0.01))
+    return model.eval()
+
+
+def test_converted_lm_generates_the_same_tokens():
+    model = _train_sparse_lm()
+    prompts = torch.tensor([list(b"def sparse_"), list(b"import torc"), list(b"    return ")])
+    with torch.no_grad():
+        acts = []
+        hooks = [s.register_hook(lambda site, t: acts.append(t)) for s in find_sites(model)]
+        model(prompts)
+        for h in hooks:
+            h.remove()
+        sparsity = float(torch.cat([a.flatten() for a in acts]).eq(0).float().mean())
+    assert sparsity > 0.6, f"the trained model should be sparse (got {sparsity:.2f})"
+    expected = model.generate(prompts, 24)
+    for dense_above in (None, 1.0):  # default dispatch, and forced sparse kernels
+        converted = convert_to_sparse(model, inplace=False, dense_above=dense_above)
+        assert all(isinstance(b.ffn, SparseFFN) for b in converted.blocks)
+        assert torch.equal(converted.generate(prompts, 24), expected)
+        for p in range(len(prompts)):  # batch 1, token by token context growth
+            assert torch.equal(converted.generate(prompts[p : p + 1], 8), expected[p : p + 1, : prompts.shape[1] + 8])
+
+
+# -- build behaviour ------------------------------------------------------------------------------------
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_no_ext_env_uses_reference_path_silently():
+    code = (
+        "import warnings, torch; warnings.simplefilter('error')\n"
+        "from actsparse import ext\n"
+        "from actsparse.plugins.sparse_ffn import sparse_ffn\n"
+        "s = ext.load(); assert not s.available and 'ACTSPARSE_NO_EXT' in s.reason, s\n"
+        "x, w = torch.randn(2, 8), torch.randn(16, 8)\n"
+        "assert torch.allclose(sparse_ffn(x, w, w), torch.relu(x @ w.T) @ w, atol=1e-5)\n"
+    )
+    r = _run(code, ACTSPARSE_NO_EXT="1")
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_compiler_warns_once_and_falls_back(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from actsparse.plugins.sparse_ffn import sparse_ffn\n"
+        "x, w = torch.randn(2, 8), torch.randn(16, 8)\n"
+        "with warnings.catch_warnings(record=True) as rec:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(3): y = sparse_ffn(x, w, w)\n"
+        "msgs = [str(r.message) for r in rec if 'actsparse' in str(r.message)]\n"
+        "assert len(msgs) == 1 and 'no C++ compiler' in msgs[0], msgs\n"
+        "assert torch.allclose(y, torch.relu(x @ w.T) @ w, atol=1e-5)\n"
+    )
+    r = _run(code, CXX=str(tmp_path / "no-such-compiler"), ACTSPARSE_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stderr
