@@ -1,6 +1,7 @@
 """Lightning callbacks. Each is resumable (``state_dict``/``load_state_dict``) and logs through
 ``trainer.loggers`` (``LightningModule.log``)."""
 
+from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.monitors import MetricHistory
 from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
 from actsparse.callbacks.sparsity import SparsityMonitor
@@ -10,6 +11,7 @@ from actsparse.callbacks.threshold import ThresholdShift
 
 __all__ = [
     "ActivationSwap",
+    "HashCodeMonitor",
     "MetricHistory",
     "ProSparse",
     "RunSummary",

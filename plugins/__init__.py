@@ -1,5 +1,5 @@
 """What plugs into a model: activation sites (find, record, swap), activation functions (and,
-as they land, the sparse FFN module, KAN layers, dendrites, SDR theory and NTK kernels).
+the sparse FFN kernels and module (and, as they land, KAN layers, dendrites, SDR theory and NTK kernels).
 
 Kept importable without Hydra or wandb: the GPU machine has neither.
 """
@@ -16,6 +16,7 @@ from actsparse.plugins.sites import (
     register_activation_type,
     register_ffn,
 )
+from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
 from actsparse.plugins.swap import SwapReport, swap_activation
 
 __all__ = [
@@ -29,13 +30,17 @@ __all__ = [
     "STATS",
     "Site",
     "SiteRecord",
+    "SparseFFN",
     "SwapReport",
+    "convert_to_sparse",
     "find_sites",
     "make_activation",
     "pack_codes",
     "record",
     "register_activation_type",
     "register_ffn",
+    "sparse_ffn",
+    "sparse_gated_ffn",
     "swap_activation",
     "unpack_codes",
 ]

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,10 +41,17 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
 def pack_codes(rows: torch.Tensor) -> torch.Tensor:
     """Bit-pack ``1[rows > 0]`` into uint8, 8 units per byte, most significant bit first."""
     bits = rows > 0
+    if bits.device.type == "cpu":  # numpy's packbits is ~100x faster than the tensor arithmetic
+        return torch.from_numpy(np.packbits(bits.numpy(), axis=1, bitorder="big"))
+    return _pack_bits_torch(bits)
+
+
+def _pack_bits_torch(bits: torch.Tensor) -> torch.Tensor:
+    """The same packing on any device (GPU tensors stay where they are)."""
     pad = (-bits.shape[1]) % 8
     if pad:
         bits = torch.nn.functional.pad(bits, (0, pad))
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=rows.device)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=bits.device)
     return (bits.view(bits.shape[0], -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
 
 

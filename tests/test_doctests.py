@@ -13,6 +13,13 @@ MODULES = [
     "actsparse.models.llama",
     "actsparse.data.tokenizer",
     "actsparse.callbacks.monitors",
+    "actsparse.callbacks.prosparse",
+    "actsparse.callbacks.swap",
+    "actsparse.callbacks.threshold",
+    "actsparse.callbacks.sparsity",
+    "actsparse.plugins.sparse_ffn",
+    "actsparse.ext",
+    "actsparse.bench",
 ]
 
 

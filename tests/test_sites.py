@@ -358,6 +358,9 @@ def test_pack_codes_roundtrip_odd_width():
     packed = pack_codes(x)
     assert packed.dtype == torch.uint8 and packed.shape == (5, 2)
     assert torch.equal(unpack_codes(packed, 13), x > 0)
+    from actsparse.plugins.recording import _pack_bits_torch
+
+    assert torch.equal(_pack_bits_torch(x > 0), packed)  # the device (GPU) path packs identically
     # Most significant bit first: a row whose only positive unit is the first gives 128.
     assert pack_codes(torch.tensor([[1.0] + [0.0] * 7]))[0, 0].item() == 128
 
