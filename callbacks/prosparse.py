@@ -154,11 +154,14 @@ class ProSparse(Callback):
         with torch.no_grad():
             self._reg_sum = self._reg_sum.to(x1.device) + x1.abs().sum(dtype=torch.float32) * (self._lambda / norm)
         scaler = self._scaler
+        # A detached view (same storage): a hook that captured x1 itself would form a cycle
+        # x1 -> hook -> x1 that the garbage collector cannot free, leaking x1 every step.
+        values = x1.detach()
 
         def add_penalty_grad(grad: torch.Tensor) -> torch.Tensor:
             scale = 1.0 if scaler is None else scaler._scale if getattr(scaler, "_scale", None) is not None \
                 else scaler.get_scale()
-            return grad + (coef * scale) * x1.detach().sign().to(grad.dtype)
+            return grad + (coef * scale) * values.sign().to(grad.dtype)
 
         x1.register_hook(add_penalty_grad)
 

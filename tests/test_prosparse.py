@@ -290,3 +290,20 @@ def test_prosparse_experiment_pipeline(tmp_path, monkeypatch):
     result2 = run(compose_train([*overrides, "prosparse.regimes=[relu]"], tmp_path / "again"))
     assert not (tmp_path / "again" / "pretrain_silu").exists()
     assert result2["results"]["relu"]["val_ppl"] == pytest.approx(res["relu"]["val_ppl"], rel=1e-5)
+
+
+def test_penalty_hooks_do_not_keep_activations_alive():
+    """Each step's x1 must be freed after backward (a hook capturing x1 itself leaked it)."""
+    import gc
+    import weakref
+
+    refs = []
+
+    class Watch(L.Callback):
+        def setup(self, trainer, pl_module, stage):
+            for s in find_sites(pl_module):
+                s.down.register_forward_pre_hook(lambda m, a: refs.append(weakref.ref(a[0])))
+
+    fit([ActivationSwap("relu"), ProSparse([(0.05, 1)]), Watch()], steps=4)
+    gc.collect()
+    assert len(refs) == 8 and all(r() is None for r in refs)
