@@ -15,6 +15,16 @@ from rich.table import Table  # noqa: E402
 Curve = Sequence[tuple[int, float]]
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write (creating folders) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(
     curves: Mapping[str, Curve], path: str | Path, title: str, ylabel: str, logy: bool = False
 ) -> Path | None:
@@ -33,12 +43,7 @@ def plot_curves(
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_heatmap(
@@ -54,12 +59,7 @@ def plot_heatmap(
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_run_curves(history: Mapping[str, Curve], out_dir: str | Path) -> list[Path]:

@@ -165,6 +165,9 @@ def test_gradients_equal_hand_written_regularized_loss(precision, accumulate, no
 # -- the callbacks in a run ---------------------------------------------------------------------
 
 def fit(callbacks, steps=12, tmp_path=None, logger=False, **trainer_kwargs):
+    import tempfile
+
+    tmp_path = tmp_path or tempfile.mkdtemp()  # run files (heatmaps) never land in the checkout
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
                         log_every_n_steps=2, default_root_dir=tmp_path, **trainer_kwargs)

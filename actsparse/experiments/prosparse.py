@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from actsparse.data.corpus import cache_dir  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
-from actsparse.report import print_table  # noqa: E402
+from actsparse.report import print_table, save_figure  # noqa: E402
 from actsparse.tasks.lm import CausalLM  # noqa: E402
 from actsparse.train import train  # noqa: E402
 
@@ -179,9 +179,7 @@ def plot_tradeoff(results: dict[str, dict[str, float]], path: Path) -> None:
     ax.set_ylabel("validation perplexity")
     ax.set_title("Sparsity vs perplexity per regime")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class FrontierPlot(HydraCallback):
@@ -212,8 +210,6 @@ class FrontierPlot(HydraCallback):
         ax.set_title("Sparsity–perplexity frontier: schedule vs fixed λ")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(sweep_dir / "frontier.png")
-        plt.close(fig)
+        save_figure(fig, sweep_dir / "frontier.png")
         (sweep_dir / "frontier.md").write_text(_markdown(rows) + "\n")
         print_table(rows, title="ProSparse frontier")
