@@ -1,17 +1,22 @@
 """Lightning callbacks. Each is resumable (``state_dict``/``load_state_dict``) and logs through
 ``trainer.loggers`` (``LightningModule.log``)."""
 
+from actsparse.callbacks.dnr import DeadNeuronRate
 from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.monitors import MetricHistory
 from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
+from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
 from actsparse.callbacks.sparsity import SparsityMonitor
 from actsparse.callbacks.summary import RunSummary
 from actsparse.callbacks.swap import ActivationSwap
 from actsparse.callbacks.threshold import ThresholdShift
 
 __all__ = [
+    "ActivatingWhilePruning",
     "ActivationSwap",
+    "DeadNeuronRate",
     "HashCodeMonitor",
+    "IterativeMagnitudePruning",
     "MetricHistory",
     "ProSparse",
     "RunSummary",

@@ -16,6 +16,7 @@ from actsparse.plugins.sites import (
     register_activation_type,
     register_ffn,
 )
+from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
 from actsparse.plugins.swap import SwapReport, swap_activation
 
@@ -32,8 +33,10 @@ __all__ = [
     "SiteRecord",
     "SparseFFN",
     "SwapReport",
+    "activating_prune",
     "convert_to_sparse",
     "find_sites",
+    "magnitude_prune",
     "make_activation",
     "pack_codes",
     "record",

@@ -1,6 +1,7 @@
 """Pure functions behind the ``actsparse.metrics`` classes."""
 
 from actsparse.metrics.functional.code_categorization import code_categorization
+from actsparse.metrics.functional.dnr import dead_neuron_rate, dead_neurons
 from actsparse.metrics.functional.hash_codes import (
     NeuralCodes,
     hash_code_purity,
@@ -13,6 +14,8 @@ from actsparse.metrics.functional.hash_codes import (
 __all__ = [
     "NeuralCodes",
     "code_categorization",
+    "dead_neuron_rate",
+    "dead_neurons",
     "hash_code_purity",
     "neural_codes",
     "pack_bits",

@@ -1,0 +1,167 @@
+"""``DeadNeuronRate`` callback: dynamic dead neuron rate of the training forward passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
+
+from actsparse.plugins.recording import Recording
+from actsparse.report import plot_heatmap
+
+
+class DeadNeuronRate(Callback):
+    """Dynamic dead neuron rate (DNR, DESIGN §4) per activation site and overall.
+
+    DNR is the fraction of (sample, neuron) outputs of a site that are exactly zero in the
+    training forward passes. At the end of every training epoch it logs, over all of that
+    epoch's training forwards (every micro-batch, summed over DDP processes before dividing):
+
+    - ``dnr/<site>`` and ``dnr/mean`` (zeros over entries pooled across sites);
+    - ``dead/<site>``: neurons that were zero on every training sample of the epoch, on every
+      process (a CNN site has one neuron per channel and position).
+
+    With ``every_n_steps`` it also logs ``dnr_step/<site>`` and ``dnr_step/mean`` over the
+    forwards since the previous step log. Validation forwards are not counted. At the end of
+    ``fit``, rank zero writes ``dnr_heatmap.png`` (site x epoch) to the run directory and sends
+    it to W&B. The per-epoch history is kept in checkpoints; counts of an epoch interrupted
+    mid-way are not (a resumed epoch is measured from its restart).
+
+    Example:
+        >>> DeadNeuronRate(every_n_steps=10).every_n_steps
+        10
+    """
+
+    def __init__(self, sites: str | Sequence[str] | None = None, every_n_steps: int | None = None,
+                 heatmap: bool = True, log: bool = True) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 (or None for per-epoch logs only), got {every_n_steps}.")
+        self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
+        self.every_n_steps, self.heatmap, self.log = every_n_steps, heatmap, log
+        self.recording: Recording | None = None
+        self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, {dnr/..., dead/...})
+        self.last: dict[str, float] = {}
+        self._step_base: list[tuple[int, int]] = []  # (zeros, elements) per site at the last step log
+        self._last_step = -1
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(sites=self.sites)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.recording is None:
+            self.recording = Recording(pl_module, self.sites, what=("zero_fraction", "neuron_counts")).attach()
+            self.recording.enabled = False
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.recording is not None:
+            self.recording.detach()
+            self.recording = None
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.recording is not None:
+            self.recording.reset()
+            self._step_base = [(0, 0)] * len(self.recording)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.recording is not None:
+            self.recording.enabled = True
+            self._last_step = trainer.global_step
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.recording is None:
+            return
+        self.recording.enabled = False
+        stepped = trainer.global_step != self._last_step
+        if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
+            self._emit_step(trainer, pl_module)
+
+    def _counts(self) -> list[tuple[int, int]]:
+        return [(r.zeros, r.elements) if r.calls else (0, 0) for r in self.recording.values()]
+
+    def _emit_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = self._counts()
+        delta = torch.tensor([[z - z0, n - n0] for (z, n), (z0, n0) in zip(now, self._step_base)],
+                             dtype=torch.float64, device=pl_module.device)
+        self._step_base = now
+        delta = trainer.strategy.reduce(delta, reduce_op="sum").tolist()
+        if not sum(n for _, n in delta):
+            return
+        values = {f"dnr_step/{name}": z / n for name, (z, n) in zip(self.recording, delta) if n}
+        values["dnr_step/mean"] = sum(z for z, _ in delta) / sum(n for _, n in delta)
+        if self.log:
+            for key, value in values.items():
+                pl_module.log(key, value, on_step=True, on_epoch=False)
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """This epoch's values so far, reduced over processes (all must call it together)."""
+        records = list(self.recording.values())
+        device = pl_module.device
+        counts = trainer.strategy.reduce(
+            torch.tensor(self._counts(), dtype=torch.float64, device=device), reduce_op="sum").tolist()
+        values: dict[str, float] = {}
+        if not sum(n for _, n in counts):
+            return values
+        for r, (z, n) in zip(records, counts):
+            if n:
+                values[f"dnr/{r.site.name}"] = z / n
+        values["dnr/mean"] = sum(z for z, _ in counts) / sum(n for _, n in counts)
+        for r, (_, n) in zip(records, counts):
+            if not n:
+                continue
+            if not r.calls:
+                raise RuntimeError(
+                    f"DeadNeuronRate: site {r.site.name!r} ran on another process but not on this one; "
+                    "every process must run every site in an epoch to count dead neurons.")
+            fired = r.neuron_counts.to(device=device, dtype=torch.float64)
+            fired = trainer.strategy.reduce(fired, reduce_op="sum")
+            values[f"dead/{r.site.name}"] = float((fired == 0).sum())
+        return values
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.recording is None:
+            return
+        values = self.measure(trainer, pl_module)
+        if not values:
+            return
+        self.last = values
+        self.history.append((trainer.current_epoch, values))
+        if self.log:
+            for key, value in values.items():
+                pl_module.log(key, value, on_step=False, on_epoch=True)
+
+    @override
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not (self.heatmap and self.history):
+            return
+        names = [k for k in self.history[-1][1] if k.startswith("dnr/") and k != "dnr/mean"]
+        epochs = [epoch for epoch, _ in self.history]
+        grid = [[values.get(name, float("nan")) for _, values in self.history] for name in names]
+        path = plot_heatmap(grid, [n[4:] for n in names], epochs, Path(trainer.default_root_dir) / "dnr_heatmap.png",
+                            title="Dynamic dead neuron rate (fraction of zero outputs)", xlabel="epoch")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="dnr/heatmap", images=[str(path)], step=trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(epoch, dict(values)) for epoch, values in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(epoch, dict(values)) for epoch, values in state_dict["history"]]
+        self.last = dict(self.history[-1][1]) if self.history else {}

@@ -1,0 +1,33 @@
+"""The worker of tests/test_dnr.py's DDP test, in a light module: spawned processes import only
+this (torch and actsparse.metrics), not the test module with Lightning."""
+
+import torch
+import torch.distributed as dist
+
+from actsparse.metrics.dnr import DeadNeuronRate
+
+
+def ddp_data():
+    g = torch.Generator().manual_seed(5)
+    a = torch.relu(torch.randn(37, 6, generator=g) - 0.3)
+    a[:, 2] = 0  # dead everywhere
+    a[:20, 4] = 0  # dead on rank 0's rows only: alive globally
+    b = torch.relu(torch.randn(37, 3, 2, 2, generator=g))
+    return a, b
+
+
+def metric_on(parts):
+    metric = DeadNeuronRate(sites=["a", "b"])
+    for a, b in parts:
+        metric.update({"a": a, "b": b})
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def worker(rank, world, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        a, b = ddp_data()
+        part = (a[:20], b[:20]) if rank == 0 else (a[20:], b[20:])  # uneven shards
+        torch.save(metric_on([part]), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,134 @@
+"""Dynamic dead neuron rate (issue 6): functional, metric (streaming, per site, DDP) and callback."""
+
+import doctest
+import importlib
+import socket
+
+import lightning as L
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from actsparse.callbacks.dnr import DeadNeuronRate as DNRCallback
+from actsparse.data.digits import DigitsDataModule
+from actsparse.metrics.dnr import DeadNeuronRate
+from actsparse.metrics.functional.dnr import dead_neuron_rate, dead_neurons
+from actsparse.models.mlp import MLP
+from actsparse.plugins.sites import NoSitesError
+from actsparse.tasks.classify import Classifier
+from dnr_ddp import ddp_data, metric_on, worker
+
+
+def _hand(rows):
+    """Zeros, entries and never-nonzero columns of a list-of-lists, counted in Python."""
+    zeros = sum(v == 0 for row in rows for v in row)
+    entries = sum(len(row) for row in rows)
+    dead = sum(all(row[j] == 0 for row in rows) for j in range(len(rows[0])))
+    return zeros, entries, dead
+
+
+def test_functional_matches_a_hand_count():
+    x = torch.tensor([[0.0, 0.5, 0.0, 2.0], [0.0, 0.0, 0.0, 1e-30], [3.0, 0.0, 0.0, 0.0]])
+    zeros, entries, dead = _hand(x.tolist())
+    assert (zeros, entries, dead) == (8, 12, 1)
+    assert dead_neuron_rate(x).item() == pytest.approx(8 / 12)
+    assert dead_neurons(x).tolist() == [False, False, True, False]
+    cnn = torch.zeros(2, 2, 1, 2)
+    cnn[0, 1, 0, 0] = 1.0  # one (channel, position) neuron alive on one sample
+    assert dead_neuron_rate(cnn).item() == pytest.approx(7 / 8) and int(dead_neurons(cnn).sum()) == 3
+    with pytest.raises(ValueError, match="non-empty"):
+        dead_neuron_rate(torch.zeros(0))
+
+
+def test_metric_streams_per_site_like_the_hand_count():
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.relu(torch.randn(n, 5, generator=g)) for n in (3, 7, 4)]
+    for b in batches:
+        b[:, 1] = 0
+    other = [torch.relu(torch.randn(n, 2, generator=g)) for n in (3, 7, 4)]
+    metric, single = DeadNeuronRate(sites=["h1", "h2"]), DeadNeuronRate()
+    for a, b in zip(batches, other):
+        metric.update({"h1": a, "h2": b})
+        single.update(a)
+    za, na, da = _hand(torch.cat(batches).tolist())
+    zb, nb, db = _hand(torch.cat(other).tolist())
+    out = metric.compute()
+    assert out["dnr/h1"].item() == pytest.approx(za / na) and out["dnr/h2"].item() == pytest.approx(zb / nb)
+    assert out["dnr/mean"].item() == pytest.approx((za + zb) / (na + nb))
+    assert out["dead/h1"].item() == da == 1 and out["dead/h2"].item() == db
+    assert single.compute()["dnr"].item() == pytest.approx(za / na) and single.compute()["dead"].item() == 1
+
+
+def test_metric_bad_input_is_named():
+    with pytest.raises(RuntimeError, match="before update"):
+        DeadNeuronRate().compute()
+    with pytest.raises(KeyError, match="unknown sites"):
+        DeadNeuronRate(sites=["a"]).update({"b": torch.ones(2, 2)})
+    metric = DeadNeuronRate()
+    metric.update(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="same neurons"):
+        metric.update(torch.ones(2, 4))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_reduction_equals_single_process(tmp_path):
+    mp.spawn(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = metric_on([ddp_data()])
+    a, _ = ddp_data()
+    assert single["dead/a"] == _hand(a.tolist())[2] == 1  # column 4 is alive on rank 1's rows
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == pytest.approx(single)
+
+
+def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
+    """With lr=0 the weights never change, so the epoch's DNR is the DNR of the training set."""
+    L.seed_everything(0)
+    dm = DigitsDataModule(batch_size=100, seed=0)
+    dm.setup()
+    mlp = MLP(width=12, depth=2)
+    with torch.no_grad():
+        mlp.layers[2].bias -= 0.6  # some neurons die
+    task = Classifier(mlp, optimizer="sgd", lr=0.0, momentum=0.0)
+    callback = DNRCallback(every_n_steps=3)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[callback], default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    x, _ = dm.train_set.tensors
+    with torch.no_grad():
+        h1 = torch.relu(mlp.layers[0](x))
+        h2 = torch.relu(mlp.layers[2](h1))
+    metrics = trainer.callback_metrics
+    for name, h in (("model.layers.1", h1), ("model.layers.3", h2)):
+        zeros, entries, dead = _hand(h.tolist())
+        assert metrics[f"dnr/{name}"].item() == pytest.approx(zeros / entries)
+        assert metrics[f"dead/{name}"].item() == dead
+    z = sum(_hand(h.tolist())[0] for h in (h1, h2))
+    assert metrics["dnr/mean"].item() == pytest.approx(z / (h1.numel() + h2.numel()))
+    assert _hand(h2.tolist())[2] > 0 and "dnr_step/mean" in metrics
+    assert len(callback.history) == 2 and (tmp_path / "dnr_heatmap.png").is_file()
+    restored = DNRCallback()
+    restored.load_state_dict(callback.state_dict())
+    assert restored.history == callback.history and restored.last == callback.history[-1][1]
+
+
+def test_callback_on_a_model_without_sites_is_a_clear_error(tmp_path):
+    task = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[DNRCallback()])
+    with pytest.raises(NoSitesError, match="No activation sites"):
+        trainer.fit(task, datamodule=DigitsDataModule(seed=0))
+    with pytest.raises(ValueError, match="every_n_steps"):
+        DNRCallback(every_n_steps=0)
+
+
+@pytest.mark.parametrize("name", ["actsparse.metrics.functional.dnr", "actsparse.metrics.dnr", "actsparse.callbacks.dnr"])
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
