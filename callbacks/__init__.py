@@ -2,6 +2,7 @@
 ``trainer.loggers`` (``LightningModule.log``)."""
 
 from actsparse.callbacks.dnr import DeadNeuronRate
+from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.monitors import MetricHistory
 from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
@@ -20,6 +21,7 @@ __all__ = [
     "MetricHistory",
     "ProSparse",
     "RunSummary",
+    "SparsityEvaluator",
     "SparsityMonitor",
     "ThresholdShift",
     "prosparse_coefficient",

@@ -124,7 +124,9 @@ class Site:
         """Call ``fn(site, tensor)`` with the site's tensor on every forward.
 
         FFN sites: the input of the down projection (``x1``). Bare activations: the module's
-        output. The tensor is the live one: ``fn`` must not modify it.
+        output. The tensor is the live one: ``fn`` must not modify it in place; if ``fn``
+        returns a tensor, it replaces the site tensor (FFN sites: the down projection's input;
+        bare activations: the module's output), which is how truncation drops neurons.
         """
         if self.down is not None:
             return self.down.register_forward_pre_hook(lambda mod, args: fn(self, args[0]))

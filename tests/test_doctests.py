@@ -20,6 +20,12 @@ MODULES = [
     "actsparse.plugins.sparse_ffn",
     "actsparse.ext",
     "actsparse.bench",
+    "actsparse.metrics.functional.cett",
+    "actsparse.metrics.functional.ppl_sparsity",
+    "actsparse.metrics.functional.lm_loss",
+    "actsparse.metrics.functional.laws",
+    "actsparse.metrics.cett",
+    "actsparse.callbacks.evaluator",
 ]
 
 

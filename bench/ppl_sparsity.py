@@ -1,0 +1,136 @@
+"""Cost of one PPL-p% sparsity evaluation in units of one dense evaluation pass (DESIGN §5).
+
+Trains the tiny LM (ReLU, gated FFNs) briefly on the stdlib docstring corpus (cached), then
+times, on the same validation batches:
+- one dense evaluation pass (the unit);
+- ``ppl_p_sparsity`` (one dense+calibration pass, truncated passes with K targets each);
+- the naive procedure: bisection on the CETT target, one truncated pass per step, thresholds
+  from the same calibration sample.
+
+    python bench/ppl_sparsity.py [--p 1] [--steps 300] [--val-batches 24] [--json bench/ppl_sparsity.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from actsparse.data.corpus import cache_dir
+from actsparse.data.text import TextDataModule
+from actsparse.metrics.functional.cett import _bisect_thresholds, _check_targets, _prepare, ffn_sites, truncate
+from actsparse.metrics.functional.lm_loss import causal_lm_loss
+from actsparse.metrics.functional.ppl_sparsity import _dense_pass, ppl_p_sparsity
+from actsparse.models import TinyLM
+from actsparse.report import print_table
+
+
+def trained_lm(steps: int, activation: str, dm: TextDataModule, seed: int = 0) -> TinyLM:
+    path = cache_dir(None) / "bench_ppl_sparsity" / f"tinylm-{activation}-{steps}-s{seed}.pt"
+    torch.manual_seed(seed)
+    model = TinyLM(activation=activation, max_seq_len=dm.hparams.seq_len)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    it = iter(dm.train_dataloader())
+    for step in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(dm.train_dataloader())
+            x, y = next(it)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            print(f"  train step {step}: loss {loss.item():.3f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+@torch.no_grad()
+def dense_pass_seconds(model, batches, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for b in batches:
+            causal_lm_loss(model, b, 1)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@torch.no_grad()
+def naive(model, batches, p: float, tol: float, calibration_tokens: int) -> dict:
+    """Bisection on the CETT target, one data pass per step (the reference procedure)."""
+    start = time.perf_counter()
+    sites = ffn_sites(model)
+    dense, tokens, rows, _, _ = _dense_pass(model, sites, batches, causal_lm_loss, None, calibration_tokens,
+                                         torch.Generator().manual_seed(0))
+    prepared = {s.name: _prepare(rows[s.name], s.w_down.detach(), torch.float32) for s in sites}
+    dense_loss, passes = float(dense) / tokens, 1
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        eps = {n: _bisect_thresholds(*prep, _check_targets([mid])).item() for n, prep in prepared.items()}
+        total = 0.0
+        with truncate(model, eps, sites):
+            for b in batches:
+                total += float(causal_lm_loss(model, b, 1)[0])
+        passes += 1
+        if math.exp(total / tokens - dense_loss) <= 1 + p / 100:
+            lo = mid
+        else:
+            hi = mid
+    return {"cett": lo, "passes": passes, "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--p", type=float, default=1.0)
+    parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the benchmarked LM")
+    parser.add_argument("--val-batches", type=int, default=24)
+    parser.add_argument("--candidates", type=int, default=1)
+    parser.add_argument("--calibration-tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    dm = TextDataModule(seq_len=128, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = trained_lm(args.steps, "relu", dm).eval()
+    batches = [b for _, b in zip(range(args.val_batches), dm.val_dataloader())]
+    unit = dense_pass_seconds(model, batches)
+    r = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates,
+                       calibration_tokens=args.calibration_tokens)
+    nv = naive(model, batches, args.p, args.tol, args.calibration_tokens)
+    rows = [
+        {"procedure": f"ppl_p_sparsity (K={args.candidates})", "data passes": r.passes, "forwards": r.forwards,
+         "seconds": r.seconds, "cost / dense pass": r.seconds / unit, "CETT": r.cett},
+        {"procedure": "naive bisection", "data passes": nv["passes"], "forwards": nv["passes"],
+         "seconds": nv["seconds"], "cost / dense pass": nv["seconds"] / unit, "CETT": nv["cett"]},
+    ]
+    tokens = sum(b[1].numel() for b in batches)
+    print_table(rows, title=f"PPL-{args.p:g}% sparsity, tiny LM (ReLU, {args.steps} steps), {tokens} tokens, "
+                            f"dense pass {unit:.3f} s")
+    print(f"threshold search on the calibration sample: {r.calibration_seconds:.2f} s")
+    print(f"PPL-{args.p:g}% sparsity {r.sparsity:.4f} at CETT {r.cett:.4f} (rejected {r.cett_rejected:.4f}); "
+          f"ppl {r.ppl_dense:.3f} -> {r.ppl_truncated:.3f} (ratio {r.ppl_ratio:.5f})")
+    print("search history (target, ppl ratio):", [(round(t, 5), round(q, 5)) for t, q in r.history])
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "dense_pass_seconds": unit, "rows": rows,
+                                               "sparsity": r.sparsity, "history": r.history}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Sparsing-Law fits of activation ratio ``A`` against training tokens ``D`` (DESIGN §4).
+
+- ReLU (decreasing): ``A(D) = exp(−c·D^α + b) + A0``
+- SiLU (increasing): ``A(D) = −c / D^α + A0``
+
+Fitted with SciPy's Levenberg–Marquardt (``curve_fit(method="lm")``). Tokens are rescaled by
+their largest value inside the fit (``D' = D / D_max``) for conditioning; the returned
+parameters are for ``D`` itself.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["ActivationLaw", "fit_activation_law", "plot_activation_laws"]
+
+KINDS = ("relu", "silu")
+
+
+@dataclass
+class ActivationLaw:
+    """A fitted law: ``kind``, parameters (``c``, ``alpha``, ``b`` for ReLU), limit ``A0``, ``r2``."""
+
+    kind: str
+    c: float
+    alpha: float
+    A0: float
+    r2: float
+    b: float = 0.0
+
+    def __call__(self, tokens) -> np.ndarray:
+        d = np.asarray(tokens, dtype=np.float64)
+        if self.kind == "relu":
+            return np.exp(-self.c * d**self.alpha + self.b) + self.A0
+        return -self.c / d**self.alpha + self.A0
+
+    def __str__(self) -> str:
+        if self.kind == "relu":
+            return f"A(D) = exp(-{self.c:.3g}·D^{self.alpha:.3g} + {self.b:.3g}) + {self.A0:.4f}  (R² {self.r2:.3f})"
+        return f"A(D) = -{self.c:.3g}/D^{self.alpha:.3g} + {self.A0:.4f}  (R² {self.r2:.3f})"
+
+
+# c and alpha are fitted as logs, so both stay positive (the laws' shapes need c, alpha > 0).
+def _relu(d, log_c, log_alpha, b, a0):
+    return np.exp(-np.exp(log_c) * d ** np.exp(log_alpha) + b) + a0
+
+
+def _silu(d, log_c, log_alpha, a0):
+    return -np.exp(log_c) / d ** np.exp(log_alpha) + a0
+
+
+def fit_activation_law(tokens: Sequence[float], ratio: Sequence[float], kind: str = "relu",
+                       p0: Sequence[float] | None = None) -> ActivationLaw:
+    """Fit the Sparsing-Law curve of ``kind`` to ``(tokens, ratio)`` points.
+
+    Args:
+        tokens: training tokens seen (> 0).
+        ratio: activation ratio (1 − sparsity) at those points.
+        kind: ``"relu"`` (decreasing law) or ``"silu"`` (increasing law).
+        p0: optional starting values, in rescaled tokens ``D / max(D)``: ``log c, log alpha, b, A0``
+            (ReLU) or ``log c, log alpha, A0`` (SiLU).
+
+    Example:
+        >>> d = np.linspace(1e6, 1e8, 40)
+        >>> law = fit_activation_law(d, -2.0 / d**0.3 + 0.3, kind="silu")
+        >>> round(law.A0, 4), round(law.alpha, 3), law.r2 > 0.999
+        (0.3, 0.3, True)
+    """
+    from scipy.optimize import curve_fit
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    d = np.asarray(tokens, dtype=np.float64)
+    a = np.asarray(ratio, dtype=np.float64)
+    if d.shape != a.shape or d.ndim != 1:
+        raise ValueError(f"tokens and ratio must be 1-d of the same length, got {d.shape} and {a.shape}.")
+    n_params = 4 if kind == "relu" else 3
+    if d.size <= n_params:
+        raise ValueError(f"The {kind} law has {n_params} parameters: give more than {n_params} points, got {d.size}.")
+    if (d <= 0).any():
+        raise ValueError("tokens must be > 0 (the laws use D^alpha).")
+    scale = d.max()
+    x = d / scale
+    if kind == "relu":
+        a0 = max(a.min() - 0.01, 0.0)
+        span = max(a.max() - a0, 1e-6)
+        guesses = [p0] if p0 is not None else [[math.log(c), math.log(al), math.log(span) + c * x.min() ** al, a0]
+                                               for c in (1.0, 5.0) for al in (0.5, 1.0)]
+        fn = _relu
+    else:
+        a0 = a.max() + 0.01
+        guesses = [p0] if p0 is not None else [[math.log(max(a0 - a.min(), 1e-3) * x.min() ** al), math.log(al), a0]
+                                               for al in (0.3, 1.0)]
+        fn = _silu
+    best, best_sse = None, math.inf
+    for guess in guesses:
+        try:
+            with warnings.catch_warnings():  # overflow while exploring, and inf covariances: not errors
+                warnings.simplefilter("ignore")
+                params, _ = curve_fit(fn, x, a, p0=guess, method="lm", maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(((fn(x, *params) - a) ** 2).sum())
+        if np.isfinite(sse) and sse < best_sse:
+            best, best_sse = params, sse
+    if best is None:
+        raise RuntimeError(f"The {kind} law did not converge on these {d.size} points; try p0= starting values.")
+    sst = float(((a - a.mean()) ** 2).sum())
+    r2 = 1 - best_sse / sst if sst > 0 else float("nan")
+    if kind == "relu":
+        log_c, log_alpha, b, a0 = best
+        c, alpha = math.exp(log_c), math.exp(log_alpha)
+        return ActivationLaw("relu", c=float(c / scale**alpha), alpha=float(alpha), b=float(b), A0=float(a0), r2=r2)
+    log_c, log_alpha, a0 = best
+    c, alpha = math.exp(log_c), math.exp(log_alpha)
+    return ActivationLaw("silu", c=float(c * scale**alpha), alpha=float(alpha), A0=float(a0), r2=r2)
+
+
+def plot_activation_laws(curves: dict[str, tuple[Sequence[float], Sequence[float], ActivationLaw | None]],
+                         path: str | Path, title: str = "Activation ratio vs training tokens") -> Path:
+    """One panel: each label's points and its fitted law (a dashed line to 2× the last token count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for i, (label, (tokens, ratio, law)) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(tokens, ratio, "o", ms=3, color=color, alpha=0.6, label=label)
+        if law is not None:
+            grid = np.linspace(min(tokens), 2 * max(tokens), 200)
+            ax.plot(grid, law(grid), "--", color=color, label=f"fit: A0={law.A0:.3f}, R²={law.r2:.2f}")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel("activation ratio A = 1 − sparsity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,61 @@
+"""The worker of tests/test_ppl_sparsity.py's DDP test, in a light module: spawned processes
+import only this (torch and actsparse.metrics), not the test module."""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from actsparse.metrics.cett import PPLSparsity
+from actsparse.models import TinyLM
+
+OPTIONS = {"calibration_tokens": None, "calibration_dtype": torch.float64}
+
+
+def bigram_batches(n_batches=6, batch=4, seq=33, vocab=48, seed=0):
+    """Sequences of a fixed random bigram map with 10% noise: learnable in a few dozen steps."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randperm(vocab, generator=g)
+    out = []
+    for _ in range(n_batches):
+        x = torch.empty(batch, seq, dtype=torch.long)
+        x[:, 0] = torch.randint(0, vocab, (batch,), generator=g)
+        for t in range(1, seq):
+            noise = torch.rand(batch, generator=g) < 0.1
+            x[:, t] = torch.where(noise, torch.randint(0, vocab, (batch,), generator=g), table[x[:, t - 1]])
+        out.append((x[:, :-1], x[:, 1:]))
+    return out
+
+
+def trained_lm(steps=80, seed=0):
+    torch.manual_seed(seed)
+    lm = TinyLM(d_model=32, n_layers=2, n_heads=2, activation="relu", max_seq_len=32)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    data = bigram_batches(n_batches=8, seed=seed + 1)
+    for step in range(steps):
+        x, y = data[step % len(data)]
+        loss = F.cross_entropy(lm(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lm.eval()
+
+
+def metric_on(lm, batches):
+    m = PPLSparsity(p=1.0, **OPTIONS)
+    m.update(lm, batches)
+    out = {k: float(v) for k, v in m.compute().items()}
+    out["thresholds"] = m.last.thresholds
+    out["cett_rejected"] = m.last.cett_rejected
+    return out
+
+
+def worker(rank, world, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        lm = trained_lm()
+        batches = bigram_batches()
+        part = batches[:2] if rank == 0 else batches[2:]  # uneven shards
+        torch.save(metric_on(lm, part), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
