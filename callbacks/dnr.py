@@ -7,16 +7,15 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from actsparse.plugins.recording import Recording
+from actsparse.callbacks.recording import TrainingRecorder
 from actsparse.report import plot_heatmap
 
 
-class DeadNeuronRate(Callback):
+class DeadNeuronRate(TrainingRecorder):
     """Dynamic dead neuron rate (DNR, DESIGN §4) per activation site and overall.
 
     DNR is the fraction of (sample, neuron) outputs of a site that are exactly zero in the
@@ -38,34 +37,15 @@ class DeadNeuronRate(Callback):
         10
     """
 
+    what = ("zero_fraction", "neuron_counts")
+
     def __init__(self, sites: str | Sequence[str] | None = None, every_n_steps: int | None = None,
                  heatmap: bool = True, log: bool = True) -> None:
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1 (or None for per-epoch logs only), got {every_n_steps}.")
-        self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
-        self.every_n_steps, self.heatmap, self.log = every_n_steps, heatmap, log
-        self.recording: Recording | None = None
+        super().__init__(sites, every_n_steps)
+        self.heatmap, self.log = heatmap, log
         self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, {dnr/..., dead/...})
         self.last: dict[str, float] = {}
         self._step_base: list[tuple[int, int]] = []  # (zeros, elements) per site at the last step log
-        self._last_step = -1
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(sites=self.sites)
-
-    @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.recording is None:
-            self.recording = Recording(pl_module, self.sites, what=("zero_fraction", "neuron_counts")).attach()
-            self.recording.enabled = False
-
-    @override
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.recording is not None:
-            self.recording.detach()
-            self.recording = None
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -74,33 +54,18 @@ class DeadNeuronRate(Callback):
             self._step_base = [(0, 0)] * len(self.recording)
 
     @override
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.recording is not None:
-            self.recording.enabled = True
-            self._last_step = trainer.global_step
-
-    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.recording is None:
             return
-        self.recording.enabled = False
-        stepped = trainer.global_step != self._last_step
+        stepped = self._end_batch(trainer)
         if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
             self._emit_step(trainer, pl_module)
 
-    def _counts(self) -> list[tuple[int, int]]:
-        return [(r.zeros, r.elements) if r.calls else (0, 0) for r in self.recording.values()]
-
     def _emit_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = self._counts()
-        delta = torch.tensor([[z - z0, n - n0] for (z, n), (z0, n0) in zip(now, self._step_base)],
-                             dtype=torch.float64, device=pl_module.device)
+        delta = [(z - z0, n - n0) for (z, n), (z0, n0) in zip(now, self._step_base)]
         self._step_base = now
-        delta = trainer.strategy.reduce(delta, reduce_op="sum").tolist()
-        if not sum(n for _, n in delta):
-            return
-        values = {f"dnr_step/{name}": z / n for name, (z, n) in zip(self.recording, delta) if n}
-        values["dnr_step/mean"] = sum(z for z, _ in delta) / sum(n for _, n in delta)
+        values = self._zero_fractions(trainer, pl_module, delta, "dnr_step")
         if self.log:
             for key, value in values.items():
                 pl_module.log(key, value, on_step=True, on_epoch=False)
@@ -109,17 +74,11 @@ class DeadNeuronRate(Callback):
         """This epoch's values so far, reduced over processes (all must call it together)."""
         records = list(self.recording.values())
         device = pl_module.device
-        counts = trainer.strategy.reduce(
-            torch.tensor(self._counts(), dtype=torch.float64, device=device), reduce_op="sum").tolist()
-        values: dict[str, float] = {}
-        if not sum(n for _, n in counts):
+        values = self._zero_fractions(trainer, pl_module, self._counts(), "dnr")
+        if not values:
             return values
-        for r, (z, n) in zip(records, counts):
-            if n:
-                values[f"dnr/{r.site.name}"] = z / n
-        values["dnr/mean"] = sum(z for z, _ in counts) / sum(n for _, n in counts)
-        for r, (_, n) in zip(records, counts):
-            if not n:
+        for r in records:
+            if f"dnr/{r.site.name}" not in values:  # no process ran this site
                 continue
             if not r.calls:
                 raise RuntimeError(
