@@ -96,12 +96,7 @@ def print_summary(rows: Mapping[str, object], title: str = "actsparse run summar
     table.add_column("value", justify="right")
     for key, value in rows.items():
         table.add_row(key, format_value(value))
-    console = Console(width=100)
-    with console.capture() as capture:
-        console.print(table)
-    text = capture.get()
-    print(text, flush=True)
-    return text
+    return _print(table, width=100)
 
 
 def print_table(rows: Sequence[Mapping[str, object]], title: str = "") -> str:
@@ -112,7 +107,12 @@ def print_table(rows: Sequence[Mapping[str, object]], title: str = "") -> str:
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(format_value(row[c]) for c in columns))
-    console = Console(width=160)
+    return _print(table, width=160)
+
+
+def _print(table: Table, width: int) -> str:
+    """Render to text once: printed now, returned for files and summaries."""
+    console = Console(width=width)
     with console.capture() as capture:
         console.print(table)
     text = capture.get()

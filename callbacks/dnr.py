@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.recording import TrainingRecorder
-from actsparse.report import plot_heatmap
 
 
 class DeadNeuronRate(TrainingRecorder):
@@ -42,9 +39,7 @@ class DeadNeuronRate(TrainingRecorder):
     def __init__(self, sites: str | Sequence[str] | None = None, every_n_steps: int | None = None,
                  heatmap: bool = True, log: bool = True) -> None:
         super().__init__(sites, every_n_steps)
-        self.heatmap, self.log = heatmap, log
-        self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, {dnr/..., dead/...})
-        self.last: dict[str, float] = {}
+        self.heatmap, self.log = heatmap, log  # history: (epoch, {dnr/..., dead/...})
         self._step_base: list[tuple[int, int]] = []  # (zeros, elements) per site at the last step log
 
     @override
@@ -108,19 +103,5 @@ class DeadNeuronRate(TrainingRecorder):
         if not (self.heatmap and self.history):
             return
         names = [k for k in self.history[-1][1] if k.startswith("dnr/") and k != "dnr/mean"]
-        epochs = [epoch for epoch, _ in self.history]
-        grid = [[values.get(name, float("nan")) for _, values in self.history] for name in names]
-        path = plot_heatmap(grid, [n[4:] for n in names], epochs, Path(trainer.default_root_dir) / "dnr_heatmap.png",
+        self._write_heatmap(trainer, names, [n[4:] for n in names], "dnr_heatmap.png", "dnr/heatmap",
                             title="Dynamic dead neuron rate (fraction of zero outputs)", xlabel="epoch")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="dnr/heatmap", images=[str(path)], step=trainer.global_step)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [(epoch, dict(values)) for epoch, values in self.history]}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(epoch, dict(values)) for epoch, values in state_dict["history"]]
-        self.last = dict(self.history[-1][1]) if self.history else {}

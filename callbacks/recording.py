@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from actsparse.plugins.recording import Recording
+from actsparse.report import plot_heatmap
 
 
 class TrainingRecorder(Callback):
@@ -18,7 +21,8 @@ class TrainingRecorder(Callback):
 
     Subclasses set ``what`` and read ``self.recording``; :meth:`_end_batch` says whether an
     optimizer step ended the batch, :meth:`_zero_fractions` turns per-site ``(zeros, entries)``
-    into exact global fractions.
+    into exact global fractions. They append ``(step or epoch, values)`` to ``self.history``
+    (kept in checkpoints; ``self.last`` is its latest entry) and draw it with :meth:`_write_heatmap`.
     """
 
     what: tuple[str, ...] = ("zero_fraction",)
@@ -29,6 +33,8 @@ class TrainingRecorder(Callback):
         self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
         self.every_n_steps = every_n_steps
         self.recording: Recording | None = None
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.last: dict[str, float] = {}
         self._last_step = -1
 
     @property
@@ -74,3 +80,23 @@ class TrainingRecorder(Callback):
         values = {f"{prefix}/{name}": z / n for name, (z, n) in zip(self.recording, totals) if n}
         values[f"{prefix}/mean"] = sum(z for z, _ in totals) / sum(n for _, n in totals)
         return values
+
+    def _write_heatmap(self, trainer: L.Trainer, keys: Sequence[str], labels: Sequence[str], filename: str,
+                       wandb_key: str, title: str, xlabel: str) -> None:
+        """Site x history heatmap of ``keys`` into the run directory, and to W&B when attached."""
+        columns = [x for x, _ in self.history]
+        grid = [[values.get(key, float("nan")) for _, values in self.history] for key in keys]
+        path = plot_heatmap(grid, labels, columns, Path(trainer.default_root_dir) / filename, title=title,
+                            xlabel=xlabel)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=wandb_key, images=[str(path)], step=trainer.global_step)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [(x, dict(values)) for x, values in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(x, dict(values)) for x, values in state_dict["history"]]
+        self.last = dict(self.history[-1][1]) if self.history else {}

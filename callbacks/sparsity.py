@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.recording import TrainingRecorder
-from actsparse.report import plot_heatmap
 
 
 class SparsityMonitor(TrainingRecorder):
@@ -32,8 +29,6 @@ class SparsityMonitor(TrainingRecorder):
                  heatmap: bool = True, log: bool = True) -> None:
         super().__init__(sites, every_n_steps)
         self.heatmap, self.log = heatmap, log
-        self.history: list[tuple[int, dict[str, float]]] = []
-        self.last: dict[str, float] = {}
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -63,18 +58,5 @@ class SparsityMonitor(TrainingRecorder):
         if not (self.heatmap and self.history):
             return
         names = [k for k in self.history[-1][1] if k != "mean"]
-        steps = [step for step, _ in self.history]
-        grid = [[values.get(name, float("nan")) for _, values in self.history] for name in names]
-        path = plot_heatmap(grid, names, steps, Path(trainer.default_root_dir) / "sparsity_heatmap.png",
+        self._write_heatmap(trainer, names, names, "sparsity_heatmap.png", "sparsity/heatmap",
                             title="Activation sparsity (fraction of zeros)", xlabel="optimizer step")
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="sparsity/heatmap", images=[str(path)], step=trainer.global_step)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [(step, dict(values)) for step, values in self.history]}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(step, dict(values)) for step, values in state_dict["history"]]
