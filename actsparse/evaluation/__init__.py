@@ -1,0 +1,1 @@
+"""Procedures that drive a model to measure it (PPL-p% sparsity, neural codes, truncation)."""
