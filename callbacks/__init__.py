@@ -2,6 +2,8 @@
 ``trainer.loggers`` (``LightningModule.log``)."""
 
 from actsparse.callbacks.dnr import DeadNeuronRate
+
+DeadNeuronMonitor = DeadNeuronRate  # the name that stays (the metric keeps DeadNeuronRate)
 from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.monitors import MetricHistory
@@ -15,6 +17,7 @@ from actsparse.callbacks.threshold import ThresholdShift
 __all__ = [
     "ActivatingWhilePruning",
     "ActivationSwap",
+    "DeadNeuronMonitor",
     "DeadNeuronRate",
     "HashCodeMonitor",
     "IterativeMagnitudePruning",
