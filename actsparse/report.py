@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+if TYPE_CHECKING:
+    from actsparse.metrics.functional.laws import ActivationLaw
 
 Curve = Sequence[tuple[int, float]]
 
@@ -118,3 +122,21 @@ def _print(table: Table, width: int) -> str:
     text = capture.get()
     print(text, flush=True)
     return text
+
+
+def plot_activation_laws(curves: Mapping[str, tuple[Sequence[float], Sequence[float], "ActivationLaw | None"]],
+                         path: str | Path, title: str = "Activation ratio vs training tokens") -> Path:
+    """One panel: each label's points and its fitted law (a dashed line to 2× the last token count)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for i, (label, (tokens, ratio, law)) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(tokens, ratio, "o", ms=3, color=color, alpha=0.6, label=label)
+        if law is not None:
+            grid = np.linspace(min(tokens), 2 * max(tokens), 200)
+            ax.plot(grid, law(grid), "--", color=color, label=f"fit: A0={law.A0:.3f}, R²={law.r2:.2f}")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel("activation ratio A = 1 − sparsity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

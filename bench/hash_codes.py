@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from actsparse.metrics.functional.hash_codes import hash_code_purity, pack_bits, redundancy_ratio
+from actsparse.metrics.functional.hash_codes import hash_code_purity, pack_codes, redundancy_ratio
 from actsparse.metrics.hash_codes import HashCodePurity, RedundancyRatio
 from actsparse.report import print_table
 
@@ -46,7 +46,7 @@ def main() -> None:
     bits[-dup:] = bits[rng.integers(0, args.n - dup, dup)]  # planted duplicates
     labels = torch.from_numpy(rng.integers(0, 10, args.n))
     codes = torch.from_numpy(bits)
-    packed = torch.from_numpy(pack_bits(bits))
+    packed = pack_codes(torch.from_numpy(bits))
     expected = dup / args.n  # random 4096-bit rows never collide by chance
 
     def streamed(metric_cls, with_labels: bool):
@@ -56,7 +56,7 @@ def main() -> None:
         return metric.compute()
 
     cases = {
-        "pack bool -> uint8 (numpy.packbits)": lambda: pack_bits(bits),
+        "pack bool -> uint8 (pack_codes: numpy.packbits)": lambda: pack_codes(torch.from_numpy(bits)),
         "redundancy_ratio(bool codes)": lambda: redundancy_ratio(codes),
         "redundancy_ratio(packed codes)": lambda: redundancy_ratio(packed, packed=True),
         "hash_code_purity(bool codes)": lambda: hash_code_purity(codes, labels),

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from actsparse.data.corpus import cache_dir
 from actsparse.data.text import TextDataModule
-from actsparse.metrics.functional.cett import _bisect_thresholds, _check_targets, _prepare, ffn_sites, truncate
-from actsparse.metrics.functional.lm_loss import causal_lm_loss
-from actsparse.metrics.functional.ppl_sparsity import _dense_pass, ppl_p_sparsity
+from actsparse.evaluation.lm_loss import causal_lm_loss
+from actsparse.evaluation.ppl_sparsity import _dense_pass, ppl_p_sparsity
+from actsparse.evaluation.truncation import ffn_sites, truncate
+from actsparse.metrics.functional.cett import _bisect_thresholds, _check_targets, _prepare
 from actsparse.models import TinyLM
 from actsparse.report import print_table
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from actsparse.callbacks import DeadNeuronRate, ProSparse, SparsityMonitor
+from actsparse.callbacks import DeadNeuronMonitor, ProSparse, SparsityMonitor
 from actsparse.models import TinyLM
 from actsparse.report import print_table
 
@@ -57,8 +57,8 @@ VARIANTS = {
     "no callbacks": lambda: [],
     "SparsityMonitor": lambda: [SparsityMonitor(every_n_steps=10)],
     "ProSparse (+ its sparsity logging)": lambda: [ProSparse([(0.0, 5), (3e-3, 20)])],
-    "ProSparse + SparsityMonitor + DeadNeuronRate": lambda: [
-        ProSparse([(0.0, 5), (3e-3, 20)]), SparsityMonitor(every_n_steps=10), DeadNeuronRate(every_n_steps=10)],
+    "ProSparse + SparsityMonitor + DeadNeuronMonitor": lambda: [
+        ProSparse([(0.0, 5), (3e-3, 20)]), SparsityMonitor(every_n_steps=10), DeadNeuronMonitor(every_n_steps=10)],
 }
 
 

@@ -1,12 +1,10 @@
 """Lightning callbacks. Each is resumable (``state_dict``/``load_state_dict``) and logs through
 ``trainer.loggers`` (``LightningModule.log``)."""
 
-from actsparse.callbacks.dnr import DeadNeuronRate
-
-DeadNeuronMonitor = DeadNeuronRate  # the name that stays (the metric keeps DeadNeuronRate)
+from actsparse.callbacks.dnr import DeadNeuronMonitor, DeadNeuronRate
 from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.hash_codes import HashCodeMonitor
-from actsparse.callbacks.monitors import MetricHistory
+from actsparse.callbacks.history import MetricHistory
 from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
 from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
 from actsparse.callbacks.sparsity import SparsityMonitor

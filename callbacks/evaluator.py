@@ -8,12 +8,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from actsparse.metrics.functional.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
+from actsparse.evaluation.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
 
 
 class SparsityEvaluator(Callback):
     """At the end of validation, every ``every_n_epochs`` epochs, runs
-    :func:`~actsparse.metrics.functional.ppl_sparsity.ppl_p_sparsity` for each ``p`` on the
+    :func:`~actsparse.evaluation.ppl_p_sparsity` for each ``p`` on the
     validation dataloader and logs ``val/ppl_p{p}_sparsity``, ``val/ppl_p{p}_cett`` and
     ``val/ppl_p{p}_ratio``.
 

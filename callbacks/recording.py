@@ -1,4 +1,7 @@
-"""The shared core of callbacks that count site statistics over the training forwards only."""
+"""The shared core of the monitors that measure site activations over the training forwards:
+they hold torchmetrics metrics (:mod:`actsparse.metrics`) and feed them from a site
+:class:`~actsparse.plugins.recording.Recording`, so the values they log are the metrics' values
+(synchronized over DDP processes by torchmetrics)."""
 
 from __future__ import annotations
 
@@ -6,26 +9,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from torchmetrics import Metric
 from typing_extensions import override
 
+from actsparse.metrics.sparsity import MEAN
 from actsparse.plugins.recording import Recording
-from actsparse.report import plot_heatmap
 
 
 class TrainingRecorder(Callback):
-    """Attaches a :class:`Recording` of ``what`` for ``fit``, enabled only inside training batches
-    (validation forwards are not counted), and reduces zero counts exactly over DDP ranks.
+    """Attaches a :class:`Recording` of ``sites`` for ``fit``, enabled only inside training
+    batches (validation forwards are not counted), whose observer feeds every metric that
+    :meth:`_metrics` builds (one stream per site, named by the site).
 
-    Subclasses set ``what`` and read ``self.recording``; :meth:`_end_batch` says whether an
-    optimizer step ended the batch, :meth:`_zero_fractions` turns per-site ``(zeros, entries)``
-    into exact global fractions. They append ``(step or epoch, values)`` to ``self.history``
-    (kept in checkpoints; ``self.last`` is its latest entry) and draw it with :meth:`_write_heatmap`.
+    ``sites`` selects activation sites as everywhere in actsparse: None for all, or glob
+    pattern(s) on site names. Subclasses build their metrics in :meth:`_metrics`, read them with
+    ``compute()`` (a collective: every rank calls it at the same step), append
+    ``(step or epoch, values)`` to ``self.history`` (kept in checkpoints; ``self.last`` is its
+    latest entry) and draw it with :meth:`_write_heatmap`.
     """
-
-    what: tuple[str, ...] = ("zero_fraction",)
 
     def __init__(self, sites: str | Sequence[str] | None = None, every_n_steps: int | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
@@ -33,6 +36,7 @@ class TrainingRecorder(Callback):
         self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
         self.every_n_steps = every_n_steps
         self.recording: Recording | None = None
+        self.metrics: list[Metric] = []
         self.history: list[tuple[int, dict[str, float]]] = []
         self.last: dict[str, float] = {}
         self._last_step = -1
@@ -42,11 +46,19 @@ class TrainingRecorder(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(sites=self.sites)
 
+    def _metrics(self, names: list[str]) -> list[Metric]:
+        raise NotImplementedError
+
+    def _observe(self, site, tensor) -> None:
+        for metric in self.metrics:
+            metric.update(tensor, name=site.name)
+
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.recording is None:
-            self.recording = Recording(pl_module, self.sites, what=self.what).attach()
+            self.recording = Recording(pl_module, self.sites, what=(), observers=[self._observe]).attach()
             self.recording.enabled = False
+            self.metrics = [m.to(pl_module.device) for m in self._metrics(list(self.recording))]
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -65,25 +77,21 @@ class TrainingRecorder(Callback):
         self.recording.enabled = False
         return trainer.global_step != self._last_step
 
-    def _counts(self) -> list[tuple[int, int]]:
-        """Per site, (exact zeros, entries) recorded since the last reset."""
-        return [(r.zeros, r.elements) if r.calls else (0, 0) for r in self.recording.values()]
-
-    def _zero_fractions(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                        counts: list[tuple[int, int]], prefix: str) -> dict[str, float]:
-        """``{prefix/<site>: zeros/entries, prefix/mean: pooled}`` summed over ranks (a collective:
-        every rank calls it at the same step). Empty when nothing was recorded."""
-        totals = torch.tensor(counts, dtype=torch.float64, device=pl_module.device)
-        totals = trainer.strategy.reduce(totals, reduce_op="sum").tolist()
-        if not sum(n for _, n in totals):
+    @staticmethod
+    def _values(metric: Metric, prefix: str) -> dict[str, float]:
+        """``{prefix/<site>: value, prefix/mean: pooled}`` of a per-site metric, synchronized over
+        processes (a collective); empty when nothing was recorded on any process."""
+        try:
+            values = metric.compute()
+        except RuntimeError:  # no process recorded anything (raised after the sync, on every rank)
             return {}
-        values = {f"{prefix}/{name}": z / n for name, (z, n) in zip(self.recording, totals) if n}
-        values[f"{prefix}/mean"] = sum(z for z, _ in totals) / sum(n for _, n in totals)
-        return values
+        return {f"{prefix}/{name}": float(v) for name, v in values.items()}
 
     def _write_heatmap(self, trainer: L.Trainer, keys: Sequence[str], labels: Sequence[str], filename: str,
                        wandb_key: str, title: str, xlabel: str) -> None:
         """Site x history heatmap of ``keys`` into the run directory, and to W&B when attached."""
+        from actsparse.report import plot_heatmap  # matplotlib only when a heatmap is drawn
+
         columns = [x for x, _ in self.history]
         grid = [[values.get(key, float("nan")) for _, values in self.history] for key in keys]
         path = plot_heatmap(grid, labels, columns, Path(trainer.default_root_dir) / filename, title=title,
@@ -100,3 +108,6 @@ class TrainingRecorder(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [(x, dict(values)) for x, values in state_dict["history"]]
         self.last = dict(self.history[-1][1]) if self.history else {}
+
+
+__all__ = ["MEAN", "TrainingRecorder"]

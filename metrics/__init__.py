@@ -1,16 +1,40 @@
-"""torchmetrics ``Metric`` classes for activation sparsity and neural codes; their pure
-functions live in ``actsparse.metrics.functional``. Kept importable without Hydra or wandb."""
+"""torchmetrics ``Metric`` classes; each is a thin class over a pure function of
+``actsparse.metrics.functional`` (the counting rule: :mod:`actsparse.metrics.functional.sparsity`).
+Kept importable without Hydra or wandb.
 
-from actsparse.metrics.cett import ActivationRatio, ActivationSparsity, PPLSparsity
-from actsparse.metrics.dnr import DeadNeuronRate
+Model-driving procedures live in :mod:`actsparse.evaluation`; ``ppl_p_sparsity`` is re-exported
+here beside :class:`PPLSparsity` because DESIGN §3 lists it with the metrics.
+"""
+
+from actsparse.metrics.cett import CETT
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
+from actsparse.metrics.sparsity import ActivationRatio, ActivationSparsity, DeadNeuronRate
+
+# PPL-p% drives a model through the activation sites (plugins), which themselves count with
+# actsparse.metrics.functional: loaded on first use so the two packages import in any order.
+_LAZY = {
+    "PPLSparsity": "actsparse.metrics.ppl_sparsity",
+    "PPLSparsityResult": "actsparse.evaluation.ppl_sparsity",
+    "ppl_p_sparsity": "actsparse.evaluation.ppl_sparsity",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'actsparse.metrics' has no attribute {name!r}")
 
 __all__ = [
     "ActivationRatio",
     "ActivationSparsity",
+    "CETT",
     "CodeCategorization",
     "DeadNeuronRate",
     "HashCodePurity",
     "PPLSparsity",
+    "PPLSparsityResult",
     "RedundancyRatio",
+    "ppl_p_sparsity",
 ]

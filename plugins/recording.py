@@ -17,65 +17,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from actsparse.metrics.functional.hash_codes import pack_codes, unpack_codes
+from actsparse.metrics.functional.sparsity import as_rows, count_active
 from actsparse.plugins.sites import Site, resolve_sites
 
 STATS = ("zero_fraction", "mean_abs", "l1", "neuron_counts", "histogram", "codes", "outputs")
 DEFAULT_STATS = ("zero_fraction", "mean_abs", "l1")
+Observer = Callable[[Site, torch.Tensor], None]
 
-
-def as_rows(x: torch.Tensor) -> torch.Tensor:
-    """View a site tensor as ``[rows, units]`` (see the module docstring)."""
-    if x.dim() >= 4:
-        return x.flatten(1)
-    if x.dim() <= 1:
-        return x.reshape(1, -1)
-    return x.reshape(-1, x.shape[-1])
-
-
-def pack_codes(rows: torch.Tensor) -> torch.Tensor:
-    """Bit-pack ``1[rows > 0]`` into uint8, 8 units per byte, most significant bit first."""
-    bits = rows > 0
-    if bits.device.type == "cpu":  # numpy's packbits is ~100x faster than the tensor arithmetic
-        return torch.from_numpy(np.packbits(bits.numpy(), axis=1, bitorder="big"))
-    return _pack_bits_torch(bits)
-
-
-def _pack_bits_torch(bits: torch.Tensor) -> torch.Tensor:
-    """The same packing on any device (GPU tensors stay where they are)."""
-    pad = (-bits.shape[1]) % 8
-    if pad:
-        bits = torch.nn.functional.pad(bits, (0, pad))
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=bits.device)
-    return (bits.view(bits.shape[0], -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
-
-
-def unpack_codes(packed: torch.Tensor, units: int) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: a bool tensor ``[rows, units]``."""
-    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.flatten(1)[:, :units].bool()
-
-
-# float32 sums of 0/1 values are exact below 2**24 (per call); above, count in float64.
-_EXACT_FLOAT32_COUNT = 2**24
-
-
-def _nonzero_count(rows: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Nonzero entries (in total or along ``dim``) as exact integers in a float64 tensor.
-
-    ``sign().abs()`` then a sum is several times faster on CPU than ``(x != 0).sum()`` or
-    ``count_nonzero``; NaN entries would poison it, as they poison training.
-    """
-    n = rows.numel() if dim is None else rows.shape[dim]
-    dtype = torch.float32 if n < _EXACT_FLOAT32_COUNT else torch.float64
-    ones = rows.sign().abs_()
-    return (ones.sum(dtype=dtype) if dim is None else ones.sum(dim, dtype=dtype)).double()
+__all__ = ["DEFAULT_STATS", "STATS", "Recording", "SiteRecord", "as_rows", "pack_codes", "record", "unpack_codes"]
 
 
 class SiteRecord:
@@ -128,11 +83,11 @@ class SiteRecord:
         # These run on every forward during training: the cheapest exact reductions measured
         # on CPU (bench/overhead.py); float32 within a call, float64 across calls.
         if "zero_fraction" in self.what:
-            self._add("_zeros", rows.numel() - _nonzero_count(rows))
+            self._add("_zeros", rows.numel() - count_active(rows))
         if self.what & {"mean_abs", "l1"}:
             self._add("_abs_sum", rows.abs().sum(dtype=torch.float32).double())
         if "neuron_counts" in self.what:
-            self._add("_neuron_nonzero", _nonzero_count(rows, dim=0))
+            self._add("_neuron_nonzero", count_active(rows, dim=0))
         if "histogram" in self.what:
             lo, hi = self.hist_range
             values = rows.float()
@@ -180,7 +135,8 @@ class SiteRecord:
 
     @property
     def zero_fraction(self) -> float:
-        """Fraction of entries exactly zero (activation sparsity)."""
+        """Fraction of entries exactly zero (activation sparsity; the rule of
+        :mod:`actsparse.metrics.functional.sparsity`)."""
         return self.zeros / self.elements
 
     @property
@@ -233,6 +189,9 @@ class SiteRecord:
 class Recording(Mapping[str, SiteRecord]):
     """Per-site records of a model's activations; a mapping from site name to :class:`SiteRecord`.
 
+    ``observers`` are called as ``observer(site, tensor)`` on every recorded forward (the way
+    metrics such as :class:`~actsparse.metrics.ActivationSparsity` are fed from a recording).
+
     Use :func:`record` for a ``with`` block; callbacks that record across many steps call
     :meth:`attach` / :meth:`detach` themselves and toggle :attr:`enabled`.
     """
@@ -247,6 +206,7 @@ class Recording(Mapping[str, SiteRecord]):
         bins: int = 100,
         hist_range: tuple[float, float] = (-4.0, 4.0),
         seed: int = 0,
+        observers: Sequence[Observer] = (),
     ) -> None:
         what = (what,) if isinstance(what, str) else tuple(what)
         unknown = sorted(set(what) - set(STATS))
@@ -261,12 +221,15 @@ class Recording(Mapping[str, SiteRecord]):
         self.records = {
             s.name: SiteRecord(s, what, max_rows, subsample, bins, tuple(hist_range), generator) for s in self.sites
         }
+        self.observers = list(observers)
         self.enabled = True
         self._handles: list = []
 
     def _hook(self, site: Site, tensor: torch.Tensor) -> None:
         if self.enabled:
             self.records[site.name].update(tensor)
+            for observe in self.observers:
+                observe(site, tensor.detach())
 
     def attach(self) -> "Recording":
         if not self._handles:

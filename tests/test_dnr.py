@@ -1,22 +1,18 @@
 """Dynamic dead neuron rate (issue 6): functional, metric (streaming, per site, DDP) and callback."""
 
-import doctest
-import importlib
-import socket
-
 import lightning as L
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
-from actsparse.callbacks.dnr import DeadNeuronRate as DNRCallback
+from actsparse.callbacks import DeadNeuronMonitor
 from actsparse.data.digits import DigitsDataModule
-from actsparse.metrics.dnr import DeadNeuronRate
-from actsparse.metrics.functional.dnr import dead_neuron_rate, dead_neurons
+from actsparse.metrics import DeadNeuronRate
+from actsparse.metrics.functional import dead_neuron_rate, dead_neurons
 from actsparse.models.mlp import MLP
 from actsparse.plugins.sites import NoSitesError
 from actsparse.tasks.classify import Classifier
+from distributed import run_ranks
 from dnr_ddp import ddp_data, metric_on, worker
 
 
@@ -47,43 +43,37 @@ def test_metric_streams_per_site_like_the_hand_count():
     for b in batches:
         b[:, 1] = 0
     other = [torch.relu(torch.randn(n, 2, generator=g)) for n in (3, 7, 4)]
-    metric, single = DeadNeuronRate(sites=["h1", "h2"]), DeadNeuronRate()
+    metric, single = DeadNeuronRate(["h1", "h2"]), DeadNeuronRate()
     for a, b in zip(batches, other):
         metric.update({"h1": a, "h2": b})
         single.update(a)
     za, na, da = _hand(torch.cat(batches).tolist())
     zb, nb, db = _hand(torch.cat(other).tolist())
-    out = metric.compute()
-    assert out["dnr/h1"].item() == pytest.approx(za / na) and out["dnr/h2"].item() == pytest.approx(zb / nb)
-    assert out["dnr/mean"].item() == pytest.approx((za + zb) / (na + nb))
-    assert out["dead/h1"].item() == da == 1 and out["dead/h2"].item() == db
-    assert single.compute()["dnr"].item() == pytest.approx(za / na) and single.compute()["dead"].item() == 1
+    out, dead = metric.compute(), metric.dead_neurons()
+    assert out["h1"].item() == pytest.approx(za / na) and out["h2"].item() == pytest.approx(zb / nb)
+    assert out["mean"].item() == pytest.approx((za + zb) / (na + nb))
+    assert dead["h1"].item() == da == 1 and dead["h2"].item() == db
+    assert single.compute().item() == pytest.approx(za / na) and single.dead_neurons().item() == 1
 
 
 def test_metric_bad_input_is_named():
     with pytest.raises(RuntimeError, match="before update"):
         DeadNeuronRate().compute()
-    with pytest.raises(KeyError, match="unknown sites"):
-        DeadNeuronRate(sites=["a"]).update({"b": torch.ones(2, 2)})
+    with pytest.raises(KeyError, match="Unknown stream"):
+        DeadNeuronRate(["a", "b"]).update({"c": torch.ones(2, 2)})
     metric = DeadNeuronRate()
     metric.update(torch.ones(2, 3))
-    with pytest.raises(ValueError, match="same neurons"):
+    with pytest.raises(ValueError, match="same units"):
         metric.update(torch.ones(2, 4))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_reduction_equals_single_process(tmp_path):
-    mp.spawn(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    per_rank = run_ranks(worker, tmp_path)
     single = metric_on([ddp_data()])
     a, _ = ddp_data()
     assert single["dead/a"] == _hand(a.tolist())[2] == 1  # column 4 is alive on rank 1's rows
-    for rank in (0, 1):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == pytest.approx(single)
+    for values in per_rank:
+        assert values == pytest.approx(single)
 
 
 def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
@@ -95,7 +85,7 @@ def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
     with torch.no_grad():
         mlp.layers[2].bias -= 0.6  # some neurons die
     task = Classifier(mlp, optimizer="sgd", lr=0.0, momentum=0.0)
-    callback = DNRCallback(every_n_steps=3)
+    callback = DeadNeuronMonitor(every_n_steps=3)
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[callback], default_root_dir=tmp_path)
@@ -113,7 +103,7 @@ def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
     assert metrics["dnr/mean"].item() == pytest.approx(z / (h1.numel() + h2.numel()))
     assert _hand(h2.tolist())[2] > 0 and "dnr_step/mean" in metrics
     assert len(callback.history) == 2 and (tmp_path / "dnr_heatmap.png").is_file()
-    restored = DNRCallback()
+    restored = DeadNeuronMonitor()
     restored.load_state_dict(callback.state_dict())
     assert restored.history == callback.history and restored.last == callback.history[-1][1]
 
@@ -121,14 +111,9 @@ def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
 def test_callback_on_a_model_without_sites_is_a_clear_error(tmp_path):
     task = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[DNRCallback()])
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[DeadNeuronMonitor()])
     with pytest.raises(NoSitesError, match="No activation sites"):
         trainer.fit(task, datamodule=DigitsDataModule(seed=0))
     with pytest.raises(ValueError, match="every_n_steps"):
-        DNRCallback(every_n_steps=0)
+        DeadNeuronMonitor(every_n_steps=0)
 
-
-@pytest.mark.parametrize("name", ["actsparse.metrics.functional.dnr", "actsparse.metrics.dnr", "actsparse.callbacks.dnr"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -1,8 +1,6 @@
 """Neural hash codes (issue 7): extraction, redundancy ratio, purity, categorization, the
 metrics' streaming and DDP behaviour, and the HashCodeMonitor callback."""
 
-import doctest
-import importlib
 import itertools
 import socket
 from collections import Counter, defaultdict
@@ -330,11 +328,3 @@ def test_hash_code_monitor_every_n_validations_and_no_categorization(tmp_path):
     with pytest.raises(ValueError, match="Unknown categorization methods"):
         HashCodeMonitor(methods=("svm",))
 
-
-@pytest.mark.parametrize("name", [
-    "actsparse.metrics.functional.hash_codes", "actsparse.metrics.functional.code_categorization",
-    "actsparse.metrics.hash_codes", "actsparse.callbacks.hash_codes",
-])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -1,8 +1,6 @@
 """Iterative magnitude pruning and Activating-while-Pruning (issue 6): the exact weights each step
 removes, rewinding, composition with Lightning's ModelPruning, resume, and bad input."""
 
-import doctest
-import importlib
 from types import SimpleNamespace
 
 import lightning as L
@@ -181,8 +179,3 @@ def test_bad_input_gets_clear_errors():
         _trainer([ModelPruning("l1_unstructured", amount=0.2, use_global_unstructured=False), ActivatingWhilePruning()],
                  1, enable_checkpointing=False).fit(_task(), datamodule=dm)
 
-
-@pytest.mark.parametrize("name", ["actsparse.plugins.pruning", "actsparse.callbacks.pruning"])
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -1,1 +1,10 @@
-"""Procedures that drive a model to measure it (PPL-p% sparsity, neural codes, truncation)."""
+"""Procedures that drive a model to measure it: PPL-p% sparsity (a search over truncated
+forwards), neural-code extraction, truncation of weak FFN neurons, and the causal-LM loss they
+score with. The pure functions they build on are in :mod:`actsparse.metrics.functional`."""
+
+from actsparse.evaluation.codes import neural_codes
+from actsparse.evaluation.lm_loss import causal_lm_loss
+from actsparse.evaluation.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
+from actsparse.evaluation.truncation import ffn_sites, truncate
+
+__all__ = ["PPLSparsityResult", "causal_lm_loss", "ffn_sites", "neural_codes", "ppl_p_sparsity", "truncate"]

@@ -30,7 +30,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from actsparse.callbacks.dnr import DeadNeuronRate
+from actsparse.callbacks.dnr import DeadNeuronMonitor
 from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
 
 METHODS = ("imp", "ap")
@@ -45,7 +45,7 @@ def compose_study(overrides: list[str]) -> DictConfig:
 class _RoundEnd(L.Callback):
     """At the end of each round, before the pruning callback runs: remaining, accuracy, DNR."""
 
-    def __init__(self, every: int, imp: IterativeMagnitudePruning, dnr: DeadNeuronRate, test_set) -> None:
+    def __init__(self, every: int, imp: IterativeMagnitudePruning, dnr: DeadNeuronMonitor, test_set) -> None:
         self.every, self.imp, self.dnr, self.test_set = every, imp, dnr, test_set
         self.rows: list[dict[str, float]] = []
 
@@ -72,7 +72,7 @@ def run_one(cfg: DictConfig, model_name: str, method: str, seed: int) -> list[di
     datamodule.setup("fit")
     model = instantiate(study.models[model_name], _convert_="all")
     task = instantiate(cfg.task, model=model, _convert_="all")
-    dnr = DeadNeuronRate(heatmap=False, log=False)
+    dnr = DeadNeuronMonitor(heatmap=False, log=False)
     imp = IterativeMagnitudePruning(amount=float(study.amount), epochs_per_round=int(study.epochs_per_round),
                                     rounds=int(study.rounds), log=False)
     probe = _RoundEnd(int(study.epochs_per_round), imp, dnr, datamodule.test_set)

@@ -36,7 +36,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from actsparse.metrics.functional.code_categorization import code_categorization
-from actsparse.metrics.functional.hash_codes import hash_code_purity, neural_codes, redundancy_ratio
+from actsparse.evaluation import neural_codes
+from actsparse.metrics.functional.hash_codes import hash_code_purity, redundancy_ratio
 
 
 def compose_study(overrides: list[str]) -> DictConfig:

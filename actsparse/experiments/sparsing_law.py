@@ -28,8 +28,9 @@ from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law, plot_activation_laws  # noqa: E402
-from actsparse.metrics.functional.ppl_sparsity import ppl_p_sparsity  # noqa: E402
+from actsparse.evaluation import ppl_p_sparsity  # noqa: E402
+from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law  # noqa: E402
+from actsparse.report import plot_activation_laws  # noqa: E402
 from actsparse.report import print_table  # noqa: E402
 from actsparse.tasks.lm import CausalLM  # noqa: E402
 from actsparse.train import train  # noqa: E402

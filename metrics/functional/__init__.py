@@ -1,38 +1,63 @@
-"""Pure functions behind the ``actsparse.metrics`` classes."""
+"""Pure functions behind the ``actsparse.metrics`` classes: tensors (or arrays) in, tensors out; no
+model, no collectives, no plotting. The one counting rule (active ⇔ ``|x| > threshold``) is in
+:mod:`actsparse.metrics.functional.sparsity`.
 
-from actsparse.metrics.functional.cett import activation_ratio, cett, neuron_norms, threshold_for_cett, truncate
+Procedures that run a model (``ppl_p_sparsity``, ``neural_codes``, ``truncate``,
+``causal_lm_loss``) are in :mod:`actsparse.evaluation`; importing them from here still works
+(forwarded lazily, for code written before the move).
+"""
+
+from actsparse.metrics.functional.cett import candidate_values, cett, neuron_norms, threshold_for_cett
 from actsparse.metrics.functional.code_categorization import code_categorization
-from actsparse.metrics.functional.dnr import dead_neuron_rate, dead_neurons
 from actsparse.metrics.functional.hash_codes import (
     NeuralCodes,
+    code_buckets,
     hash_code_purity,
-    neural_codes,
-    pack_bits,
+    pack_codes,
     redundancy_ratio,
-    unpack_bits,
+    unpack_codes,
 )
 from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law
-from actsparse.metrics.functional.lm_loss import causal_lm_loss
-from actsparse.metrics.functional.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
+from actsparse.metrics.functional.sparsity import (
+    activation_ratio,
+    activation_sparsity,
+    active_mask,
+    as_rows,
+    count_active,
+    dead_neuron_rate,
+    dead_neurons,
+)
+
+_MOVED = {"ppl_p_sparsity", "PPLSparsityResult", "neural_codes", "truncate", "causal_lm_loss"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import actsparse.evaluation
+
+        return getattr(actsparse.evaluation, name)
+    raise AttributeError(f"module 'actsparse.metrics.functional' has no attribute {name!r}")
+
 
 __all__ = [
     "ActivationLaw",
-    "PPLSparsityResult",
-    "activation_ratio",
-    "causal_lm_loss",
-    "cett",
-    "fit_activation_law",
-    "neuron_norms",
-    "ppl_p_sparsity",
-    "threshold_for_cett",
-    "truncate",
     "NeuralCodes",
+    "activation_ratio",
+    "activation_sparsity",
+    "active_mask",
+    "as_rows",
+    "candidate_values",
+    "cett",
+    "code_buckets",
     "code_categorization",
+    "count_active",
     "dead_neuron_rate",
     "dead_neurons",
+    "fit_activation_law",
     "hash_code_purity",
-    "neural_codes",
-    "pack_bits",
+    "neuron_norms",
+    "pack_codes",
     "redundancy_ratio",
-    "unpack_bits",
+    "threshold_for_cett",
+    "unpack_codes",
 ]

@@ -2,24 +2,23 @@
 
 For an FFN site with tensor ``x1`` (the input of the down projection) and down weight
 ``W_down [d, f]``, neuron ``i`` of a token outputs ``n_i = x1_i · W_down[:, i]`` and is *weak* at
-threshold ``ε`` when ``|x1_i| · ‖W_down[:, i]‖₂ < ε``. For one token,
+threshold ``ε`` when ``|x1_i| · ‖W_down[:, i]‖₂ <= ε``. For one token,
 ``CETT(ε) = ‖Σ_{weak i} n_i‖₂ / ‖y‖₂`` with ``y = W_down x1``; :func:`cett` averages it over tokens.
 
-Truncation (zeroing the weak neurons of every FFN site of a model) goes through the site hooks
-of :mod:`actsparse.plugins.sites`: see :func:`truncate`.
+A neuron is weak when its importance is at or below the threshold (``importance <= ε``; the one
+counting rule of :mod:`actsparse.metrics.functional.sparsity`): at ``ε = 0`` exactly the zero
+entries are weak, so the dropped fraction at ``ε = 0`` is the activation sparsity. (The papers
+write ``< ε``; the two differ only for neurons whose importance equals ``ε`` exactly.)
+
+Truncating a model (zeroing the weak neurons of its FFN sites) is a procedure:
+:func:`actsparse.evaluation.truncate`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Mapping, Sequence
-
 import torch
-from torch import nn
 
-from actsparse.plugins.sites import Site
-
-__all__ = ["activation_ratio", "cett", "neuron_norms", "threshold_for_cett", "truncate", "ffn_sites"]
+__all__ = ["candidate_values", "cett", "neuron_norms", "threshold_for_cett"]
 
 
 def _check(x1: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
@@ -41,7 +40,7 @@ def neuron_norms(w_down: torch.Tensor) -> torch.Tensor:
 def _weak_sums(x: torch.Tensor, w: torch.Tensor, importance: torch.Tensor, eps: torch.Tensor,
                y_norm: torch.Tensor) -> torch.Tensor:
     """Per-token CETT for each threshold in ``eps`` ([K]) -> [K, tokens]."""
-    weak = importance.unsqueeze(0) < eps.view(-1, 1, 1)  # [K, N, f]
+    weak = importance.unsqueeze(0) <= eps.view(-1, 1, 1)  # [K, N, f]
     tail = torch.matmul(x.unsqueeze(0) * weak, w.t())  # [K, N, d]
     return torch.linalg.vector_norm(tail, dim=-1) / y_norm
 
@@ -67,7 +66,7 @@ def cett(x1: torch.Tensor, w_down: torch.Tensor, threshold: float | torch.Tensor
     Args:
         x1: site tensor ``[..., f]`` (tokens flattened).
         w_down: down projection weight ``[d, f]`` (``nn.Linear`` layout, ``site.w_down``).
-        threshold: ``ε >= 0``; neuron ``i`` is weak when ``|x1_i|·‖W_down[:, i]‖₂ < ε``.
+        threshold: ``ε >= 0``; neuron ``i`` is weak when ``|x1_i|·‖W_down[:, i]‖₂ <= ε``.
 
     Example:
         >>> x1 = torch.tensor([[1.0, 0.1]])
@@ -94,9 +93,9 @@ def _bisect_thresholds(x, w, importance, y_norm, targets, chunk: int = 8192,
                        values: torch.Tensor | None = None, memo: dict[int, float] | None = None) -> torch.Tensor:
     """Vectorized bisection over the sorted importance values, one threshold per target.
 
-    Candidate thresholds are the distinct importance values ``v_0 < v_1 < …`` plus ``+inf``;
-    CETT only changes at them. For each target, the smallest candidate whose mean CETT reaches
-    the target is returned (``v_0`` drops nothing, so a target of 0 gives ``v_0``). ``memo``
+    Candidate thresholds are 0 and the distinct importance values ``0 = v_0 < v_1 < …`` plus
+    ``+inf``; CETT only changes at them. For each target, the smallest candidate whose mean CETT
+    reaches the target is returned (``v_0 = 0`` drops only zeros, CETT 0: a target of 0 gives 0). ``memo``
     (candidate index -> mean CETT) carries evaluations across calls: later targets start from
     the tightest bracket already known (a warm start for nearby targets).
     """
@@ -138,8 +137,9 @@ def _bisect_thresholds(x, w, importance, y_norm, targets, chunk: int = 8192,
 
 
 def candidate_values(importance: torch.Tensor) -> torch.Tensor:
-    """The thresholds at which CETT can change: sorted distinct importances, then ``+inf``."""
-    values = torch.unique(importance)
+    """The thresholds at which CETT can change: 0 (drops only exact zeros, CETT 0), the sorted
+    distinct importances, then ``+inf``."""
+    values = torch.unique(torch.cat([importance.new_zeros(1), importance.reshape(-1)]))
     return torch.cat([values, values.new_tensor([float("inf")])])
 
 
@@ -166,91 +166,3 @@ def threshold_for_cett(x1: torch.Tensor, w_down: torch.Tensor, target, dtype: to
     x, w, importance, y_norm = _prepare(x1, w_down, dtype)
     eps = _bisect_thresholds(x, w, importance, y_norm, targets)
     return eps.reshape(()) if torch.as_tensor(target).dim() == 0 else eps
-
-
-def activation_ratio(x1: torch.Tensor, threshold: float = 0.0, w_down: torch.Tensor | None = None) -> torch.Tensor:
-    """Fraction of active neurons (1 − sparsity).
-
-    Without ``w_down``: active means nonzero (``threshold`` then applies to ``|x1|``). With
-    ``w_down``: active means not weak, ``|x1_i|·‖W_down[:, i]‖₂ >= threshold`` and nonzero.
-
-    Example:
-        >>> activation_ratio(torch.tensor([[0.0, 1.0, 0.0, 2.0]]))
-        tensor(0.5000)
-    """
-    rows = x1.reshape(-1, x1.shape[-1]) if x1.dim() else x1.reshape(1, 1)
-    score = rows.abs()
-    if w_down is not None:
-        score = score * neuron_norms(_check_weight(rows, w_down))
-    active = (rows != 0) & (score >= threshold)
-    return active.float().mean()
-
-
-def _check_weight(rows: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    _check(rows, w_down)
-    return w_down.to(device=rows.device, dtype=rows.dtype if rows.is_floating_point() else torch.float32)
-
-
-# -- truncation through site hooks ------------------------------------------------------------
-
-def ffn_sites(model: nn.Module, sites: Sequence[Site] | str | Sequence[str] | None = None) -> list[Site]:
-    """The FFN sites (those with a down projection) of ``model``; a clear error when there are none."""
-    from actsparse.plugins.sites import NoSitesError, resolve_sites
-
-    found = resolve_sites(model, sites)
-    ffn = [s for s in found if s.down is not None]
-    if not ffn:
-        raise NoSitesError(
-            f"{type(model).__name__} has no FFN site with a down projection (found only "
-            f"{[s.name for s in found]}); CETT needs the down-projection weight. Register the FFN "
-            "block with actsparse.plugins.register_ffn(..., down=...)."
-        )
-    return ffn
-
-
-@contextlib.contextmanager
-def truncate(model: nn.Module, thresholds: Mapping[str, float | torch.Tensor],
-             sites: Sequence[Site] | None = None, counts: dict | None = None) -> Iterator[None]:
-    """Zero the weak neurons of the FFN sites inside a ``with`` block.
-
-    ``thresholds`` maps site names to ``ε`` — a float, or a ``[K]`` tensor to run K settings at
-    once on a batch replicated K times along dim 0 (replica ``k`` uses ``ε[k]``). Dropped are the
-    neurons with ``|x1_i|·‖W_down[:, i]‖₂ < ε`` and exact zeros. When ``counts`` is a dict, it
-    accumulates ``counts[name] = [dropped [K], entries [K]]`` per site.
-
-    Example:
-        >>> from actsparse.models import TinyLM
-        >>> lm = TinyLM(d_model=16, n_layers=1, n_heads=2)
-        >>> x = torch.randint(0, 256, (1, 8))
-        >>> with truncate(lm, {"blocks.0.ffn": float("inf")}):   # drop every neuron
-        ...     out = lm(x)
-        >>> out.shape
-        torch.Size([1, 8, 256])
-    """
-    sites = ffn_sites(model) if sites is None else list(sites)
-    unknown = sorted(set(thresholds) - {s.name for s in sites})
-    if unknown:
-        raise KeyError(f"No FFN site named {unknown}; sites are {[s.name for s in sites]}.")
-    norms = {s.name: neuron_norms(s.w_down.detach()) for s in sites if s.name in thresholds}
-
-    def hook(site: Site, x1: torch.Tensor) -> torch.Tensor:
-        eps = torch.as_tensor(thresholds[site.name], device=x1.device).reshape(-1)
-        k = eps.numel()
-        if x1.shape[0] % k:
-            raise ValueError(f"{k} thresholds need a batch replicated {k} times; got batch {x1.shape[0]}.")
-        view = x1.reshape(k, -1, x1.shape[-1])
-        score = view.abs() * norms[site.name].to(x1.dtype)
-        dropped = (score < eps.to(x1.dtype).view(k, 1, 1)) | (view == 0)
-        if counts is not None:
-            d = dropped.sum(dim=(1, 2)).double()
-            n = torch.full_like(d, float(view.shape[1] * view.shape[2]))
-            prev = counts.get(site.name)
-            counts[site.name] = [d, n] if prev is None else [prev[0] + d, prev[1] + n]
-        return view.masked_fill(dropped, 0).reshape(x1.shape)
-
-    handles = [s.register_hook(hook) for s in sites if s.name in thresholds]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from actsparse.metrics.functional.hash_codes import NeuralCodes, _labels_array, packed_codes, unpack_bits
+from actsparse.metrics.functional.hash_codes import NeuralCodes, _labels_array, packed_codes, unpack_codes
 
 METHODS = ("kmeans", "knn", "logreg")
 MAPPINGS = ("majority", "hungarian")
@@ -26,7 +26,7 @@ def _bits(codes: Any, packed: bool) -> np.ndarray:
         units = 8 * rows.shape[1]
     else:
         units = codes.shape[1]
-    return unpack_bits(rows, units) if units else np.zeros((rows.shape[0], 0), dtype=bool)
+    return unpack_codes(torch.from_numpy(rows), units).numpy() if units else np.zeros((rows.shape[0], 0), dtype=bool)
 
 
 def cluster_label_map(clusters: np.ndarray, labels: np.ndarray, n_clusters: int, n_classes: int,

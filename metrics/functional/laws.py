@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ActivationLaw", "fit_activation_law", "plot_activation_laws"]
+__all__ = ["ActivationLaw", "fit_activation_law"]
 
 KINDS = ("relu", "silu")
 
@@ -120,30 +119,3 @@ def fit_activation_law(tokens: Sequence[float], ratio: Sequence[float], kind: st
     log_c, log_alpha, a0 = best
     c, alpha = math.exp(log_c), math.exp(log_alpha)
     return ActivationLaw("silu", c=float(c * scale**alpha), alpha=float(alpha), A0=float(a0), r2=r2)
-
-
-def plot_activation_laws(curves: dict[str, tuple[Sequence[float], Sequence[float], ActivationLaw | None]],
-                         path: str | Path, title: str = "Activation ratio vs training tokens") -> Path:
-    """One panel: each label's points and its fitted law (a dashed line to 2× the last token count)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
-    for i, (label, (tokens, ratio, law)) in enumerate(curves.items()):
-        color = f"C{i}"
-        ax.plot(tokens, ratio, "o", ms=3, color=color, alpha=0.6, label=label)
-        if law is not None:
-            grid = np.linspace(min(tokens), 2 * max(tokens), 200)
-            ax.plot(grid, law(grid), "--", color=color, label=f"fit: A0={law.A0:.3f}, R²={law.r2:.2f}")
-    ax.set_xlabel("training tokens D")
-    ax.set_ylabel("activation ratio A = 1 − sparsity")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -1,6 +1,6 @@
 """Token-level causal-LM loss for any batch layout, with a batch replicated K times.
 
-The PPL-p% search (:mod:`actsparse.metrics.functional.ppl_sparsity`) evaluates several
+The PPL-p% search (:mod:`actsparse.evaluation.ppl_sparsity`) evaluates several
 truncation settings in one forward by replicating a batch; a *loss function* there has the
 signature ``loss_fn(model, batch, repeats) -> (loss_sum [repeats], tokens)``: the summed
 next-token cross-entropy of each replica (float64) and the number of scored tokens of one replica.

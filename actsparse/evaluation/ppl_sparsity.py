@@ -32,18 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from actsparse.metrics.functional.cett import (
-    _bisect_thresholds,
-    _check_targets,
-    _prepare,
-    candidate_values,
-    ffn_sites,
-    truncate,
-)
-from actsparse.metrics.functional.lm_loss import LossFn, causal_lm_loss
+from actsparse.evaluation.lm_loss import LossFn, causal_lm_loss
+from actsparse.evaluation.truncation import ffn_sites, truncate
+from actsparse.metrics.functional.cett import _bisect_thresholds, _check_targets, _prepare, candidate_values
+from actsparse.metrics.functional.sparsity import count_active
+from actsparse.runtime import all_cat, all_sum, distributed
 from actsparse.plugins.sites import Site
 
 __all__ = ["PPLSparsityResult", "ppl_p_sparsity"]
@@ -76,32 +71,6 @@ class PPLSparsityResult:
     @property
     def cost_in_dense_passes(self) -> float:
         return self.seconds / self.dense_seconds if self.dense_seconds > 0 else float("nan")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
-def _gather_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Concatenate every process's rows, in rank order (uneven lengths allowed)."""
-    if not _distributed():
-        return rows
-    n = torch.tensor([rows.shape[0]], device=rows.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    top = int(max(s.item() for s in sizes))
-    padded = torch.zeros(top, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    padded[: rows.shape[0]] = rows
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(s.item())] for part, s in zip(parts, sizes)])
 
 
 def _batches(dataloader: Iterable, max_batches: int | None):
@@ -145,7 +114,8 @@ def _dense_pass(model, sites, dataloader, loss_fn, max_batches, calibration_toke
 
     def hook(site: Site, x1: torch.Tensor) -> None:
         flat = x1.detach().reshape(-1, x1.shape[-1])
-        zeros[site.name] += torch.tensor([float((flat == 0).sum()), float(flat.numel())], dtype=torch.float64)
+        zeros[site.name] += torch.tensor([flat.numel() - float(count_active(flat)), float(flat.numel())],
+                                         dtype=torch.float64)
         if per_batch is not None and flat.shape[0] > per_batch:
             idx = torch.randperm(flat.shape[0], generator=generator)[:per_batch].sort().values
             flat = flat[idx.to(flat.device)]
@@ -162,7 +132,7 @@ def _dense_pass(model, sites, dataloader, loss_fn, max_batches, calibration_toke
             h.remove()
     loss = torch.tensor([sum(v for v, _ in per_batch_loss)], dtype=torch.float64)
     tokens = sum(n for _, n in per_batch_loss)
-    if tokens == 0 and not _distributed():
+    if tokens == 0 and not distributed():
         raise ValueError("The dataloader gave no tokens to score; PPL-p% sparsity needs evaluation data.")
     cat = {}
     for name, parts in rows.items():
@@ -305,7 +275,7 @@ def ppl_p_sparsity(
             1.0 disables the exploration phase.
         calibration_tokens: rows of ``x1`` per site used to find thresholds (None: all tokens).
         loss_fn: ``(model, batch, repeats) -> (loss_sum [repeats], tokens)``;
-            default :func:`~actsparse.metrics.functional.lm_loss.causal_lm_loss`.
+            default :func:`~actsparse.evaluation.lm_loss.causal_lm_loss`.
         sites: restrict to these FFN sites (glob patterns or Site objects).
 
     Raises:
@@ -340,19 +310,19 @@ def ppl_p_sparsity(
             model, sites, dataloader, loss_fn, max_batches, calibration_tokens, generator)
         dense_seconds = time.perf_counter() - start
         local = {"dense_loss_sum": float(dense_sum), "tokens": float(tokens)}
-        glob = _sum(torch.tensor([float(dense_sum), float(tokens)], dtype=torch.float64))
+        glob = all_sum(torch.tensor([float(dense_sum), float(tokens)], dtype=torch.float64))
         dense_loss, total_tokens = float(glob[0] / glob[1]), float(glob[1])
-        rows = {name: _gather_rows(r) for name, r in rows.items()}
+        rows = {name: all_cat(r) for name, r in rows.items()}
         calib = _Calibration(sites, rows, calibration_dtype)
         cost = {"passes": 1, "forwards": 1.0}
-        n_batches = _sum(torch.tensor([float(len(per_batch))]))  # the largest shard decides the stride
+        n_batches = all_sum(torch.tensor([float(len(per_batch))]))  # the largest shard decides the stride
         stride = max(1, round(1 / explore_fraction)) if float(n_batches) >= 2 * round(1 / explore_fraction) else 1
 
         # Phase 1: locate the crossing on every `stride`-th batch.
         hint = None
         if stride > 1:
             sub = [(v, n) for i, (v, n) in enumerate(per_batch) if i % stride == 0]
-            g_sub = _sum(torch.tensor([sum(v for v, _ in sub), float(sum(n for _, n in sub))], dtype=torch.float64))
+            g_sub = all_sum(torch.tensor([sum(v for v, _ in sub), float(sum(n for _, n in sub))], dtype=torch.float64))
             sub_dense, sub_tokens = float(g_sub[0] / g_sub[1]), float(g_sub[1])
 
             def evaluate_sub(targets):
@@ -360,7 +330,7 @@ def ppl_p_sparsity(
                                           calib.thresholds(targets), stride)
                 cost["passes"] += 1
                 cost["forwards"] += len(targets) * sub_tokens / total_tokens
-                return [float(v) / sub_tokens - sub_dense for v in _sum(loss)]
+                return [float(v) / sub_tokens - sub_dense for v in all_sum(loss)]
 
             explore = _Search(evaluate_sub, p, tol, candidates)
             explore.run(width=2 * tol, max_rounds=max_passes // 2)
@@ -374,17 +344,17 @@ def ppl_p_sparsity(
             loss, counts = _truncated_pass(model, sites, dataloader, loss_fn, max_batches, settings)
             cost["passes"] += 1
             cost["forwards"] += len(targets)
-            gloss = _sum(loss)
+            gloss = all_sum(loss)
             out = []
             for i, t in enumerate(targets):
                 local_counts = torch.stack([counts[s.name][:, i] for s in sites])  # [sites, 2]
                 records[t] = {"loss_sum": float(loss[i]), "local": local_counts,
-                              "global": _sum(local_counts.clone()), "eps": settings[i]}
+                              "global": all_sum(local_counts.clone()), "eps": settings[i]}
                 out.append(float(gloss[i]) / total_tokens - dense_loss)
             return out
 
         zero_local = torch.stack([zero_counts[s.name] for s in sites])  # [sites, 2]
-        records[0.0] = {"loss_sum": float(dense_sum), "local": zero_local, "global": _sum(zero_local.clone()),
+        records[0.0] = {"loss_sum": float(dense_sum), "local": zero_local, "global": all_sum(zero_local.clone()),
                         "eps": {s.name: 0.0 for s in sites}}
         search = _Search(evaluate_full, p, tol, candidates)
         if hint is not None:
