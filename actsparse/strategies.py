@@ -1,10 +1,16 @@
-"""Lightning strategies with fixes actsparse relies on."""
+"""Lightning strategies and checkpoint I/O with the fixes actsparse relies on."""
 
 from __future__ import annotations
 
 import atexit
+import os
+from pathlib import Path
+from typing import Any
 
+import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
@@ -27,3 +33,51 @@ class CleanExitDDPStrategy(DDPStrategy):
     def setup_distributed(self) -> None:
         super().setup_distributed()
         atexit.register(_destroy_process_group)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that a kill cannot tear: the previous file stays readable until the
+    new one is complete.
+
+    Lightning's own save goes through an fsspec transaction that writes to a file in the system
+    temp dir and then *moves* it; when that dir is on another filesystem (``/tmp`` on tmpfs, a
+    node-local disk under a shared output dir), the move is a copy into the target itself, and a
+    kill mid-copy leaves a truncated ``last.ckpt``. Here local checkpoints are written to a
+    temp file next to the target, fsynced, and ``os.replace``d over it (atomic on POSIX);
+    remote paths (``s3://`` ...) keep Lightning's save.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)  # the rename itself survives a power cut
+
+
+def _is_local(path: Any) -> bool:
+    return type(get_filesystem(str(path))).__name__ == "LocalFileSystem"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is done either way
+    finally:
+        os.close(fd)

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from actsparse.callbacks.monitors import MetricHistory
+from actsparse.callbacks.history import MetricHistory
 from actsparse.report import plot_run_curves, print_summary
 
 
@@ -29,11 +29,25 @@ class RunSummary(Callback):
     def __init__(self, out_dir: str | None = None) -> None:
         self.out_dir = out_dir
         self._start = time.perf_counter()
+        self._earlier = 0.0  # wall time of the run before the checkpoint this fit resumed from
         self.summary: dict[str, Any] = {}
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
+
+    def wall_time(self) -> float:
+        """Seconds of training behind the current state: this fit's, plus those before the
+        checkpoint it resumed from (so a resumed run reports its whole wall time)."""
+        return self._earlier + time.perf_counter() - self._start
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_time_s": self.wall_time()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._earlier = float(state_dict.get("wall_time_s", 0.0))
 
     @override
     @rank_zero_only
@@ -51,7 +65,7 @@ class RunSummary(Callback):
                if k.startswith("val/") and k not in ("val/loss", "val/ppl") and v.numel() == 1},
             "parameters": sum(p.numel() for p in pl_module.parameters()),
             "processes": trainer.world_size,
-            "wall time (s)": round(time.perf_counter() - self._start, 1),
+            "wall time (s)": round(self.wall_time(), 1),
             "checkpoint": (trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
             if trainer.checkpoint_callback else None,
             "run dir": str(out_dir),

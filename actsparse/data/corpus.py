@@ -16,18 +16,14 @@ import sysconfig
 import warnings
 from pathlib import Path
 
+from actsparse.runtime import cache_dir  # noqa: F401  (re-exported: studies import it from here)
+
 # Test suites and vendored third-party code are not the standard library's own prose.
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 
 class CorpusError(ValueError):
     """A text source that cannot be used (missing, empty, unreachable)."""
-
-
-def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    path = Path(override or os.environ.get("ACTSPARSE_CACHE_DIR") or Path.home() / ".cache" / "actsparse")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _stdlib_files() -> list[tuple[str, Path]]:
@@ -88,8 +84,16 @@ def stdlib_docs(cache: str | os.PathLike | None = None) -> str:
     return text
 
 
+DECODE_ERRORS = ("strict", "replace", "ignore")
+
+
 def resolve_text_file(path: str | os.PathLike) -> Path:
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise CorpusError(
+            f"data.text_file={str(file)!r} is a directory. Pass one UTF-8 text file (concatenate several "
+            "into one), or drop data.text_file to use the default corpus."
+        )
     if not file.is_file():
         raise CorpusError(
             f"Text file not found: {str(file)!r} (from data.text_file). "
@@ -98,8 +102,43 @@ def resolve_text_file(path: str | os.PathLike) -> Path:
     return file
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    return resolve_text_file(path).read_text(encoding="utf-8", errors="replace")
+def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
+    """The file's text. ``errors="strict"`` (the default) refuses anything that is not UTF-8 text,
+    naming the first bad byte; ``"replace"`` (U+FFFD for each bad byte) or ``"ignore"`` accept it."""
+    if errors not in DECODE_ERRORS:
+        raise CorpusError(f"data.errors={errors!r} is not one of {', '.join(DECODE_ERRORS)}.")
+    file = resolve_text_file(path)
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"Cannot read data.text_file={str(file)!r}: {err.strerror or err}.") from None
+    if errors != "strict":
+        return data.decode("utf-8", errors=errors)
+    accept = "or accept it as is with data.errors=replace (bad bytes become U+FFFD) or data.errors=ignore."
+    nul = data.find(b"\0")  # valid UTF-8, but no text holds NUL bytes
+    try:
+        text = data.decode("utf-8")
+        bad_utf8 = None
+    except UnicodeDecodeError as err:
+        text, bad_utf8, reason = "", err.start, err.reason
+    if bad_utf8 is None and nul < 0:
+        return text
+    kind = _looks_like(data)
+    fix = "Pass a UTF-8 text file, " if kind or (nul >= 0 and (bad_utf8 is None or nul < bad_utf8)) else \
+        "Convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8), "
+    if nul >= 0 and (bad_utf8 is None or nul < bad_utf8):
+        where = f"the first bad byte is 0x00 (NUL) at byte offset {nul}"
+    else:
+        where = f"the first bad byte is 0x{data[bad_utf8]:02x} at byte offset {bad_utf8} ({reason})"
+    raise CorpusError(f"data.text_file={str(file)!r} is not UTF-8 text: {where}{kind}. {fix}{accept}")
+
+
+def _looks_like(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "; it starts with a UTF-16 byte-order mark (iconv -f utf-16 -t utf-8 converts it)"
+    if data.startswith((b"\x7fELF", b"MZ", b"PK\x03\x04", b"\x1f\x8b", b"\x89PNG", b"%PDF")):
+        return "; it looks like a binary file (an executable, archive, image or PDF)"
+    return ""
 
 
 def load_hf_dataset(name: str, config: str | None = None, split: str = "train", text_field: str = "text") -> str:

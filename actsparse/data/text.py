@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from actsparse.data.corpus import (
+    DECODE_ERRORS,
     CorpusError,
     load_hf_dataset,
     read_text_file,
@@ -51,7 +52,8 @@ class TextDataModule(L.LightningDataModule):
     """Byte-level LM data from one of three sources.
 
     - default: the standard-library docstring corpus (offline, built and cached on first use);
-    - ``text_file``: any UTF-8 text file;
+    - ``text_file``: any UTF-8 text file (anything else is refused, naming the first bad byte,
+      unless ``errors="replace"`` or ``"ignore"`` says how to decode it);
     - ``hf_dataset``: a Hugging Face dataset's text column (needs the network the first time).
     """
 
@@ -69,6 +71,7 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
+        errors: str = "strict",
     ) -> None:
         super().__init__()
         if text_file and hf_dataset:
@@ -77,6 +80,8 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}.")
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len}, {batch_size}.")
+        if errors not in DECODE_ERRORS:
+            raise CorpusError(f"data.errors={errors!r} is not one of {', '.join(DECODE_ERRORS)}.")
         if text_file:
             resolve_text_file(text_file)  # fail before any run directory fills up
         self.save_hyperparameters()
@@ -97,7 +102,7 @@ class TextDataModule(L.LightningDataModule):
     def load_text(self) -> str:
         hp = self.hparams
         if hp.text_file:
-            text = read_text_file(hp.text_file)
+            text = read_text_file(hp.text_file, errors=hp.get("errors", "strict"))
         elif hp.hf_dataset:
             text = load_hf_dataset(hp.hf_dataset, hp.hf_config, hp.hf_split, hp.hf_text_field)
         else:
