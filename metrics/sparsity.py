@@ -137,7 +137,7 @@ class ActivationRatio(ActivationSparsity):
     higher_is_better = False
 
     def _fractions(self, inactive: torch.Tensor, entries: torch.Tensor) -> torch.Tensor:
-        return 1 - inactive / entries
+        return (entries - inactive) / entries
 
 
 class DeadNeuronRate(ActivationSparsity):

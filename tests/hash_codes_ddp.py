@@ -3,7 +3,6 @@ import only this (torch and actsparse.metrics), not the test module with Lightni
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 
@@ -28,15 +27,11 @@ def metrics_on(parts):
             **{k: float(v) for k, v in c.compute().items()}}
 
 
-def worker(rank, world, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        codes, labels, test_codes, test_labels = ddp_data()
-        cut, test_cut = 103, 40  # uneven shards: gathering must handle different lengths
-        if rank == 0:
-            part = (codes[:cut], labels[:cut], test_codes[:test_cut], test_labels[:test_cut])
-        else:
-            part = (codes[cut:], labels[cut:], test_codes[test_cut:], test_labels[test_cut:])
-        torch.save(metrics_on([part]), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def worker(rank, world):
+    codes, labels, test_codes, test_labels = ddp_data()
+    cut, test_cut = 103, 40  # uneven shards: gathering must handle different lengths
+    if rank == 0:
+        part = (codes[:cut], labels[:cut], test_codes[:test_cut], test_labels[:test_cut])
+    else:
+        part = (codes[cut:], labels[cut:], test_codes[test_cut:], test_labels[test_cut:])
+    return metrics_on([part])

@@ -118,7 +118,7 @@ def test_hash_codes_experiment_run_learns_logs_hash_metrics_and_reloads(tmp_path
 
 def test_hash_codes_experiment_composes(tmp_path):
     cfg = compose_config(["experiment=hash_codes", f"paths.output_dir={tmp_path}"])
-    assert cfg.task_name == "hash_codes" and cfg.study.epochs == cfg.trainer.max_epochs
+    assert cfg.task_name == "hash_codes" and cfg.hash_codes.epochs == cfg.trainer.max_epochs
     monitor = instantiate(cfg.callbacks.hash_codes)
     assert type(monitor).__name__ == "HashCodeMonitor"
     assert instantiate(cfg.model).widths == [256, 256]

@@ -2,14 +2,12 @@
 metrics' streaming and DDP behaviour, and the HashCodeMonitor callback."""
 
 import itertools
-import socket
 from collections import Counter, defaultdict
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from actsparse.callbacks.hash_codes import HashCodeMonitor
@@ -19,16 +17,11 @@ from actsparse.metrics.functional.code_categorization import (
     code_categorization,
     knn_predict,
 )
-from actsparse.metrics.functional.hash_codes import (
-    hash_code_purity,
-    neural_codes,
-    pack_bits,
-    redundancy_ratio,
-    unpack_bits,
-)
+from actsparse.evaluation import neural_codes
+from actsparse.metrics.functional.hash_codes import hash_code_purity, pack_codes, redundancy_ratio, unpack_codes
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 from actsparse.models.mlp import CNN, MLP
-from actsparse.plugins import pack_codes
+from distributed import run_ranks
 from hash_codes_ddp import ddp_data, metrics_on, worker
 from actsparse.tasks.classify import Classifier
 
@@ -80,8 +73,8 @@ def test_matches_python_reference_on_colliding_codes_in_every_format(units):
     codes = patterns[which]
     labels = np.where(rng.random(400) < 0.7, which % 4, rng.integers(0, 4, 400)) + 100
     want_r, want_p = _reference(codes, labels)
-    packed = torch.from_numpy(pack_bits(codes))
-    assert torch.equal(packed, pack_codes(torch.from_numpy(codes).float()))  # the recording layout
+    packed = pack_codes(torch.from_numpy(codes))
+    assert torch.equal(packed, torch.from_numpy(np.packbits(codes, axis=1)))  # MSB first, numpy's layout
     for form, kwargs in [(torch.from_numpy(codes), {}), (torch.from_numpy(codes).to(torch.uint8), {}),
                          (torch.from_numpy(codes).float(), {}), (packed, {"packed": True})]:
         assert float(redundancy_ratio(form, **kwargs)) == pytest.approx(want_r, abs=1e-15)
@@ -90,7 +83,10 @@ def test_matches_python_reference_on_colliding_codes_in_every_format(units):
 
 def test_pack_unpack_roundtrip():
     bits = np.random.default_rng(1).random((9, 21)) < 0.5
-    assert np.array_equal(unpack_bits(pack_bits(bits), 21), bits)
+    assert np.array_equal(unpack_codes(pack_codes(torch.from_numpy(bits)), 21).numpy(), bits)
+    from actsparse.metrics.functional.hash_codes import _pack_codes_on_device
+
+    assert torch.equal(_pack_codes_on_device(torch.from_numpy(bits)), pack_codes(torch.from_numpy(bits)))  # GPU path
 
 
 # -- categorization --------------------------------------------------------------------------
@@ -160,7 +156,7 @@ def test_streaming_equals_one_shot_packed_and_unpacked():
     labels = torch.from_numpy(rng.integers(0, 5, 300))
     for packed in (False, True):
         r, p = RedundancyRatio(packed=packed), HashCodePurity(packed=packed)
-        data = torch.from_numpy(pack_bits(codes.numpy())) if packed else codes
+        data = pack_codes(codes) if packed else codes
         for lo, hi in [(0, 1), (1, 77), (77, 200), (200, 300)]:
             r.update(data[lo:hi])
             p.update(data[lo:hi], labels[lo:hi])
@@ -219,19 +215,13 @@ def test_bad_codes_are_named():
 
 # -- DDP: two gloo processes gather their codes --------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gather_equals_single_process(tmp_path):
-    mp.spawn(worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    per_rank = run_ranks(worker, tmp_path)
     single = metrics_on([ddp_data()])
     codes, labels, _, _ = ddp_data()
     assert single["redundancy"] == pytest.approx(_reference(codes.numpy(), labels.numpy())[0])
-    for rank in (0, 1):
-        assert torch.load(tmp_path / f"rank{rank}.pt") == single
+    for values in per_rank:
+        assert values == single
 
 
 # -- extraction through the activation sites -----------------------------------------------------
@@ -328,3 +318,43 @@ def test_hash_code_monitor_every_n_validations_and_no_categorization(tmp_path):
     with pytest.raises(ValueError, match="Unknown categorization methods"):
         HashCodeMonitor(methods=("svm",))
 
+
+
+def test_reference_protocol_equals_a_direct_sklearn_computation():
+    """The authors' protocol (LeavesLei/activation-code) written out with scikit-learn directly."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics.cluster import contingency_matrix
+    from sklearn.multiclass import OneVsOneClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from actsparse.metrics.functional.hash_codes import drop_constant_units
+
+    rng = np.random.default_rng(3)
+    protos = rng.random((4, 40)) < 0.5
+    y_tr, y_te = rng.integers(0, 4, 150), rng.integers(0, 4, 70)
+    x_tr = protos[y_tr] ^ (rng.random((150, 40)) < 0.3)
+    x_te = protos[y_te] ^ (rng.random((70, 40)) < 0.3)
+    x_tr[:, 0] = x_te[:, 0] = True  # constant over train ∪ test: dropped
+    x_tr[:, 1], x_te[:, 1] = False, rng.random(70) < 0.5  # constant over train only: kept
+    tr, te = drop_constant_units(torch.from_numpy(x_tr), torch.from_numpy(x_te))
+    assert tr.shape[1] == 39 and torch.equal(te[:, 0], torch.from_numpy(x_te[:, 1]))
+    got = code_categorization(tr, torch.from_numpy(y_tr), te, torch.from_numpy(y_te), protocol="reference",
+                              n_clusters=4, seed=9)
+    xt, xe = tr.numpy(), te.numpy()
+    found = KMeans(n_clusters=4, random_state=9).fit_predict(xe.astype(np.float32))
+    _, mapping = linear_sum_assignment(-contingency_matrix(y_te, found))
+    relabeled = np.empty_like(found)
+    for label, cluster in enumerate(mapping):
+        relabeled[found == cluster] = label
+    want = {
+        "kmeans": np.mean(relabeled == y_te),
+        "knn": np.mean(KNeighborsClassifier(n_neighbors=9, metric="hamming").fit(xt, y_tr).predict(xe) == y_te),
+        "logreg": np.mean(OneVsOneClassifier(LogisticRegression(solver="liblinear", random_state=9))
+                          .fit(xt.astype(np.float32), y_tr).predict(xe.astype(np.float32)) == y_te),
+    }
+    assert {k: float(v) for k, v in got.items()} == pytest.approx(want)
+    assert 0.3 < want["knn"] < 1.0  # noisy enough that a wrong protocol would show
+    with pytest.raises(ValueError, match="protocol"):
+        code_categorization(tr, torch.from_numpy(y_tr), te, torch.from_numpy(y_te), protocol="paper")

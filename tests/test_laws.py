@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from actsparse.metrics.functional.laws import fit_activation_law, plot_activation_laws
+from actsparse.metrics.functional.laws import fit_activation_law
+from actsparse.report import plot_activation_laws
 
 
 def test_relu_law_recovers_its_parameters():

@@ -358,7 +358,7 @@ def test_pack_codes_roundtrip_odd_width():
     packed = pack_codes(x)
     assert packed.dtype == torch.uint8 and packed.shape == (5, 2)
     assert torch.equal(unpack_codes(packed, 13), x > 0)
-    from actsparse.plugins.recording import _pack_bits_torch
+    from actsparse.metrics.functional.hash_codes import _pack_codes_on_device as _pack_bits_torch
 
     assert torch.equal(_pack_bits_torch(x > 0), packed)  # the device (GPU) path packs identically
     # Most significant bit first: a row whose only positive unit is the first gives 128.
@@ -406,3 +406,73 @@ def test_zero_count_is_exact_past_float32_integer_range():
     assert int(_nonzero_count(x)) == len(range(0, 2**24 + 7, 3))
     small = torch.tensor([[0.0, 1.0, -3.0], [0.0, 0.0, 2.0]])
     assert _nonzero_count(small, dim=0).tolist() == [0.0, 1.0, 2.0]
+
+
+# -- PyTorch's own transformer layers (issue 18) ----------------------------------------------
+
+def _torch_ffn_reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """activation(linear1(h)), h = norm1(x + self_attn(x)): the post-norm encoder layer's FFN
+    tensor written out from its documented structure (dropout 0)."""
+    h = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+    return layer.activation(F.linear(h, layer.linear1.weight, layer.linear1.bias))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", F.relu, F.gelu, nn.GELU()],
+                         ids=["str-relu", "str-gelu", "F.relu", "F.gelu", "nn.GELU"])
+def test_torch_encoder_layer_is_one_ffn_site(activation):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, activation=activation)
+    (site,) = find_sites(nn.TransformerEncoder(layer, 1))
+    assert site.kind == "plain_ffn" and site.name == "layers.0"
+    block = site.owner
+    assert site.inputs == (block.linear1,) and site.down is block.linear2
+    assert site.w_down.shape == (16, 32) and site.w_down.data_ptr() == block.linear2.weight.data_ptr()
+    assert site.activation is block.activation and site.swappable
+    x = torch.randn(3, 5, 16)
+    with record(block, what="outputs") as rec:  # training mode: the slow path, dropout 0
+        block(x)
+    assert list(rec) == [""]  # the block itself is the site when recorded on its own
+    (recorded,) = rec.values()
+    torch.testing.assert_close(recorded.outputs, _torch_ffn_reference(block, x).reshape(-1, 32).detach())
+
+
+@pytest.mark.parametrize("new", ["fatrelu", "silu", "relu", "gelu"])
+def test_torch_encoder_swap_keeps_fast_path_correct(new):
+    """After a swap, eval forwards (PyTorch's fused fast path when it applies) must use the new
+    activation: compared against the layer's own slow path with the fast path disabled."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, activation="gelu"), 2,
+                                enable_nested_tensor=False).eval()
+    swap_activation(enc, new, threshold=0.05 if new == "fatrelu" else None)
+    for layer in enc.layers:
+        assert isinstance(layer.activation, nn.Module)
+    x = torch.randn(4, 6, 16)
+    with torch.no_grad():
+        fast = enc(x)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            slow = enc(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+        # and an independent reference for the FFN of layer 0 with the swapped activation
+        layer = enc.layers[0]
+        h = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+        ffn = layer.linear2(layer.activation(layer.linear1(h)))
+        ref0 = layer.norm2(h + ffn)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    one = nn.TransformerEncoder(enc.layers[0], 1, enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(one(x), ref0, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_transformer_and_lightning_demo_have_encoder_and_decoder_sites():
+    from lightning.pytorch.demos import Transformer
+
+    full = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=24)
+    assert [s.name for s in find_sites(full)] == ["encoder.layers.0", "encoder.layers.1", "decoder.layers.0"]
+    demo = Transformer(vocab_size=40, ninp=16, nhead=2, nhid=24, nlayers=1)
+    sites = find_sites(demo)
+    assert [s.name for s in sites] == ["transformer.encoder.layers.0", "transformer.decoder.layers.0"]
+    assert all(s.kind == "plain_ffn" and s.width == 24 for s in sites)
+    swap_activation(demo, "relu")
+    assert all(isinstance(s.activation, nn.ReLU) for s in find_sites(demo))

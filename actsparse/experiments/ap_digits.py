@@ -1,23 +1,20 @@
 """The dead-neuron-rate / Activating-while-Pruning study on scikit-learn digits (issue 6, DESIGN §4).
 
-    python -m actsparse.experiments.ap_digits [--out DIR] [hydra overrides ...]
-    python -m actsparse.experiments.ap_digits --out docs/ap_digits study.seeds=[0] study.rounds=4
+    actsparse-train experiment=ap_digits [overrides ...]
+    actsparse-train experiment=ap_digits ap_digits.seeds=[0] ap_digits.rounds=4
 
-Composes ``experiment=ap_digits`` (plus the overrides) and, in this process, trains every model
-in ``study.models`` with every method in ``study.methods`` (``imp``: iterative magnitude pruning
+Trains every model in ``ap_digits.models`` with every method in ``ap_digits.methods`` (``imp``: iterative magnitude pruning
 with rewinding to the initial weights; ``ap``: the same plus ActivatingWhilePruning) and seed.
 Each run has ``rounds + 1`` rounds of ``epochs_per_round`` epochs; at the end of every round,
 before pruning, it records the remaining weight fraction, the test accuracy and the training
 DNR of the round's last epoch. Writes ``results.json``, ``results.md`` and
-``accuracy.png`` / ``dnr.png`` (mean ± std over seeds against remaining weights) into ``--out``.
+``accuracy.png`` / ``dnr.png`` (mean ± std over seeds against remaining weights) into the run
+folder. ``python -m actsparse.experiments.ap_digits [overrides]`` is the same run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -25,21 +22,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from actsparse.callbacks.dnr import DeadNeuronMonitor
 from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
+from actsparse.experiments import study
 
 METHODS = ("imp", "ap")
-
-
-def compose_study(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="actsparse.conf", version_base="1.3"):
-        return compose("train", overrides=["experiment=ap_digits", *overrides])
 
 
 class _RoundEnd(L.Callback):
@@ -66,22 +56,19 @@ class _RoundEnd(L.Callback):
 
 
 def run_one(cfg: DictConfig, model_name: str, method: str, seed: int) -> list[dict[str, float]]:
-    study = cfg.study
+    p = cfg.ap_digits
     L.seed_everything(seed, verbose=False)
     datamodule = instantiate(cfg.data, seed=seed, _convert_="all")
     datamodule.setup("fit")
-    model = instantiate(study.models[model_name], _convert_="all")
+    model = instantiate(p.models[model_name], _convert_="all")
     task = instantiate(cfg.task, model=model, _convert_="all")
     dnr = DeadNeuronMonitor(heatmap=False, log=False)
-    imp = IterativeMagnitudePruning(amount=float(study.amount), epochs_per_round=int(study.epochs_per_round),
-                                    rounds=int(study.rounds), log=False)
-    probe = _RoundEnd(int(study.epochs_per_round), imp, dnr, datamodule.test_set)
-    callbacks = [dnr, probe, imp] + ([ActivatingWhilePruning(ap_rate=float(study.ap_rate))] if method == "ap" else [])
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=(int(study.rounds) + 1) * int(study.epochs_per_round), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
-    )
+    imp = IterativeMagnitudePruning(amount=float(p.amount), epochs_per_round=int(p.epochs_per_round),
+                                    rounds=int(p.rounds), log=False)
+    probe = _RoundEnd(int(p.epochs_per_round), imp, dnr, datamodule.test_set)
+    callbacks = [dnr, probe, imp] + ([ActivatingWhilePruning(ap_rate=float(p.ap_rate))] if method == "ap" else [])
+    trainer = study.trainer(cfg, callbacks, max_steps=-1, max_epochs=(int(p.rounds) + 1) * int(p.epochs_per_round),
+                            enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(task, datamodule=datamodule)
     return probe.rows
 
@@ -104,10 +91,9 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
 
 
 def plot(summary: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from actsparse.report import save_figure
 
     written = []
     for key, label, name in (("test_acc", "test accuracy", "accuracy.png"), ("dnr", "training DNR (fraction of zero outputs)", "dnr.png")):
@@ -125,53 +111,42 @@ def plot(summary: dict, out: Path) -> list[Path]:
             ax.set_title(f"{model.upper()} on digits (mean ± std, {stats['seeds']} seeds)")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name)
-        plt.close(fig)
-        written.append(out / name)
+        written.append(save_figure(fig, out / name))
     return written
 
 
-def table(summary: dict, meta: dict) -> str:
-    lines = [f"Command: `{meta['command']}` ({meta['seconds']} s, {meta['threads']} torch thread(s)).", ""]
-    for model, methods in summary.items():
-        lines += [f"### {model.upper()}", "",
-                  "| round | remaining | IMP acc | IMP+AP acc | IMP DNR | IMP+AP DNR | IMP dead | IMP+AP dead |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        imp, ap = methods.get("imp"), methods.get("ap")
-        for i, rem in enumerate((imp or ap)["remaining"]):
-            def cell(stats, key, pct=True):
-                if stats is None:
-                    return "–"
-                m, s = stats[key][i], stats[key + "_std"][i]
-                return f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.1f} ± {s:.1f}"
-            lines.append(f"| {i} | {100 * rem:.1f}% | {cell(imp, 'test_acc')} | {cell(ap, 'test_acc')} | "
-                         f"{cell(imp, 'dnr')} | {cell(ap, 'dnr')} | {cell(imp, 'dead', False)} | {cell(ap, 'dead', False)} |")
-        lines.append("")
-    return "\n".join(lines)
+def table_rows(methods: dict) -> list[dict[str, str]]:
+    """One row per pruning round: remaining weights, accuracy, DNR and dead neurons per method."""
+    imp, ap = methods.get("imp"), methods.get("ap")
+
+    def cell(stats, key, i, pct=True):
+        if stats is None:
+            return "–"
+        m, s = stats[key][i], stats[key + "_std"][i]
+        return f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.1f} ± {s:.1f}"
+
+    return [{"round": str(i), "remaining": f"{100 * rem:.1f}%",
+             "IMP acc": cell(imp, "test_acc", i), "IMP+AP acc": cell(ap, "test_acc", i),
+             "IMP DNR": cell(imp, "dnr", i), "IMP+AP DNR": cell(ap, "dnr", i),
+             "IMP dead": cell(imp, "dead", i, False), "IMP+AP dead": cell(ap, "dead", i, False)}
+            for i, rem in enumerate((imp or ap)["remaining"])]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="outputs/ap_digits/study", help="where to write results and figures")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study.seeds=[0] study.rounds=4")
-    args = parser.parse_args(argv)
-    cfg = compose_study(args.overrides)
-    unknown = sorted(set(cfg.study.methods) - set(METHODS))
+def run(cfg: DictConfig) -> dict:
+    """``actsparse-train experiment=ap_digits``: every model x method x seed of ``cfg.ap_digits``."""
+    p = cfg.ap_digits
+    unknown = sorted(set(p.methods) - set(METHODS))
     if unknown:
-        raise ValueError(f"Unknown study.methods {unknown}; choose from {', '.join(METHODS)}.")
-    if cfg.study.get("threads"):
-        torch.set_num_threads(int(cfg.study.threads))
+        raise ValueError(f"Unknown ap_digits.methods {unknown}; choose from {', '.join(METHODS)}.")
+    out = study.prepare(cfg, threads=p.get("threads"))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = []
-    for model_name in cfg.study.models:
-        for method in cfg.study.methods:
-            for seed in cfg.study.seeds:
+    for model_name in p.models:
+        for method in p.methods:
+            for seed in p.seeds:
                 t = time.perf_counter()
                 rows = run_one(cfg, model_name, method, int(seed))
                 runs.append({"model": model_name, "method": method, "seed": int(seed), "rows": rows})
@@ -179,16 +154,16 @@ def main(argv: list[str] | None = None) -> None:
                       f"acc {rows[0]['test_acc']:.3f} -> {rows[-1]['test_acc']:.3f}  "
                       f"DNR {rows[0]['dnr']:.3f} -> {rows[-1]['dnr']:.3f}  ({time.perf_counter() - t:.1f} s)", flush=True)
     elapsed = time.perf_counter() - start
-    meta = {"command": " ".join(["python -m actsparse.experiments.ap_digits", "--out", args.out, *args.overrides]),
-            "seconds": round(elapsed, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "study": OmegaConf.to_container(cfg.study, resolve=True),
-            "task": OmegaConf.to_container(cfg.task, resolve=True)}
     summary = summarize(runs)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1))
     figures = plot(summary, out)
-    (out / "results.md").write_text(table(summary, meta))
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {', '.join(p.name for p in figures)} in {elapsed:.0f} s")
+    tables = {f"{model.upper()}: IMP vs IMP + AP (mean ± std over seeds)": table_rows(methods)
+              for model, methods in summary.items()}
+    study.write_results(out, tables, {"seconds": round(elapsed, 1), "summary": summary, "runs": runs},
+                        title=f"Dead neurons and Activating-while-Pruning on digits ({elapsed:.0f} s)")
+    study.log_to_wandb(cfg, out, figures={f.stem: f for f in figures}, tables=tables)
+    final = {f"{m}/{meth}/test_acc": s["test_acc"][-1] for m, ms in summary.items() for meth, s in ms.items()}
+    return {"seconds": elapsed, **final}
 
 
 if __name__ == "__main__":
-    main()
+    study.alias_main("ap_digits")

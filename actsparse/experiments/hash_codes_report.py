@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")  # headless: files only
-import matplotlib.pyplot as plt  # noqa: E402
+from actsparse.report import save_figure  # sets the headless backend
 
 METHODS = ("kmeans", "knn", "logreg")
-LABELS = {"kmeans": "k-means (10, majority)", "knn": "k-NN (k=9, Hamming)", "logreg": "logistic regression"}
+LABELS = {"kmeans": "k-means", "knn": "k-NN (k=9, Hamming)", "logreg": "logistic regression"}
 Rows = Sequence[Mapping[str, Any]]
 
 
@@ -19,16 +18,18 @@ def _panels(rows: Rows, x: str, xlabel: str, path: Path, title: str, group: str 
             logx: bool = False) -> Path:
     """Redundancy ratio and the three accuracies against ``x``; solid = test codes, dashed = train."""
     groups = sorted({r[group] for r in rows}) if group else [None]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=110)
+    shown = ("redundancy", *(m for m in METHODS if f"test_{m}" in rows[0]))
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.8), dpi=110, squeeze=False)
+    axes = axes[0]
     for g in groups:
         sub = sorted((r for r in rows if group is None or r[group] == g), key=lambda r: r[x])
         xs = [r[x] for r in sub]
         tag = f"{group} {g}, " if group else ""
-        for ax, metric in zip(axes, ("redundancy", *METHODS)):
+        for ax, metric in zip(axes, shown):
             line, = ax.plot(xs, [r[f"test_{metric}"] for r in sub], marker="o", markersize=3, label=f"{tag}test")
             ax.plot(xs, [r[f"train_{metric}"] for r in sub], marker="o", markersize=3, linestyle="--",
                     color=line.get_color(), alpha=0.7, label=f"{tag}train")
-    for ax, metric in zip(axes, ("redundancy", *METHODS)):
+    for ax, metric in zip(axes, shown):
         ax.set_title("redundancy ratio" if metric == "redundancy" else f"{LABELS[metric]} accuracy", fontsize=9)
         ax.set_xlabel(xlabel)
         if logx:
@@ -36,10 +37,7 @@ def _panels(rows: Rows, x: str, xlabel: str, path: Path, title: str, group: str 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_study(results: Mapping[str, Rows], out_dir: str | Path) -> list[Path]:
@@ -58,33 +56,37 @@ def plot_study(results: Mapping[str, Rows], out_dir: str | Path) -> list[Path]:
     return written
 
 
-def _table(rows: Rows, keys: Sequence[str]) -> str:
+def _rows(rows: Rows, keys: Sequence[str], protocols: Sequence[str]) -> list[dict[str, Any]]:
+    """Table rows: the main protocol's columns, then the other protocols' test accuracies."""
     heads = {"width": "width", "depth": "depth", "epoch": "epoch", "train_size": "train samples", "units": "units",
              "train_redundancy": "redundancy train", "test_redundancy": "redundancy test",
              "train_purity": "purity train", "test_purity": "purity test",
              "train_kmeans": "k-means train", "test_kmeans": "k-means test", "train_knn": "k-NN train",
              "test_knn": "k-NN test", "train_logreg": "logreg train", "test_logreg": "logreg test",
              "net_test_acc": "network test acc"}
-    lines = ["| " + " | ".join(heads[k] for k in keys) + " |", "|" + "|".join(" ---: " for _ in keys) + "|"]
+    extra = [f"{k}@{p}" for p in protocols[1:] for k in ("test_redundancy", *(f"test_{m}" for m in METHODS))]
+    out = []
     for r in rows:
-        cells = [str(r[k]) if isinstance(r[k], int) else f"{r[k]:.4f}" if "redundancy" in k else f"{r[k]:.3f}"
-                 for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        row = {heads[k]: (r[k] if isinstance(r[k], int) else round(r[k], 4 if "redundancy" in k else 3))
+               for k in keys if k in r}
+        row.update({k.replace("test_", "test ").replace("@", " @"): round(r[k], 3) for k in extra if k in r})
+        out.append(row)
+    return out
 
 
 ACC_KEYS = ("train_redundancy", "test_redundancy", "train_purity", "test_purity", "train_kmeans", "test_kmeans", "train_knn", "test_knn",
             "train_logreg", "test_logreg", "net_test_acc")
 
 
-def tables_markdown(results: Mapping[str, Rows], meta: Mapping[str, Any]) -> str:
-    parts = [f"Command: `{meta['command']}` ({meta['seconds']} s, torch {meta['torch']}, "
-             f"{meta['threads']} thread(s)).", ""]
+def tables(results: Mapping[str, Rows], protocols: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The study's tables (title -> rows) for :func:`actsparse.experiments.study.write_results`."""
+    main = f"protocol {protocols[0]}"
+    out = {}
     if results.get("width"):
-        parts += ["### vs width and depth", "", _table(results["width"], ("width", "depth", "units", *ACC_KEYS)), ""]
+        out[f"vs width and depth ({main})"] = _rows(results["width"], ("width", "depth", "units", *ACC_KEYS), protocols)
     if results.get("epochs"):
-        parts += ["### vs training epochs", "", _table(results["epochs"], ("epoch", "units", *ACC_KEYS)), ""]
+        out[f"vs training epochs ({main})"] = _rows(results["epochs"], ("epoch", "units", *ACC_KEYS), protocols)
     if results.get("train_size"):
-        parts += ["### vs training-set size", "",
-                  _table(results["train_size"], ("train_size", "units", *ACC_KEYS)), ""]
-    return "\n".join(parts)
+        out[f"vs training-set size ({main})"] = _rows(results["train_size"], ("train_size", "units", *ACC_KEYS),
+                                                       protocols)
+    return out

@@ -1,6 +1,21 @@
 """Categorization accuracy of simple classifiers on neural codes (DESIGN §4): k-means with
-clusters mapped to labels, k-NN under Hamming distance, logistic regression. Each is fit on
-training codes and scored on evaluation codes; scikit-learn is imported only when called."""
+clusters mapped to labels, k-NN under Hamming distance, logistic regression. scikit-learn is
+imported only when called.
+
+Two protocols (``protocol=``):
+
+- ``"reference"`` — the authors' code (LeavesLei/activation-code, ``run_*_encoding_properties.py``):
+  k-means (``n_clusters`` = number of classes, ``random_state``) is fit on the *evaluated* codes
+  themselves and its clusters are mapped one-to-one to those codes' labels (Hungarian assignment
+  on the contingency table, ``linear_sum_assignment``); k-NN is scikit-learn's
+  ``KNeighborsClassifier(n_neighbors=k, metric="hamming")``; logistic regression is
+  ``OneVsOneClassifier(LogisticRegression(solver="liblinear"))``. Pair it with constant units
+  dropped over train ∪ test (:func:`~actsparse.metrics.functional.hash_codes.drop_constant_units`),
+  as the reference does. Use it to compare with the paper.
+- ``"fit_predict"`` — every method is fit on the training codes and predicts the test codes
+  (k-means clusters mapped by the training labels; deterministic Hamming k-NN with ties in
+  training order; multinomial logistic regression). A held-out protocol: no test label is used.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +29,7 @@ from actsparse.metrics.functional.hash_codes import NeuralCodes, _labels_array, 
 
 METHODS = ("kmeans", "knn", "logreg")
 MAPPINGS = ("majority", "hungarian")
+PROTOCOLS = ("reference", "fit_predict")
 
 
 def _bits(codes: Any, packed: bool) -> np.ndarray:
@@ -92,8 +108,10 @@ def code_categorization(
     max_iter: int = 500,
     score_train: bool = False,
     threads: int | None = 1,
+    protocol: str = "fit_predict",
 ) -> dict[str, torch.Tensor]:
-    """Accuracy of each method fit on ``train_codes`` and evaluated on ``test_codes``.
+    """Accuracy of each method on ``test_codes`` under ``protocol`` (module docstring); the
+    details below are those of ``"fit_predict"``.
 
     - ``kmeans``: k-means (``n_clusters``, scikit-learn, seeded) on the training codes; each
       cluster is mapped to a label (``mapping``: ``majority`` or ``hungarian``, see
@@ -119,6 +137,8 @@ def code_categorization(
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"Unknown categorization methods {unknown}; choose from {', '.join(METHODS)}.")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown categorization protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}.")
     if mapping not in MAPPINGS:
         raise ValueError(f"Unknown cluster mapping {mapping!r}; choose from {', '.join(MAPPINGS)}.")
     x_train, x_test = _bits(train_codes, packed), _bits(test_codes, packed)
@@ -138,13 +158,24 @@ def code_categorization(
 
     def score(method: str, predict) -> None:
         for prefix, (x, y) in sets.items():
-            results[prefix + method] = torch.tensor(float(np.mean(classes[predict(x)] == y)), dtype=torch.float64)
+            if protocol == "reference" and method == "kmeans":  # clusters of x, mapped by x's own labels
+                pred = predict(x, _class_index(classes, y))
+            else:
+                pred = predict(x)
+            hit = (pred < len(classes)) & (classes[np.minimum(pred, len(classes) - 1)] == y)
+            results[prefix + method] = torch.tensor(float(np.mean(hit)), dtype=torch.float64)
 
     results: dict[str, torch.Tensor] = {}
     with _limited_threads(threads):
-        _fit_and_score(methods, x_train, y_train_idx, len(classes), score, n_clusters, n_init, max_iter,
-                       mapping, k, seed)
+        fit = _reference_fit_and_score if protocol == "reference" else _fit_and_score
+        fit(methods, x_train, y_train_idx, len(classes), score, n_clusters, n_init, max_iter, mapping, k, seed)
     return {m: results[m] for m in sorted(results, key=lambda key: (key.startswith("train_"), key))}
+
+
+def _class_index(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Index of each label in ``classes`` (sorted); ``len(classes)`` for a label not there."""
+    idx = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+    return np.where(classes[idx] == y, idx, len(classes))
 
 
 def _limited_threads(threads: int | None):
@@ -173,5 +204,41 @@ def _fit_and_score(methods, x_train, y_train_idx, n_classes, score, n_clusters, 
             from sklearn.linear_model import LogisticRegression
 
             clf = LogisticRegression(max_iter=max_iter, random_state=seed)
+            clf.fit(x_train.astype(np.float32), y_train_idx)
+            score("logreg", lambda x: clf.predict(x.astype(np.float32)))
+
+
+def _reference_fit_and_score(methods, x_train, y_train_idx, n_classes, score, n_clusters, n_init, max_iter, mapping,
+                             k, seed):
+    """The reference protocol (module docstring); ``n_clusters``/``mapping``/``n_init`` are the
+    reference's own: one cluster per class, Hungarian mapping, scikit-learn's default restarts."""
+    if "kmeans" in methods:
+        from sklearn.cluster import KMeans
+        from scipy.optimize import linear_sum_assignment
+
+        def clusters_to_labels(x, y_idx):
+            c = min(n_classes, len(x))
+            found = KMeans(n_clusters=c, random_state=seed).fit_predict(x.astype(np.float32))
+            table = np.zeros((c, n_classes + 1), dtype=np.int64)  # last column: labels unseen in training
+            np.add.at(table, (found, y_idx), 1)
+            rows, cols = linear_sum_assignment(-table[:, :n_classes])
+            label_of = np.full(c, n_classes)  # a cluster left unmatched is never right
+            label_of[rows] = cols
+            return label_of[found]
+
+        score("kmeans", clusters_to_labels)
+    if "knn" in methods:
+        from sklearn.neighbors import KNeighborsClassifier
+
+        knn = KNeighborsClassifier(n_neighbors=min(k, len(x_train)), metric="hamming").fit(x_train, y_train_idx)
+        score("knn", lambda x: knn.predict(x))
+    if "logreg" in methods:
+        if n_classes < 2:
+            score("logreg", lambda x: np.zeros(len(x), dtype=np.int64))
+        else:
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.multiclass import OneVsOneClassifier
+
+            clf = OneVsOneClassifier(LogisticRegression(solver="liblinear", random_state=seed))
             clf.fit(x_train.astype(np.float32), y_train_idx)
             score("logreg", lambda x: clf.predict(x.astype(np.float32)))

@@ -89,6 +89,27 @@ def unpack_codes(packed: torch.Tensor, units: int | None = None) -> torch.Tensor
     return bits if units is None else bits[:, :units]
 
 
+def drop_constant_units(*code_sets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the units (columns) constant over the union of several code sets (bool or 0/1
+    ``[N_i, units]``), as the reference code does over train ∪ test; returns each set with the
+    kept columns (bool).
+
+    Example:
+        >>> train, test = torch.tensor([[1, 0, 1], [1, 1, 1]]), torch.tensor([[1, 0, 0]])
+        >>> [c.int().tolist() for c in drop_constant_units(train, test)]   # unit 0 is always 1
+        [[[0, 1], [1, 1]], [[0, 0]]]
+    """
+    if not code_sets:
+        raise ValueError("drop_constant_units needs at least one set of codes.")
+    bits = [torch.as_tensor(c).bool() for c in code_sets]
+    units = {b.shape[1] for b in bits}
+    if len(units) != 1:
+        raise ValueError(f"Code sets have different unit counts {sorted(units)}: extract them from one model and sites.")
+    union = torch.cat(bits)
+    kept = union.any(0) & ~union.all(0)
+    return tuple(b[:, kept] for b in bits)
+
+
 def packed_codes(codes: Any, packed: bool = False) -> np.ndarray:
     """Validate codes and return them bit-packed as a C-contiguous uint8 numpy array ``[N, bytes]``."""
     if isinstance(codes, NeuralCodes):

@@ -85,7 +85,7 @@ def activation_sparsity(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor
     """
     if x.numel() == 0:
         raise ValueError("activation_sparsity needs a non-empty tensor of activations.")
-    return 1 - count_active(x, threshold) / x.numel()
+    return (x.numel() - count_active(x, threshold)) / x.numel()
 
 
 def activation_ratio(x: torch.Tensor, threshold: float = 0.0, w_down: torch.Tensor | None = None) -> torch.Tensor:

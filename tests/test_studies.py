@@ -1,0 +1,63 @@
+"""Every study is ``actsparse-train experiment=<name>`` (issue 11): each runs end to end through its
+``entry:`` on tiny settings, writes its tables through the shared study helper, and builds its
+trainers from ``cfg.trainer``."""
+
+import json
+
+import pytest
+from omegaconf import open_dict
+
+from actsparse.experiments import study
+
+
+def _compose(name, tmp_path, *overrides):
+    cfg = study.compose(name, ["logger=none", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+def test_ap_digits_runs_through_its_entry_and_writes_tables(tmp_path):
+    from hydra.utils import get_method
+
+    cfg = _compose("ap_digits", tmp_path, "~ap_digits.models.cnn", "ap_digits.models.mlp.width=16",
+                   "ap_digits.rounds=1", "ap_digits.epochs_per_round=1", "ap_digits.seeds=[0]")
+    assert cfg.entry == "actsparse.experiments.ap_digits.run"
+    out = get_method(cfg.entry)(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    (rows,) = results["tables"].values()
+    assert [r["round"] for r in rows] == ["0", "1"] and rows[1]["remaining"] == "80.0%"  # one 20% pruning round
+    assert 0 < out["mlp/ap/test_acc"] <= 1 and (tmp_path / "accuracy.png").is_file()
+    assert "| round |" in (tmp_path / "results.md").read_text()
+    assert json.loads((tmp_path / "meta.json").read_text())["seed"] == 0
+
+
+def test_study_trainers_follow_the_trainer_group(tmp_path):
+    cfg = _compose("ap_digits", tmp_path, "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2")
+    trainer = study.trainer(cfg, max_epochs=1)
+    assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 2
+    assert trainer.logger is None and not trainer.checkpoint_callback
+
+
+def test_markdown_tables_and_mean_std():
+    text = study.markdown_table([{"method": "a", "acc": 0.5, "n": 1200}, {"method": "b", "acc": 0.25, "n": 3}])
+    assert text.splitlines() == ["| method | acc | n |", "| --- | ---: | ---: |", "| a | 0.5 | 1,200 |", "| b | 0.25 | 3 |"]
+    assert study.mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
+    assert study.mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_hash_codes_runs_through_its_entry_with_both_protocols(tmp_path):
+    from hydra.utils import get_method
+
+    cfg = _compose("hash_codes", tmp_path, "hash_codes.widths=[16]", "hash_codes.depths=[1]", "hash_codes.epochs=1",
+                   "hash_codes.epoch_curve.width=16", "hash_codes.epoch_curve.depth=1", "hash_codes.epoch_curve.at=[0,1]",
+                   "hash_codes.train_sizes.width=16", "hash_codes.train_sizes.depth=1",
+                   "hash_codes.train_sizes.sizes=[0.1]", "hash_codes.categorization.methods=[knn,logreg]")
+    out = get_method(cfg.entry)(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    (width_row,) = results["width"]
+    assert {"test_knn", "test_knn@fit_predict", "test_redundancy@fit_predict", "units@fit_predict"} <= set(width_row)
+    # dropping constant units over train ∪ test keeps at least the units kept over train alone
+    assert width_row["units"] >= width_row["units@fit_predict"]
+    assert 0 <= out["test_knn"] <= 1 and len(results["tables"]) == 3
+    assert (tmp_path / "vs_width.png").is_file()
