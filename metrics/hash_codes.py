@@ -17,7 +17,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from actsparse.metrics.functional.code_categorization import MAPPINGS, METHODS, code_categorization
+from actsparse.metrics.functional.code_categorization import MAPPINGS, METHODS, PROTOCOLS, code_categorization
 from actsparse.metrics.functional.hash_codes import (
     NeuralCodes,
     _labels_array,
@@ -132,6 +132,8 @@ class CodeCategorization(_CodeMetric):
     :func:`~actsparse.metrics.functional.code_categorization.code_categorization`).
 
     ``update(codes, labels, split="train")`` adds fitting data, ``split="test"`` evaluation data;
+    ``protocol`` is ``"fit_predict"`` (default: held-out test codes) or the authors' ``"reference"``
+    (see :mod:`~actsparse.metrics.functional.code_categorization`).
     ``compute()`` returns ``{"kmeans": acc, "knn": acc, "logreg": acc}`` (the chosen ``methods``),
     plus ``train_<method>`` accuracies on the training codes themselves when
     ``train_accuracy=True``.
@@ -156,9 +158,13 @@ class CodeCategorization(_CodeMetric):
         seed: int = 0,
         train_accuracy: bool = False,
         packed: bool = False,
+        protocol: str = "fit_predict",
         **kwargs: Any,
     ) -> None:
         super().__init__(packed=packed, **kwargs)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown categorization protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}.")
+        self.protocol = protocol
         unknown = sorted(set(methods) - set(METHODS))
         if unknown or not methods:
             raise ValueError(f"methods must be a non-empty subset of {', '.join(METHODS)}, got {list(methods)}.")
@@ -194,5 +200,5 @@ class CodeCategorization(_CodeMetric):
         return code_categorization(
             train_codes, train_labels, test_codes, test_labels, packed=True, methods=self.methods,
             n_clusters=self.n_clusters, mapping=self.mapping, k=self.k, seed=self.seed,
-            score_train=self.train_accuracy,
+            score_train=self.train_accuracy, protocol=self.protocol,
         )

@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from actsparse.data.digits import DigitsDataModule, load_digits_arrays, split_digits
-from actsparse.models.mlp import CNN, MLP, build_classifier
+from actsparse.models import CNN, MLP
+from actsparse.models.mlp import build_classifier
 from actsparse.plugins import find_sites
 from actsparse.tasks.classify import Classifier
 from actsparse.train import train

@@ -20,7 +20,7 @@ from actsparse.metrics.functional.code_categorization import (
 from actsparse.evaluation import neural_codes
 from actsparse.metrics.functional.hash_codes import hash_code_purity, pack_codes, redundancy_ratio, unpack_codes
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
-from actsparse.models.mlp import CNN, MLP
+from actsparse.models import CNN, MLP
 from distributed import run_ranks
 from hash_codes_ddp import ddp_data, metrics_on, worker
 from actsparse.tasks.classify import Classifier

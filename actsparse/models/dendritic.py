@@ -1,0 +1,142 @@
+"""Context-gated MLPs with active dendrites and k-WTA, and the plain MLP of the same size.
+
+``DendriticMLP``: ``depth`` hidden layers ``DendriticLayer -> KWinners`` (each unit gated by its
+strongest segment's response to the context, then the top ``percent_on`` units kept), then a
+linear head. ``matched_mlp`` builds an ordinary ReLU :class:`~actsparse.models.mlp.MLP` whose
+width gives the same number of effective parameters (trainable weights that can be nonzero:
+the dendritic model's pruned segment synapses do not count).
+
+Both take ``model(x, context)``; the plain MLP ignores the context (:class:`ContextFree`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from actsparse.models.mlp import MLP
+from actsparse.plugins.dendrites.kwinners import KWinners
+from actsparse.plugins.dendrites.segments import DendriticLayer
+
+__all__ = ["DendriticMLP", "ContextFree", "matched_mlp", "effective_parameters"]
+
+
+def effective_parameters(model: nn.Module) -> int:
+    """Trainable weights that can be nonzero: every parameter, less pruned segment synapses."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for module in model.modules():
+        if isinstance(module, DendriticLayer):
+            total -= int((~module.segment_mask).sum())
+    return total
+
+
+class DendriticMLP(nn.Module):
+    """MLP whose hidden layers are ``DendriticLayer -> KWinners``.
+
+    Args:
+        context_dim: size of the context vector (e.g. the number of tasks for one-hot task ids).
+        widths: hidden widths (or ``width`` x ``depth``).
+        num_segments: dendritic segments per unit; ``weight_sparsity``: fraction of zero segment
+            weights; ``percent_on``: k-WTA density; ``boost_strength``, ``boost_strength_factor``,
+            ``duty_cycle_period``, ``k_inference_factor``: see :class:`KWinners`.
+
+    Example:
+        >>> from actsparse.plugins import find_sites
+        >>> net = DendriticMLP(context_dim=3, width=32, depth=2, num_segments=3)
+        >>> [s.name for s in find_sites(net)]
+        ['blocks.0.dendrites', 'blocks.0.kwinners', 'blocks.1.dendrites', 'blocks.1.kwinners']
+        >>> net(torch.randn(5, 64), torch.eye(3)[[0, 1, 2, 0, 1]]).shape
+        torch.Size([5, 10])
+    """
+
+    uses_context = True
+
+    def __init__(self, in_features: int = 64, context_dim: int = 5, width: int = 128, depth: int = 2,
+                 num_classes: int = 10, num_segments: int = 5, weight_sparsity: float = 0.5,
+                 percent_on: float = 0.1, boost_strength: float = 1.0, boost_strength_factor: float = 1.0,
+                 duty_cycle_period: int = 1000, k_inference_factor: float = 1.0,
+                 widths: Sequence[int] | None = None, seed: int | None = None) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths] if widths is not None else [int(width)] * int(depth)
+        if not widths or min(widths) < 1 or in_features < 1 or num_classes < 1:
+            raise ValueError(f"DendriticMLP needs at least one hidden layer and positive sizes, got widths={widths}.")
+        self.context_dim = int(context_dim)
+        self._config = dict(in_features=in_features, context_dim=context_dim, widths=widths, num_classes=num_classes,
+                            num_segments=num_segments, weight_sparsity=weight_sparsity, percent_on=percent_on,
+                            boost_strength=boost_strength, boost_strength_factor=boost_strength_factor,
+                            duty_cycle_period=duty_cycle_period, k_inference_factor=k_inference_factor)
+        blocks = []
+        fan_in = in_features
+        for i, w in enumerate(widths):
+            blocks.append(nn.ModuleDict({
+                "dendrites": DendriticLayer(fan_in, w, num_segments, context_dim, weight_sparsity,
+                                            seed=None if seed is None else seed + i),
+                "kwinners": KWinners(w, percent_on=percent_on, boost_strength=boost_strength,
+                                     boost_strength_factor=boost_strength_factor,
+                                     duty_cycle_period=duty_cycle_period, k_inference_factor=k_inference_factor),
+            }))
+            fan_in = w
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(fan_in, num_classes)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1) if x.dim() > 2 else x
+        for block in self.blocks:
+            h = block["kwinners"](block["dendrites"](h, context))
+        return self.head(h)
+
+    def update_boost_strength(self) -> None:
+        """Decay every k-WTA's boost strength (call once per epoch)."""
+        for block in self.blocks:
+            block["kwinners"].update_boost_strength()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"kind": "dendritic_mlp", **self._config, "widths": list(self._config["widths"])}
+
+    def num_parameters(self) -> int:
+        return effective_parameters(self)
+
+
+class ContextFree(nn.Module):
+    """Wraps a model of ``x`` alone so it can be called as ``model(x, context)`` (context ignored)."""
+
+    uses_context = False
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x)
+
+    def num_parameters(self) -> int:
+        return effective_parameters(self)
+
+
+def matched_mlp(reference: nn.Module | int, in_features: int = 64, depth: int = 2, num_classes: int = 10,
+                activation: str = "relu") -> ContextFree:
+    """A plain ``depth``-layer MLP whose width makes its parameter count closest to
+    ``reference`` (a model, counted with :func:`effective_parameters`, or a count).
+
+    Example:
+        >>> ref = DendriticMLP(context_dim=5, width=64, depth=2, num_segments=5)
+        >>> mlp = matched_mlp(ref)
+        >>> abs(mlp.num_parameters() - ref.num_parameters()) / ref.num_parameters() < 0.01
+        True
+    """
+    target = reference if isinstance(reference, int) else effective_parameters(reference)
+
+    def count(w: int) -> int:  # in·w + w, then (depth − 1)·(w² + w), then w·classes + classes
+        return (in_features + 1) * w + (depth - 1) * (w * w + w) + (w + 1) * num_classes
+
+    if depth == 1:
+        guess = (target - num_classes) / (in_features + 1 + num_classes)
+    else:  # solve (depth−1)·w² + (in + depth + classes)·w + classes = target
+        qa, qb, qc = depth - 1, in_features + depth + num_classes, num_classes - target
+        guess = (-qb + math.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+    width = min((max(1, math.floor(guess)), max(1, math.ceil(guess))), key=lambda w: abs(count(w) - target))
+    return ContextFree(MLP(in_features=in_features, width=width, depth=depth, num_classes=num_classes,
+                           activation=activation))
