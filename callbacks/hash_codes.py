@@ -11,11 +11,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from actsparse.data.loader import EvalShardSampler
-from actsparse.metrics.functional.code_categorization import METHODS
-from actsparse.evaluation.codes import neural_codes
-from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 from typing_extensions import override
+
+from actsparse.evaluation.codes import neural_codes
+from actsparse.metrics.functional.code_categorization import METHODS
+from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 
 
 def _first_loader(loaders: Any) -> DataLoader | None:
@@ -89,6 +89,8 @@ class HashCodeMonitor(Callback):
     # -- extraction ----------------------------------------------------------------------------
     def _codes(self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader, limit: int | None):
         dataset = loader.dataset
+        from actsparse.data.loader import EvalShardSampler  # the data room, only when codes are taken
+
         sampler = EvalShardSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank)
         ordered = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=loader.collate_fn)
         per_rank = None if limit is None else -(-limit // trainer.world_size)
