@@ -73,6 +73,9 @@ class Site:
     input_paths: tuple[str, ...] = ()
     down_path: str | None = None
     adapter: str = ""
+    # Called as after_swap(owner, new_activation) once the activation is replaced: blocks that
+    # cache facts about their activation (PyTorch's fast path flag) update them here.
+    after_swap: Callable[[nn.Module, nn.Module], None] | None = None
 
     # -- structure -----------------------------------------------------------------------
     @property
@@ -118,6 +121,8 @@ class Site:
     def set_activation(self, module: nn.Module) -> None:
         self.require_swappable()
         _set_path(self.owner, self.act_path, module)
+        if self.after_swap is not None:
+            self.after_swap(self.owner, module)
 
     # -- hooks -----------------------------------------------------------------------------
     def register_hook(self, fn: Callable[["Site", torch.Tensor], None]) -> torch.utils.hooks.RemovableHandle:
@@ -135,7 +140,8 @@ class Site:
 
     def __repr__(self) -> str:
         act = self.activation
-        act_name = type(act).__name__ if isinstance(act, nn.Module) else ("functional" if act is None else repr(act))
+        act_name = (type(act).__name__ if isinstance(act, nn.Module)
+                    else "functional" if act is None else getattr(act, "__name__", repr(act)))
         return f"Site(name={self.name!r}, kind={self.kind!r}, activation={act_name})"
 
 
@@ -149,6 +155,7 @@ class SiteAdapter:
     inputs: tuple[str, ...]
     down: str
     act: tuple[str, ...]
+    after_swap: Callable[[nn.Module, nn.Module], None] | None = None
 
     def build(self, qualified_name: str, module: nn.Module) -> Site | None:
         if not self.match(module):
@@ -156,7 +163,7 @@ class SiteAdapter:
         if any(_get_path(module, p) is None for p in (*self.inputs, self.down)):
             return None
         act = next((p for p in self.act if _get_path(module, p) is not None), None)
-        return Site(qualified_name, self.kind, module, act, self.inputs, self.down, self.name)
+        return Site(qualified_name, self.kind, module, act, self.inputs, self.down, self.name, self.after_swap)
 
 
 _ADAPTERS: list[SiteAdapter] = []
@@ -182,6 +189,7 @@ def register_ffn(
     up: str | None = None,
     fc: str | None = None,
     first: bool = False,
+    after_swap: Callable[[nn.Module, nn.Module], None] | None = None,
 ) -> SiteAdapter:
     """Teach :func:`find_sites` an FFN block.
 
@@ -192,6 +200,8 @@ def register_ffn(
             present means the activation is a functional call in ``forward``.
         gate, up: paths of a gated FFN's projections; or ``fc`` for a plain FFN.
         first: try this adapter before the built-in ones.
+        after_swap: ``f(block, new_activation)`` run after a swap, for blocks that cache facts
+            about their activation (see :func:`_torch_fast_path_flag`).
     """
     if (gate is None) != (up is None) or (gate is None) == (fc is None):
         raise ValueError("Give either gate= and up= (gated FFN) or fc= (plain FFN).")
@@ -199,7 +209,7 @@ def register_ffn(
     kind = GATED_FFN if gate else PLAIN_FFN
     inputs = (gate, up) if gate else (fc,)
     acts = () if act is None else (act,) if isinstance(act, str) else tuple(act)
-    adapter = SiteAdapter(label, predicate, kind, inputs, down, acts)
+    adapter = SiteAdapter(label, predicate, kind, inputs, down, acts, after_swap)
     _ADAPTERS.insert(0, adapter) if first else _ADAPTERS.append(adapter)
     return adapter
 
@@ -232,7 +242,35 @@ def _register_builtins() -> None:
     ).name = "any module with gate_proj/up_proj/down_proj/act_fn"
 
 
+def _torch_fast_path_flag(layer: nn.Module, activation: nn.Module) -> None:
+    """Keep ``nn.TransformerEncoderLayer``'s fast path right after a swap.
+
+    In eval mode the layer may skip ``forward`` for a fused kernel that applies ReLU or GELU
+    according to ``activation_relu_or_gelu`` (set once in ``__init__``); left as it was, a
+    swapped-in FATReLU/SiLU would be silently replaced by the old activation there. ReLU and
+    exact GELU keep their fused kernel; anything else turns the fast path off.
+    """
+    if not hasattr(layer, "activation_relu_or_gelu"):
+        return  # the decoder layer has no fast path
+    if type(activation) is nn.ReLU:
+        layer.activation_relu_or_gelu = 1
+    elif type(activation) is nn.GELU and getattr(activation, "approximate", "none") == "none":
+        layer.activation_relu_or_gelu = 2
+    else:
+        layer.activation_relu_or_gelu = 0
+
+
+def _register_torch_transformer_layers() -> None:
+    # PyTorch's own layers (hence nn.TransformerEncoder/Decoder, nn.Transformer and Lightning's
+    # demo Transformer): FFN = linear2(dropout(activation(linear1(x)))). `activation` is a
+    # function (F.relu, F.gelu, or a string turned into one) or a module; a swap replaces the
+    # attribute with a module either way.
+    for cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+        register_ffn(cls, fc="linear1", down="linear2", act="activation", after_swap=_torch_fast_path_flag)
+
+
 _register_builtins()
+_register_torch_transformer_layers()
 
 
 # -- finding sites -----------------------------------------------------------------------------
@@ -276,7 +314,7 @@ def find_sites(
     sites: list[Site] = []
     claimed: set[str] = set()  # modules inside an FFN site are not sites of their own
     for name, module in model.named_modules():
-        if any(name == c or name.startswith(c + ".") for c in claimed):
+        if any(c == "" or name == c or name.startswith(c + ".") for c in claimed):  # "" = the model itself
             continue
         site = next((s for a in _ADAPTERS if (s := a.build(name, module)) is not None), None)
         if site is not None:

@@ -2,6 +2,7 @@
 
 import math
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -476,3 +477,84 @@ def test_torch_transformer_and_lightning_demo_have_encoder_and_decoder_sites():
     assert all(s.kind == "plain_ffn" and s.width == 24 for s in sites)
     swap_activation(demo, "relu")
     assert all(isinstance(s.activation, nn.ReLU) for s in find_sites(demo))
+
+
+class _EncoderLM(L.LightningModule):
+    """A user's model built from PyTorch's own layers: activation given as a string (a function)."""
+
+    def __init__(self, vocab: int = 40, d: int = 16, ff: int = 24) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 2, ff, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)))
+
+    def training_step(self, batch, batch_idx):
+        inputs, target = batch
+        return F.cross_entropy(self(inputs).flatten(0, 1), target.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _demo_transformer():
+    from lightning.pytorch.demos import LightningTransformer
+
+    class Offline(LightningTransformer):
+        def prepare_data(self):  # the demo downloads WikiText-2 here; the test brings its own tokens
+            pass
+
+    return Offline(vocab_size=40)
+
+
+class _LastBatchFFNInputs(L.Callback):
+    """Independent of actsparse: the input of every PyTorch layer's linear2 in the last batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tensors: list[torch.Tensor] = []
+        for m in model.modules():
+            if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+                m.linear2.register_forward_pre_hook(lambda mod, args: self.tensors.append(args[0].detach().clone()))
+
+    def on_train_batch_start(self, *args):
+        self.tensors.clear()
+
+
+@pytest.mark.parametrize("make", [_EncoderLM, _demo_transformer], ids=["nn.TransformerEncoder", "lightning-demo"])
+def test_prosparse_and_monitor_train_pytorch_transformer_layers(make, tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from actsparse.callbacks import ActivationSwap, ProSparse, SparsityMonitor
+    from actsparse.metrics.functional import cett
+
+    torch.manual_seed(0)
+    model = make()
+    tokens = torch.randint(0, 40, (32, 9))
+    loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=8)
+    lam = 0.01
+    seen = _LastBatchFFNInputs(model)
+    trainer = L.Trainer(max_steps=4, log_every_n_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[ActivationSwap("relu"), ProSparse([(lam, 0)]),
+                                   SparsityMonitor(every_n_steps=1, heatmap=False), seen])
+    trainer.fit(model, loader)
+    sites = find_sites(model)
+    assert all(isinstance(s.activation, nn.ReLU) for s in sites)
+    assert len(seen.tensors) == len(sites) >= 2
+    metrics = trainer.logged_metrics
+    # The penalty of the last step: lambda * sum over sites of the per-token L1 of x1.
+    reg = sum(lam * t.abs().sum() / (t.numel() // t.shape[-1]) for t in seen.tensors)
+    assert float(metrics["prosparse/reg_loss"]) == pytest.approx(float(reg), rel=1e-5)
+    zeros = sum(int((t == 0).sum()) for t in seen.tensors) / sum(t.numel() for t in seen.tensors)
+    assert 0.2 < zeros < 1.0  # ReLU after the swap
+    assert float(metrics["sparsity/mean"]) == pytest.approx(zeros, abs=1e-6)
+    # CETT on a site's x1 and down weight against DESIGN §4 written out in float64.
+    x1 = seen.tensors[0].reshape(-1, seen.tensors[0].shape[-1]).double()
+    w = sites[0].w_down.detach().double()
+    eps = float((x1.abs() * w.norm(dim=0)).median())
+    weak = (x1.abs() * w.norm(dim=0)) < eps
+    ref = ((x1 * weak) @ w.T).norm(dim=1) / (x1 @ w.T).norm(dim=1)
+    assert float(cett(x1.float(), sites[0].w_down.detach(), eps)) == pytest.approx(float(ref.mean()), rel=1e-4)
