@@ -70,17 +70,20 @@ void check_ffn_args(const char* op, const FfnArgs& a) {
 }
 
 at::Tensor dense_tail(const FfnArgs& a, const at::Tensor& z_in) {
-  auto z = z_in.to(a.x.scalar_type());
-  // FATReLU: z where z >= t, else 0 (`where`, so values below t become exact zeros).
-  auto h = at::where(z >= a.threshold, z, at::zeros({}, z.options()));
-  if (a.w_up) {
-    auto u = a.b_up ? at::addmm(*a.b_up, a.x, a.w_up->t()) : at::mm(a.x, a.w_up->t());
-    h = h * u;
+  // In place on a private copy of z: one elementwise kernel for the activation and one for the
+  // gating product, the same as the dense F.linear path (no compare + zeros + where).
+  at::Tensor h = z_in.scalar_type() == a.x.scalar_type() && z_in.is_contiguous() ? z_in : z_in.to(a.x.scalar_type()).contiguous();
+  if (a.threshold == 0.0) {
+    h.relu_();  // FATReLU_0 == ReLU: relu(z) and z >= 0 ? z : 0 agree everywhere
+  } else {
+    h.masked_fill_(h < a.threshold, 0);  // FATReLU: keep z >= t, exact zeros elsewhere
   }
+  if (a.w_up) h.mul_(a.b_up ? at::addmm(*a.b_up, a.x, a.w_up->t()) : at::mm(a.x, a.w_up->t()));
   return a.b_out ? at::addmm(*a.b_out, h, a.w_out_t) : at::mm(h, a.w_out_t);
 }
 
 at::Tensor dense_ffn(const FfnArgs& a) {
+  // z is a fresh result of mm/addmm, so dense_tail may overwrite it.
   auto z = a.b_in ? at::addmm(*a.b_in, a.x, a.w_in.t()) : at::mm(a.x, a.w_in.t());
   return dense_tail(a, z);
 }

@@ -31,7 +31,8 @@ void check_ffn_args(const char* op, const FfnArgs& a);
 bool debug_poison();
 at::Tensor new_scratch(at::IntArrayRef size, const at::TensorOptions& opts);
 
-// Dense remainder of the FFN given the input-projection pre-activation `z` [batch, f]:
+// Dense remainder of the FFN given the input-projection pre-activation `z` [batch, f], which it
+// may overwrite (callers pass a temporary):
 // h = FATReLU(z) (* (x w_upᵀ + b_up)), y = h w_out_t + b_out. at::mm lands in MKL/oneDNN on CPU
 // and cuBLAS on CUDA; used when the union of active neurons is too large for sparsity to pay.
 at::Tensor dense_tail(const FfnArgs& a, const at::Tensor& z);
