@@ -15,6 +15,14 @@ from actsparse.plugins.dendrites import montecarlo as mc
 from actsparse.plugins.dendrites import sdr
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the simulator's small sorts only contend across threads
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- independent references -------------------------------------------------------------------
 
 def fm_float64(n, a, s, theta):
@@ -211,7 +219,6 @@ def _check_histogram(hist, theory_for_theta, thetas, min_events=20, confidence=0
 
 
 def test_monte_carlo_false_match_agrees_with_theory():
-    torch.set_num_threads(1)
     hist = mc.simulate_false_match_overlaps(1000, 40, 20, 200_000, seed=0)
     assert _check_histogram(hist, lambda t: sdr.false_match_probability(1000, 40, 20, t), range(21)) >= 5
     # full simulation: random stored and presented patterns, index-set intersections
@@ -222,7 +229,6 @@ def test_monte_carlo_false_match_agrees_with_theory():
 
 
 def test_monte_carlo_union_agrees_with_exact_union_theory():
-    torch.set_num_threads(1)
     n, a, s, m = 1000, 40, 20, 3
     hist = mc.simulate_false_match_overlaps(n, a, s, 300_000, m=m, seed=5)
     exact = lambda t: sdr.union_false_match_probability(n, a, s, t, m, union_size="distribution")  # noqa: E731
@@ -233,7 +239,6 @@ def test_monte_carlo_union_agrees_with_exact_union_theory():
 def test_monte_carlo_separates_the_papers_union_approximation():
     """The paper's rounded-mean union size (s_eff) is an approximation: with 2M trials its
     θ=5 value (0.0806) lies outside the 99.9% interval, the exact average (0.0798) inside."""
-    torch.set_num_threads(1)
     n, a, s, m = 1000, 40, 20, 3
     est = mc.monte_carlo_union_false_match(n, a, s, 5, m, trials=2_000_000, seed=8)
     assert est.contains(sdr.union_false_match_probability(n, a, s, 5, m, union_size="distribution"))
@@ -241,7 +246,6 @@ def test_monte_carlo_separates_the_papers_union_approximation():
 
 
 def test_monte_carlo_noise_agrees_with_theory():
-    torch.set_num_threads(1)
     for noise, fixed, trials in ((0.5, True, 100_000), (0.3, False, 10_000)):
         hist = mc.simulate_noise_overlaps(2000, 128, 30, noise, trials, seed=7, fixed_pattern=fixed)
         assert _check_histogram(hist, lambda t: sdr.match_probability_with_noise(128, 30, t, noise), range(31)) >= 4
