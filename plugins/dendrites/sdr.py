@@ -124,11 +124,11 @@ _log_factorials = torch.zeros(1, dtype=_DTYPE)
 
 def _log_factorial(x: torch.Tensor) -> torch.Tensor:
     """log(x!) for whole numbers x >= 0 (float64): a cached lgamma table, looked up (faster
-    than lgamma on every term of a large grid)."""
+    than lgamma on every term of a large grid); lgamma itself beyond the table's limit."""
     global _log_factorials
     top = int(x.max().item()) if x.numel() else 0
     if top >= _TABLE_LIMIT:
-        return torch.lgamma(x + 1)
+        return torch.lgamma(x.to(_DTYPE) + 1)
     if top >= _log_factorials.numel():
         size = max(top + 1, 2 * _log_factorials.numel(), 1024)
         _log_factorials = torch.lgamma(torch.arange(size, dtype=_DTYPE) + 1)
@@ -148,17 +148,24 @@ def _log_hypergeom_tail(total: torch.Tensor, marked: torch.Tensor, draws: torch.
                         lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """log Σ_{b=lo}^{hi} C(marked, b)·C(total − marked, draws − b) / C(total, draws), broadcast.
 
-    Empty ranges give -inf (probability 0)."""
+    Empty ranges give -inf (probability 0). The terms are sums of log-factorials looked up at
+    integer indices, clamped into the valid range and masked afterwards."""
     total, marked, draws, lo, hi = torch.broadcast_tensors(total, marked, draws, lo, hi)
-    lo = torch.maximum(lo, torch.clamp(draws - (total - marked), min=0))  # b >= draws - (total - marked)
-    hi = torch.minimum(hi, torch.minimum(marked, draws))
+    first = torch.clamp(draws - (total - marked), min=0)  # smallest possible overlap
+    last = torch.minimum(marked, draws)  # largest possible overlap
+    lo, hi = torch.maximum(lo, first), torch.minimum(hi, last)
     width = int(torch.clamp(hi - lo + 1, min=0).max().item()) if hi.numel() else 0
     if width == 0:
         return torch.full(total.shape, -math.inf, dtype=_DTYPE)
-    b = lo.unsqueeze(-1) + torch.arange(width, dtype=_DTYPE)
-    terms = (_log_comb(marked.unsqueeze(-1), b) + _log_comb((total - marked).unsqueeze(-1), draws.unsqueeze(-1) - b))
-    terms = torch.where(b <= hi.unsqueeze(-1), terms, torch.tensor(-math.inf, dtype=_DTYPE))
-    return torch.logsumexp(terms, dim=-1) - _log_comb(total, draws)
+    n, s, a = total.long().unsqueeze(-1), marked.long().unsqueeze(-1), draws.long().unsqueeze(-1)
+    b = lo.long().unsqueeze(-1) + torch.arange(width)
+    keep = b <= hi.long().unsqueeze(-1)
+    b = torch.minimum(torch.maximum(b, first.long().unsqueeze(-1)), last.long().unsqueeze(-1))  # valid everywhere
+    lf = _log_factorial
+    terms = (lf(s) - lf(b) - lf(s - b)) + (lf(n - s) - lf(a - b) - lf(n - s - a + b))
+    terms = torch.where(keep, terms, -math.inf)
+    norm = lf(total.long()) - lf(draws.long()) - lf((total - draws).long())
+    return torch.logsumexp(terms, dim=-1) - norm
 
 
 # -- false matches ----------------------------------------------------------------------------
