@@ -38,14 +38,16 @@ def _reference(layer: SKANLinear, x: torch.Tensor) -> torch.Tensor:
         for i in range(layer.in_features):
             edge = layer.base_weight[j, i] * F.silu(x[:, i])
             for s, space in enumerate(layer.spaces):
-                edge = edge + alpha[j, s] * layer.spline_scale[space][j, i] * (bases[space][:, i, :] @ layer.coef[space][j, i])
+                a = alpha[j, s] if layer.select == "outputs" else alpha[i, s]
+                edge = edge + a * layer.spline_scale[space][j, i] * (bases[space][:, i, :] @ layer.coef[space][j, i])
             out[:, j] += edge
         out[:, j] += layer.bias[j]
     return out
 
 
-def test_forward_matches_the_edge_sum_in_float64():
-    layer = SKANLinear(3, 4, spaces=SPACES3).double()
+@pytest.mark.parametrize("select", ["outputs", "inputs"])
+def test_forward_matches_the_edge_sum_in_float64(select):
+    layer = SKANLinear(3, 4, spaces=SPACES3, select=select).double()
     _randomize(layer)
     x = torch.randn(9, 3, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-12, atol=1e-12)
@@ -63,23 +65,36 @@ def test_selection_sums_to_one_per_node():
         torch.testing.assert_close(alpha.sum(-1), torch.ones(6))
 
 
-def test_pruning_keeps_outputs_when_one_space_has_all_the_weight():
-    layer = SKANLinear(4, 5).double()
+@pytest.mark.parametrize("select", ["outputs", "inputs"])
+def test_pruning_keeps_outputs_when_one_space_has_all_the_weight(select):
+    layer = SKANLinear(4 if select == "outputs" else 5, 5 if select == "outputs" else 3, select=select).double()
     _randomize(layer)
     choice = torch.tensor([0, 3, 6, 3, 1])
     with torch.no_grad():  # softmax of these logits is exactly one-hot in float64
         layer.selection_logits.fill_(-1e4)
         layer.selection_logits[torch.arange(5), choice] = 0.0
-    x = torch.randn(11, 4, dtype=torch.float64) * 1.5
+    x = torch.randn(11, layer.in_features, dtype=torch.float64) * 1.5
     before = layer(x)
+    edges_before = layer.edge_values(x)
     n_before = layer.num_parameters()
     layer.prune_()
     torch.testing.assert_close(layer(x), before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.edge_values(x), edges_before, rtol=1e-12, atol=1e-12)
     assert layer.pruned and layer.selection_logits is None
     assert layer.chosen_spaces() == [layer.all_spaces[i] for i in choice.tolist()]
     assert set(layer.bases) == {layer.all_spaces[i] for i in choice.tolist()}
     assert layer.num_parameters() < n_before / 3
     torch.testing.assert_close(layer.selection.sum(-1), torch.ones(5, dtype=torch.float64))
+    # the pruned layer keeps working: state dict round trip, gradients, grid updates
+    fresh = SKANLinear(layer.in_features, layer.out_features, select=select).double()
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), before, rtol=1e-12, atol=1e-12)
+    x_inside = torch.rand(200, layer.in_features, dtype=torch.float64) - 0.5
+    ref = layer(x_inside).detach()
+    layer.update_grid(x_inside)
+    assert (layer(x_inside) - ref).abs().max() < 0.05 * ref.abs().max()
+    layer(x).sum().backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in layer.parameters())
 
 
 def test_pruning_folds_a_soft_selection_into_the_kept_space():
@@ -95,6 +110,19 @@ def test_pruning_folds_a_soft_selection_into_the_kept_space():
         expected[:, j] = (layer.base_weight[j] * F.silu(x)).sum(1) + alpha[j, choice[j]] * (
             layer.spline_scale[space][j] * spline).sum(1) + layer.bias[j]
     torch.testing.assert_close(layer.prune_()(x), expected.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_input_selection_prunes_to_single_space_cost():
+    layer = SKANLinear(7, 3, select="inputs")
+    with torch.no_grad():
+        layer.selection_logits.fill_(-1e4)
+        layer.selection_logits[torch.arange(7), torch.arange(7)] = 0.0  # input i keeps space i
+    layer.prune_()
+    # each input is evaluated in one space only: K = 8 functions per edge, like a single-space layer
+    assert layer.num_parameters() == KANLinear(7, 3, space="rbf").num_parameters()
+    assert sorted(b.in_features for b in layer.bases.values()) == [1] * 7
+    with pytest.raises(ValueError, match="select='both'"):
+        SKANLinear(2, 3, select="both")
 
 
 def test_pruned_state_dict_loads_into_a_fresh_layer():

@@ -36,7 +36,8 @@ class KAN(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int] = (2, 5, 1), spaces: str | Sequence[str] = DEFAULT_SPACES,
-                 basis_options: Mapping[str, Mapping[str, Any]] | None = None, bias: bool = True) -> None:
+                 basis_options: Mapping[str, Mapping[str, Any]] | None = None, bias: bool = True,
+                 select: str = "outputs") -> None:
         super().__init__()
         self.widths = _widths(widths)
         spaces = [spaces] if isinstance(spaces, str) else list(spaces)
@@ -45,7 +46,7 @@ class KAN(nn.Module):
             if len(spaces) == 1:
                 layers.append(KANLinear(a, b, space=spaces[0], bias=bias, **dict((basis_options or {}).get(spaces[0], {}))))
             else:
-                layers.append(SKANLinear(a, b, spaces=spaces, basis_options=basis_options, bias=bias))
+                layers.append(SKANLinear(a, b, spaces=spaces, basis_options=basis_options, bias=bias, select=select))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,12 @@ class Basis(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def select_inputs(self, index: torch.Tensor) -> "Basis":
+        """Keep only the inputs ``index`` (pruning with ``select="inputs"``); per-input state
+        (a B-spline grid) is sliced. In place; returns ``self``."""
+        self.in_features = int(len(index))
+        return self
+
     # -- helpers for bounded families ---------------------------------------------------------
     def _check_outside(self, outside: str | None) -> str:
         outside = outside or (self.outside_rules[0] if self.outside_rules else "zero")
@@ -186,6 +192,10 @@ class BSpline(Basis):
     @property
     def num_functions(self) -> int:
         return self.grid_size + self.order
+
+    def select_inputs(self, index: torch.Tensor) -> "BSpline":
+        self.grid = self.grid.index_select(0, index.to(self.grid.device)).clone()
+        return super().select_inputs(index)
 
     @property
     def inner_grid(self) -> torch.Tensor:

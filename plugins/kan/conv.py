@@ -38,14 +38,15 @@ class SKANConv2d(SelectableKAN):
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1, spaces: SpacesArg = DEFAULT_SPACES,
                  basis_options: Mapping[str, Mapping[str, Any]] | None = None, bias: bool = True,
-                 temperature: float = 1.0, coef_init_std: float = 0.1) -> None:
+                 temperature: float = 1.0, coef_init_std: float = 0.1, select: str = "outputs") -> None:
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
             raise ValueError(f"bad convolution geometry: kernel_size={kernel_size}, stride={stride}, "
                              f"padding={padding}, dilation={dilation}.")
         super().__init__(in_channels * self.kernel_size[0] * self.kernel_size[1], out_channels, spaces=spaces,
-                         basis_options=basis_options, bias=bias, temperature=temperature, coef_init_std=coef_init_std)
+                         basis_options=basis_options, bias=bias, temperature=temperature, coef_init_std=coef_init_std,
+                         select=select)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
 
     def _unfold(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,15 +8,15 @@ base is shared). :meth:`SKANLinear.prune_` keeps, per node, only the space with 
 ``α`` (folding ``α`` into its scale): the layer then stores one coefficient set per node,
 evaluates only the spaces some node kept, and runs one matmul per kept space.
 
-Every layer is computed as one matmul of the basis features ``[B, in·F]`` (``F = 1 + ΣK``: the
-``silu`` column plus each space's ``K`` functions) with the effective weights ``[out, in·F]`` —
-no loop over nodes or edges. :class:`KANLinear` is the single-space layer (no selection).
+Every layer is computed as matmuls of whole feature blocks — ``silu(x) [B, in]`` with ``w_b``
+and each space's basis values ``[B, in·K]`` with its effective weights ``[out, in·K]`` — with
+no loop over nodes or edges (a loop over the spaces only). :class:`KANLinear` is the single-space layer (no selection).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,10 @@ from actsparse.plugins.sites import register_activation_type
 DEFAULT_SPACES = ("bspline", "chebyshev", "fourier", "rbf", "mexican_hat", "legendre", "relu_kan")
 
 SpacesArg = str | Sequence[str] | Mapping[str, Mapping[str, Any] | None]
+#: what selects a space: each output node (its incoming edges share it; the paper's nodes) or
+#: each input node (its outgoing edges share it: after pruning every input is evaluated in one
+#: space only, so the pruned layer costs what a single-space layer does)
+SELECT = ("outputs", "inputs")
 
 
 def _parse_spaces(spaces: SpacesArg, basis_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict]:
@@ -60,14 +64,19 @@ class SelectableKAN(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, spaces: SpacesArg = DEFAULT_SPACES,
                  basis_options: Mapping[str, Mapping[str, Any]] | None = None, bias: bool = True,
-                 temperature: float = 1.0, coef_init_std: float = 0.1) -> None:
+                 temperature: float = 1.0, coef_init_std: float = 0.1, select: str = "outputs") -> None:
         super().__init__()
+        if select not in SELECT:
+            raise ValueError(f"select={select!r}: choose 'outputs' (a space per output node) or 'inputs' "
+                             "(a space per input node).")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         parsed = _parse_spaces(spaces, basis_options)
         self.in_features, self.out_features = int(in_features), int(out_features)
+        self.select = select
+        n_select = self.out_features if select == "outputs" else self.in_features
         self.space_options = parsed
         self.spaces: tuple[str, ...] = tuple(parsed)
         self.bases = nn.ModuleDict({s: make_basis(s, in_features, **o) for s, o in parsed.items()})
@@ -79,11 +88,11 @@ class SelectableKAN(nn.Module):
             s: nn.Parameter(torch.randn(out_features, in_features, self.bases[s].num_functions) * coef_init_std)
             for s in self.spaces})
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self.selection_logits = (nn.Parameter(torch.zeros(out_features, len(self.spaces)))
+        self.selection_logits = (nn.Parameter(torch.zeros(n_select, len(self.spaces)))
                                  if len(self.spaces) > 1 else None)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         # -1: not pruned; otherwise the index (into self.all_spaces) of the space each node kept.
-        self.register_buffer("node_space", torch.full((out_features,), -1, dtype=torch.long))
+        self.register_buffer("node_space", torch.full((n_select,), -1, dtype=torch.long))
         self.all_spaces: tuple[str, ...] = self.spaces
         self._groups: list[tuple[str, torch.Tensor]] = []
         self._last_input: torch.Tensor | None = None
@@ -95,47 +104,57 @@ class SelectableKAN(nn.Module):
 
     @property
     def selection(self) -> torch.Tensor:
-        """``α [out, S]``: each row sums to 1 (one-hot after pruning; ones for a single space)."""
+        """``α [nodes, S]`` (nodes: outputs or inputs, see ``select``): each row sums to 1
+        (one-hot after pruning; ones for a single space)."""
         if self.pruned:
             return F.one_hot(self.node_space, len(self.all_spaces)).to(self.base_weight.dtype)
         if self.selection_logits is None:
-            return torch.ones(self.out_features, 1, dtype=self.base_weight.dtype, device=self.base_weight.device)
+            return torch.ones(len(self.node_space), 1, dtype=self.base_weight.dtype, device=self.base_weight.device)
         return torch.softmax(self.selection_logits / self.temperature, dim=-1)
 
     def chosen_spaces(self) -> list[str]:
-        """The space each output node uses (after pruning) or would keep (largest ``α``)."""
+        """The space each selecting node uses (after pruning) or would keep (largest ``α``)."""
         index = self.node_space if self.pruned else self.selection.argmax(-1)
         return [self.all_spaces[i] for i in index.tolist()]
 
     # -- forward ------------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor, spaces: Iterable[str]) -> torch.Tensor:
-        """``[N, in, 1 + ΣK]``: ``silu(x)`` then each space's basis values."""
-        return torch.cat([F.silu(x).unsqueeze(-1), *(self.bases[s](x) for s in spaces)], dim=-1)
-
-    def _weight_groups(self) -> list[tuple[tuple[str, ...], torch.Tensor | None, torch.Tensor]]:
-        """``(spaces, node index or None for all nodes, weight [n, in, 1 + ΣK])`` per matmul."""
+    def _terms(self) -> list[tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, torch.Tensor, torch.Tensor | None]]]]:
+        """Per output group: ``(output index or None for all outputs, silu weight [n, in],
+        [(space, effective spline weight [n, in', K], input index or None for all inputs), ...])``."""
+        if self.pruned and self.select == "outputs":
+            return [(index, self.base_weight[index],
+                     [(space, self.spline_scale[space].unsqueeze(-1) * self.coef[space], None)])
+                    for space, index in self._groups]
         if self.pruned:
-            groups = []
-            for space, index in self._groups:
-                spline = self.spline_scale[space].unsqueeze(-1) * self.coef[space]
-                groups.append(((space,), index, torch.cat([self.base_weight[index].unsqueeze(-1), spline], dim=-1)))
-            return groups
-        alpha = self.selection
-        parts = [self.base_weight.unsqueeze(-1)]
+            return [(None, self.base_weight,
+                     [(space, self.spline_scale[space].unsqueeze(-1) * self.coef[space], index)
+                      for space, index in self._groups])]
+        alpha = self.selection if self.selection_logits is not None else None
+        parts = []
         for s, space in enumerate(self.spaces):
-            scale = self.spline_scale[space] if self.selection_logits is None else alpha[:, s:s + 1] * self.spline_scale[space]
-            parts.append(scale.unsqueeze(-1) * self.coef[space])
-        return [(self.spaces, None, torch.cat(parts, dim=-1))]
+            scale = self.spline_scale[space]
+            if alpha is not None:
+                scale = scale * (alpha[:, s:s + 1] if self.select == "outputs" else alpha[:, s].unsqueeze(0))
+            parts.append((space, scale.unsqueeze(-1) * self.coef[space], None))
+        return [(None, self.base_weight, parts)]
 
     def kan_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, in] -> [N, out]``."""
+        """``[N, in] -> [N, out]``: one matmul for the ``silu`` term and one per space (no
+        concatenated feature copy)."""
         if x.dim() != 2 or x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__} expects inputs [N, {self.in_features}], got {tuple(x.shape)}.")
         if self.training:
             self._last_input = x  # for KAN regularization (no copy: autograd keeps it anyway)
+        base = F.silu(x)
+        bases: dict[str, torch.Tensor] = {}
         outs = []
-        for spaces, _, weight in self._weight_groups():
-            outs.append(self._features(x, spaces).flatten(1) @ weight.flatten(1).T)
+        for _, base_weight, parts in self._terms():
+            y = F.linear(base, base_weight)
+            for space, weight, inputs in parts:
+                if space not in bases:
+                    bases[space] = self.bases[space](x if inputs is None else x.index_select(1, inputs)).flatten(1)
+                y = y + F.linear(bases[space], weight.flatten(1))
+            outs.append(y)
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1).index_select(1, self.output_order)
         return y + self.bias if self.bias is not None else y
 
@@ -146,12 +165,16 @@ class SelectableKAN(nn.Module):
 
     def _edges(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(x.shape[0], self.out_features, self.in_features)
-        for spaces, index, weight in self._weight_groups():
-            edges = torch.einsum("nif,oif->noi", self._features(x, spaces), weight)
-            if index is None:
-                out = edges
-            else:
-                out = out.index_copy(1, index, edges)
+        base = F.silu(x)
+        for index, base_weight, parts in self._terms():
+            edges = base.unsqueeze(1) * base_weight
+            for space, weight, inputs in parts:
+                if inputs is None:
+                    edges = edges + torch.einsum("nik,oik->noi", self.bases[space](x), weight)
+                else:
+                    spline = torch.einsum("nik,oik->noi", self.bases[space](x.index_select(1, inputs)), weight)
+                    edges = edges.index_add(2, inputs, spline)
+            out = edges if index is None else out.index_copy(1, index, edges)
         return out
 
     def edge_l1(self, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,7 +196,7 @@ class SelectableKAN(nn.Module):
         alpha = self.selection
         choice = alpha.argmax(-1)
         for s, space in enumerate(self.spaces):
-            self.spline_scale[space].mul_(alpha[:, s:s + 1])
+            self.spline_scale[space].mul_(alpha[:, s:s + 1] if self.select == "outputs" else alpha[:, s].unsqueeze(0))
         self._become_pruned(choice, keep_values=True)
         return self
 
@@ -184,12 +207,18 @@ class SelectableKAN(nn.Module):
         for s in kept:
             space = self.spaces[s]
             index = (node_space == s).nonzero().flatten()
+            dim = 0 if self.select == "outputs" else 1
+            scale, coef = self.spline_scale[space], self.coef[space]
             if keep_values:
-                scales[space] = nn.Parameter(self.spline_scale[space][index].clone())
-                coefs[space] = nn.Parameter(self.coef[space][index].clone())
+                scales[space] = nn.Parameter(scale.index_select(dim, index).clone())
+                coefs[space] = nn.Parameter(coef.index_select(dim, index).clone())
             else:  # shapes only: values come from a state dict
-                scales[space] = nn.Parameter(self.spline_scale[space].new_empty(len(index), self.in_features))
-                coefs[space] = nn.Parameter(self.coef[space].new_empty(len(index), *self.coef[space].shape[1:]))
+                shape = list(coef.shape)
+                shape[dim] = len(index)
+                scales[space] = nn.Parameter(scale.new_empty(shape[:2]))
+                coefs[space] = nn.Parameter(coef.new_empty(shape))
+            if self.select == "inputs":  # the space now reads only its inputs
+                self.bases[space].select_inputs(index)
         self.spline_scale = nn.ParameterDict(scales)
         self.coef = nn.ParameterDict(coefs)
         self.bases = nn.ModuleDict({self.spaces[s]: self.bases[self.spaces[s]] for s in kept})
@@ -207,7 +236,8 @@ class SelectableKAN(nn.Module):
                 order.append(index)
         self.spaces = tuple(space for space, _ in self._groups)
         # output column j of the concatenated groups is node order[j]; output_order undoes that
-        self.register_buffer("output_order", torch.argsort(torch.cat(order)), persistent=False)
+        if self.select == "outputs":
+            self.register_buffer("output_order", torch.argsort(torch.cat(order)), persistent=False)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -233,10 +263,12 @@ class SelectableKAN(nn.Module):
     def update_grid(self, x: torch.Tensor) -> None:
         """Move every B-spline grid to the inputs ``x [N, in]`` and refit its coefficients so the
         edge functions keep their values on ``x`` (KAN paper §2.4). Other spaces are unchanged."""
+        inputs = dict(self._groups) if self.pruned and self.select == "inputs" else {}
         for space in self.spaces:
             basis = self.bases[space]
             if hasattr(basis, "update_grid"):
-                self.coef[space].copy_(basis.update_grid(x, self.coef[space]))
+                xs = x.index_select(1, inputs[space]) if space in inputs else x
+                self.coef[space].copy_(basis.update_grid(xs, self.coef[space]))
 
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:
@@ -245,7 +277,7 @@ class SelectableKAN(nn.Module):
     def extra_repr(self) -> str:
         state = f", pruned ({', '.join(f'{s}: {len(i)}' for s, i in self._groups)})" if self.pruned else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"spaces={list(self.all_spaces)}{state}")
+                f"spaces={list(self.all_spaces)}, select={self.select!r}{state}")
 
 
 class SKANLinear(SelectableKAN):
@@ -258,6 +290,10 @@ class SKANLinear(SelectableKAN):
         basis_options: options per space, merged under those given in ``spaces``.
         bias: a learnable offset per output node.
         temperature: ``τ`` of the selection softmax (the S-KAN callback lowers it to sharpen).
+        select: ``"outputs"`` (default): each output node selects the space of its incoming
+            edges; ``"inputs"``: each input node selects the space of its outgoing edges (after
+            pruning, each input's basis is evaluated once, in its own space: the cheapest
+            pruned layer).
 
     Example:
         >>> layer = SKANLinear(3, 4, spaces=["bspline", "chebyshev", "fourier"])
