@@ -13,34 +13,81 @@ from actsparse.callbacks import ActivationSwap, ProSparse, SparsityMonitor, Thre
 from actsparse.models import TinyLM
 from actsparse.plugins import FATReLU, find_sites
 
+# arXiv 2402.13516, Appendix L, Table 6 (ProSparse-7B): stage 0 = ReLU substitution (lambda 0),
+# stage 1 = warm-up (held), stages 2-5 = sine increments (3 and 5 repeat the previous lambda).
 PAPER = [(0.0, 5000), (5e-3, 6000), (5e-2, 10000), (5e-2, 12000), (2e-1, 16000), (2e-1, 16500)]
+PAPER_13B = [(0.0, 5500), (5e-3, 6750), (1e-2, 10750), (1e-2, 11000), (2e-2, 15000), (2e-2, 16000)]
 
 
-def eta(t, start, end):
-    return 0.5 * (math.sin(-math.pi / 2 + math.pi * (t - start) / (end - start)) + 1)
+def algorithm_1(table):
+    """lambda for every update t = 1..T_S, written as Alg. 1's loops (after the substitution stage
+    of Table 6, which trains with lambda = 0): an independent reference for the callback."""
+    (_, t0), *stages = table
+    lam = {t: 0.0 for t in range(1, t0 + 1)}
+    lam1, t1 = stages[0]
+    for t in range(t0 + 1, t1 + 1):  # warm-up: lambda_1 from its first step
+        lam[t] = lam1
+    for (lam_prev, t_prev), (lam_i, t_i) in zip(stages, stages[1:]):
+        for t in range(t_prev + 1, t_i + 1):
+            eta = 0.5 * (math.sin(-math.pi / 2 + (t - t_prev) / (t_i - t_prev) * math.pi) + 1)
+            lam[t] = lam_prev + eta * (lam_i - lam_prev)
+    return lam
 
 
 @pytest.mark.parametrize(
     "step, expected",
     [
-        (0, 0.0), (5000, 0.0),                                  # warm-up stage, its end included
-        (5001, 5e-3 * eta(5001, 5000, 6000)),
-        (5250, 5e-3 * 0.5 * (1 - math.sqrt(2) / 2)),            # a quarter into the sine ramp
-        (5500, 2.5e-3),                                         # halfway: eta = 1/2
-        (6000, 5e-3),                                           # stage end reaches lambda_2
-        (8000, 5e-3 + 0.5 * (5e-2 - 5e-3)),
+        (1, 0.0), (5000, 0.0),                                  # substitution stage, its end included
+        (5001, 5e-3), (5500, 5e-3), (6000, 5e-3),               # warm-up held from its first step
+        (6001, 5e-3 + (5e-2 - 5e-3) * 0.5 * (1 - math.cos(math.pi / 4000))),
+        (7000, 5e-3 + (5e-2 - 5e-3) * 0.5 * (1 - math.sqrt(2) / 2)),  # a quarter into the sine rise
+        (8000, 5e-3 + 0.5 * (5e-2 - 5e-3)),                     # halfway: eta = 1/2
         (10000, 5e-2), (11000, 5e-2), (12000, 5e-2),            # equal lambdas: a constant stage
         (14000, 5e-2 + 0.5 * (2e-1 - 5e-2)),
         (16000, 2e-1), (16250, 2e-1), (16500, 2e-1), (10**6, 2e-1),  # after the last stage
     ],
 )
-def test_schedule_matches_design_formula(step, expected):
+def test_schedule_matches_paper_7b_table(step, expected):
     assert ProSparse(PAPER).coefficient(step) == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
-def test_schedule_is_monotone_and_continuous_for_increasing_lambdas():
+@pytest.mark.parametrize("name, table", [("llama2-7b", PAPER), ("llama2-13b", PAPER_13B)])
+def test_schedule_equals_algorithm_1_at_every_step(name, table):
+    reference = algorithm_1(table)
+    cb = ProSparse.preset(name)
+    assert cb.stages == table
+    steps = sorted(reference)
+    got = [cb.coefficient(t) for t in steps]
+    assert got == pytest.approx([reference[t] for t in steps], rel=1e-12, abs=1e-15)
+    assert cb.coefficient(table[-1][1] + 1000) == table[-1][0]
+
+
+def test_presets_scale_steps_and_lambda_but_keep_the_shape():
+    cb = ProSparse.preset("llama2-7b", total_steps=330, final_lambda=4e-3, normalize="element")
+    assert cb.normalize == "element"
+    assert [end for _, end in cb.stages] == [100, 120, 200, 240, 320, 330]
+    assert [lam for lam, _ in cb.stages] == pytest.approx([0.0, 1e-4, 1e-3, 1e-3, 4e-3, 4e-3])
+    assert cb.coefficient(100) == 0.0 and cb.coefficient(101) == pytest.approx(1e-4)  # held warm-up
+    assert cb.coefficient(160) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    with pytest.raises(ValueError, match="too few"):
+        ProSparse.preset("llama2-7b", total_steps=4)
+    with pytest.raises(ValueError, match="Unknown ProSparse preset"):
+        ProSparse.preset("gpt-5")
+
+
+def test_stage_forms_without_substitution_or_with_a_fixed_lambda():
+    assert [ProSparse([(0.03, 0)]).coefficient(t) for t in (0, 1, 50)] == [0.03, 0.03, 0.03]
+    warm_first = ProSparse([(1e-3, 10), (1e-2, 20)])  # no substitution stage: warm-up from t = 1
+    assert warm_first.coefficient(1) == 1e-3 and warm_first.coefficient(10) == 1e-3
+    assert warm_first.coefficient(15) == pytest.approx(5.5e-3)
+    ablation = ProSparse([(0.0, 10), (0.05, 20)])  # Table 5's fixed-lambda ablation
+    assert [ablation.coefficient(t) for t in (10, 11, 20, 99)] == [0.0, 0.05, 0.05, 0.05]
+    assert ProSparse([(0.0, 10)]).coefficient(11) == 0.0
+
+
+def test_schedule_is_monotone_and_continuous_inside_the_sine_stages():
     cb = ProSparse(PAPER)
-    values = [cb.coefficient(t) for t in range(0, 17000, 7)]
+    values = [cb.coefficient(t) for t in range(6000, 17000, 7)]
     assert all(b >= a for a, b in zip(values, values[1:]))
     assert max(abs(b - a) for a, b in zip(values, values[1:])) < 2e-3
 
@@ -129,9 +176,10 @@ def reference_grads(accumulate, lam, precision, normalize="mean"):
     return {f"model.{n}": p.grad / scale for n, p in model.named_parameters()}
 
 
-def lightning_grads(accumulate, lam, precision, normalize="mean", prosparse=True):
+def lightning_grads(accumulate, lam, precision, normalize="mean", prosparse=True, stages=None):
     capture = GradCapture()
-    callbacks = [capture] + ([ProSparse([(lam, 100)], normalize=normalize)] if prosparse else [])
+    stages = stages or [(lam, 100)]
+    callbacks = [capture] + ([ProSparse(stages, normalize=normalize)] if prosparse else [])
     precision_args = {"precision": precision}
     if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; build the fp16 + GradScaler plugin
         from lightning.pytorch.plugins import MixedPrecision
@@ -162,6 +210,15 @@ def test_gradients_equal_hand_written_regularized_loss(precision, accumulate, no
     assert changed >= 4  # the penalty really changes the FFN gradients
 
 
+def test_first_update_is_step_one_of_algorithm_1():
+    """t counts from 1: with the warm-up starting at t = 2, the first update has no penalty."""
+    late = lightning_grads(1, 0.05, "32-true", stages=[(0.0, 1), (0.05, 10)])
+    plain = lightning_grads(1, 0.05, "32-true", prosparse=False)
+    early = lightning_grads(1, 0.05, "32-true", stages=[(0.05, 10)])
+    assert all(torch.equal(late[n], plain[n]) for n in plain)
+    assert not all(torch.equal(early[n], plain[n]) for n in plain)
+
+
 # -- the callbacks in a run ---------------------------------------------------------------------
 
 def fit(callbacks, steps=12, tmp_path=None, logger=False, **trainer_kwargs):
@@ -180,7 +237,7 @@ def fit(callbacks, steps=12, tmp_path=None, logger=False, **trainer_kwargs):
 def test_swap_prosparse_and_threshold_shift_in_one_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    prosparse = ProSparse([(0.0, 4), (0.02, 10)])
+    prosparse = ProSparse([(0.0, 3), (0.02, 10)])
     logger = CSVLogger(tmp_path, name="csv")
     trainer, module = fit([ActivationSwap("relu"), prosparse, ThresholdShift(0.05)], tmp_path=tmp_path,
                           logger=logger)
@@ -192,7 +249,9 @@ def test_swap_prosparse_and_threshold_shift_in_one_run(tmp_path):
     lam = {int(r["step"]): float(r["prosparse/lambda"]) for r in rows if r.get("prosparse/lambda")}
     assert lam  # logged every 2 steps
     for step, value in lam.items():
-        assert value == pytest.approx(prosparse.coefficient(step))  # the lambda of the step just taken
+        # Lightning's logger step counts the batches before this one, so the update just taken is t = step + 1.
+        assert value == pytest.approx(prosparse.coefficient(step + 1))
+    assert lam[3] == pytest.approx(0.02) and lam[1] == 0.0  # t = 2 is in the substitution stage, t = 4 the warm-up
     keys = set(rows[0])
     assert {"prosparse/reg_loss", "sparsity/mean", "sparsity/model.blocks.0.ffn", "sparsity/model.blocks.1.ffn"} <= keys
     sparsity = [float(r["sparsity/mean"]) for r in rows if r.get("sparsity/mean")]
@@ -285,6 +344,8 @@ def test_prosparse_experiment_pipeline(tmp_path, monkeypatch):
     assert res["relu"]["sparsity"] > 0.3
     assert res["prosparse_fatrelu"]["sparsity"] >= res["prosparse"]["sparsity"]  # a higher threshold
     assert res["relu"]["ppl_ratio_to_relu"] == pytest.approx(1.0)
+    assert result["stages"] == [[0.0, 2], [0.01, 6], [0.02, 10]]
+    assert result["fixed_stages"] == [[0.0, 2], [0.02, 12]]  # Table 5: substitution, then lambda held
     for name in ("results.md", "results.json", "tradeoff.png"):
         assert (tmp_path / name).is_file()
     assert "ProSparse + FATReLU" in (tmp_path / "results.md").read_text()

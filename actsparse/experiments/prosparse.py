@@ -3,8 +3,10 @@
 1. Train the tiny LM with SiLU (the dense baseline); cached, so multiruns pay for it once.
 2. Continue it for the same step budget under each regime, with actsparse's callbacks:
    ``silu_dense`` (keep SiLU), ``relu`` (ActivationSwap only), ``relu_fixed`` (ReLU + the final
-   lambda from step 0), ``prosparse`` (ReLU + the staged sine schedule); ``prosparse_fatrelu``
-   is the ProSparse model after ThresholdShift (no further training).
+   lambda held after the substitution stage, the paper's Table 5 ablation), ``prosparse`` (ReLU +
+   the published schedule's shape, ``prosparse.schedule``, scaled to the step budget: substitution,
+   a held warm-up, sine rises); ``prosparse_fatrelu`` is the ProSparse model after ThresholdShift
+   (no further training).
 3. Evaluate every model on the validation set: activation sparsity (zeros over all FFN sites
    and tokens), perplexity, and perplexity relative to ReLU-only; write ``results.md``,
    ``results.json`` and ``tradeoff.png``.
@@ -22,7 +24,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import matplotlib
 
 matplotlib.use("Agg")
@@ -30,9 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from lightning import seed_everything  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
+from actsparse.callbacks.prosparse import paper_stages, validate_stages  # noqa: E402
 from actsparse.data.corpus import cache_dir  # noqa: E402
+from actsparse.experiments import study  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
 from actsparse.report import print_table, save_figure  # noqa: E402
 from actsparse.tasks.lm import CausalLM  # noqa: E402
@@ -49,8 +53,22 @@ LABELS = {
 
 
 def schedule(p: DictConfig) -> list[list[float]]:
-    """Stages in absolute continuation steps: each is (fraction of final lambda, end step)."""
-    return [[float(frac) * p.final_lambda, int(end)] for frac, end in p.stage_fractions]
+    """The ProSparse regime's stages in continuation steps: the preset ``p.schedule`` scaled to
+    ``p.steps`` and ``p.final_lambda``, or ``p.stage_fractions`` (fraction of final lambda, end)."""
+    if p.get("stage_fractions"):
+        stages = validate_stages([(float(frac) * p.final_lambda, int(end)) for frac, end in p.stage_fractions])
+    else:
+        stages = paper_stages(p.schedule, p.steps, p.final_lambda)
+    return [[lam, end] for lam, end in stages]
+
+
+def fixed_schedule(p: DictConfig) -> list[list[float]]:
+    """Fixed lambda: after the schedule's substitution stage (Table 5's ablation), or from step 1."""
+    stages = schedule(p)
+    substitution_end = stages[0][1] if stages[0][0] == 0 and p.get("fixed_after_substitution", True) else 0
+    if substitution_end == 0:
+        return [[float(p.final_lambda), 0]]
+    return [[0.0, substitution_end], [float(p.final_lambda), max(p.steps, substitution_end + 1)]]
 
 
 def _regime_config(cfg: DictConfig, regime: str, init_from: Path, out_dir: Path) -> DictConfig:
@@ -70,7 +88,7 @@ def _regime_config(cfg: DictConfig, regime: str, init_from: Path, out_dir: Path)
             c.callbacks.activation_swap = {"_target_": "actsparse.callbacks.ActivationSwap", "activation": "relu"}
             c.callbacks.sparsity = {"_target_": "actsparse.callbacks.SparsityMonitor"}
         if regime in ("relu_fixed", "prosparse"):
-            stages = [[float(p.final_lambda), 0]] if regime == "relu_fixed" else schedule(p)
+            stages = fixed_schedule(p) if regime == "relu_fixed" else schedule(p)
             c.callbacks.prosparse = {"_target_": "actsparse.callbacks.ProSparse", "stages": stages,
                                      "normalize": p.normalize}
     return c
@@ -102,13 +120,12 @@ def _pretrain(cfg: DictConfig, run_dir: Path) -> Path:
     return cached
 
 
-def evaluate(checkpoint: str | Path, activation: str, threshold: float | None, datamodule: L.LightningDataModule,
-             limit_val_batches: Any) -> dict[str, float]:
+def evaluate(cfg: DictConfig, checkpoint: str | Path, activation: str, threshold: float | None,
+             datamodule: Any) -> dict[str, float]:
     """Validation loss, perplexity and activation sparsity of a checkpoint run with ``activation``."""
     task = CausalLM.load_from_checkpoint(checkpoint, map_location="cpu")
     swap_activation(task, activation, threshold=threshold)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=limit_val_batches)
+    trainer = study.trainer(cfg, enable_progress_bar=False, limit_val_batches=cfg.trainer.get("limit_val_batches", 1.0))
     with record(task, what="zero_fraction") as rec:
         (metrics,) = trainer.validate(task, datamodule=datamodule, verbose=False)
     return {"val_loss": metrics["val/loss"], "val_ppl": metrics["val/ppl"], "sparsity": rec.zero_fraction()}
@@ -119,10 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = [r for r in p.regimes if r not in REGIMES]
     if unknown:
         raise ValueError(f"Unknown prosparse.regimes {unknown}; choose from {', '.join(REGIMES)}.")
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True)
+    run_dir = study.prepare(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -135,50 +149,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trained.append("prosparse")
     for regime in trained:
         print(f"[prosparse] regime {regime}: {p.steps} steps from the SiLU baseline", flush=True)
-        L.seed_everything(cfg.seed, workers=True)
+        seed_everything(cfg.seed, workers=True)
         summary = train(_regime_config(cfg, regime, base, run_dir / regime))
         checkpoints[regime] = summary["checkpoint"]
-    limit = cfg.trainer.get("limit_val_batches", 1.0)
     for regime in p.regimes:
         if regime == "prosparse_fatrelu":
-            results[regime] = evaluate(checkpoints["prosparse"], "fatrelu", p.threshold, datamodule, limit)
+            results[regime] = evaluate(cfg, checkpoints["prosparse"], "fatrelu", p.threshold, datamodule)
         else:
             activation = "silu" if regime == "silu_dense" else "relu"
-            results[regime] = evaluate(checkpoints[regime], activation, None, datamodule, limit)
+            results[regime] = evaluate(cfg, checkpoints[regime], activation, None, datamodule)
     reference = results.get("relu", {}).get("val_ppl")
     for values in results.values():
         values["ppl_ratio_to_relu"] = values["val_ppl"] / reference if reference else float("nan")
 
     rows = [{"regime": LABELS[r], "activation sparsity": f"{v['sparsity']:.2%}", "val perplexity": v["val_ppl"],
              "ppl / ReLU-only": v["ppl_ratio_to_relu"]} for r, v in results.items()]
-    text = print_table(rows, title=f"ProSparse in miniature (final λ = {p.final_lambda}, {p.steps} steps per regime)")
-    payload = {"final_lambda": p.final_lambda, "stages": schedule(p), "steps": p.steps,
-               "pretrain_steps": p.pretrain_steps, "threshold": p.threshold, "results": results}
-    (run_dir / "results.json").write_text(json.dumps(payload, indent=2))
-    (run_dir / "results.md").write_text(_markdown(rows) + "\n")
-    (run_dir / "results.txt").write_text(text)
+    stage_rows = [{"regime": LABELS[r], "stages (λ, end step)": ", ".join(f"({lam:.3g}, {end})" for lam, end in st)}
+                  for r, st in (("relu_fixed", fixed_schedule(p)), ("prosparse", schedule(p))) if r in p.regimes]
+    payload = {"final_lambda": p.final_lambda, "schedule": p.get("schedule"), "stages": schedule(p),
+               "fixed_stages": fixed_schedule(p), "steps": p.steps, "pretrain_steps": p.pretrain_steps,
+               "threshold": p.threshold, "results": results}
+    title = f"ProSparse in miniature (final λ = {p.final_lambda}, {p.steps} steps per regime)"
+    study.write_results(run_dir, {title: rows, "Schedules": stage_rows}, payload)
     plot_tradeoff(results, run_dir / "tradeoff.png")
     return {"val loss": results.get("prosparse", next(iter(results.values())))["val_loss"], **payload}
 
 
-def _markdown(rows: list[dict[str, Any]]) -> str:
-    head = list(rows[0])
-    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines)
-
-
 def plot_tradeoff(results: dict[str, dict[str, float]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for regime, v in results.items():
-        ax.scatter(v["sparsity"] * 100, v["val_ppl"], s=50)
-        ax.annotate(LABELS[regime], (v["sparsity"] * 100, v["val_ppl"]), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+    # A legend, not text next to the points: close points (ProSparse with and without FATReLU)
+    # made annotations overlap.
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    markers = "osD^v"
+    for i, (regime, v) in enumerate(results.items()):
+        ax.scatter(v["sparsity"] * 100, v["val_ppl"], s=55, marker=markers[i % len(markers)], alpha=0.85,
+                   label=f"{LABELS[regime]} ({v['sparsity']:.1%}, {v['val_ppl']:.3f})")
     ax.set_xlabel("activation sparsity (%)")
     ax.set_ylabel("validation perplexity")
     ax.set_title("Sparsity vs perplexity per regime")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     save_figure(fig, path)
 
 
@@ -196,13 +205,14 @@ class FrontierPlot(HydraCallback):
                 points.setdefault(regime, []).append((data["final_lambda"], v["sparsity"], v["val_ppl"]))
         if not points:
             return
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
         rows = []
-        for regime, pts in points.items():
+        for k, (regime, pts) in enumerate(points.items()):
             pts.sort()
             ax.plot([s * 100 for _, s, _ in pts], [q for _, _, q in pts], marker="o", label=LABELS[regime])
-            for lam, s, q in pts:
-                ax.annotate(f"λ={lam:g}", (s * 100, q), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for lam, s, q in pts:  # one regime's labels above its points, the next one's below
+                ax.annotate(f"λ={lam:g}", (s * 100, q), textcoords="offset points", fontsize=7,
+                            xytext=(-6, 8) if k % 2 == 0 else (4, -12))
                 rows.append({"regime": LABELS[regime], "final λ": lam, "activation sparsity": f"{s:.2%}",
                              "val perplexity": q})
         ax.set_xlabel("activation sparsity (%)")
@@ -211,5 +221,9 @@ class FrontierPlot(HydraCallback):
         ax.grid(alpha=0.3)
         ax.legend()
         save_figure(fig, sweep_dir / "frontier.png")
-        (sweep_dir / "frontier.md").write_text(_markdown(rows) + "\n")
+        (sweep_dir / "frontier.md").write_text(study.markdown_table(rows) + "\n")
         print_table(rows, title="ProSparse frontier")
+
+
+if __name__ == "__main__":
+    study.alias_main("prosparse")
