@@ -200,6 +200,20 @@ def test_matched_mlp_has_the_same_effective_parameter_count():
     assert mlp(torch.randn(2, 64), None).shape == (2, 10)
 
 
+def test_model_configs_instantiate():
+    from hydra.utils import instantiate
+
+    from actsparse.experiments import study
+    from actsparse.models.dendritic import ContextFree
+
+    cfg = study.compose("dendrites", ["model=dendritic_matched_mlp"])
+    mlp = instantiate(cfg.model, _convert_="all")
+    assert isinstance(mlp, ContextFree) and mlp.model.widths == [136, 136]
+    dendritic = instantiate(study.compose("dendrites").model, _convert_="all")
+    assert isinstance(dendritic, DendriticMLP) and dendritic.context_dim == 5
+    assert abs(mlp.num_parameters() - dendritic.num_parameters()) / dendritic.num_parameters() < 0.01
+
+
 def test_permuted_digits_tasks():
     dm = PermutedDigitsDataModule(num_tasks=3, seed=0)
     dm.setup()

@@ -178,9 +178,10 @@ def simulate_noise_overlaps(n: int, a: int, s: int, noise: float, trials: int, s
     pattern of ``a`` cells) still see active cells after ``round(noise·a)`` (half up) of the
     pattern's active cells are replaced by random cells outside it.
 
-    ``fixed_pattern=True`` (fast) stores the pattern ``0..a-1`` (symmetry of labels, as in
-    :func:`simulate_false_match_overlaps`): synapses and switched-off cells are random subsets of
-    it and replacement cells lie outside it, so the count is ``|segment \\ switched off|``.
+    ``fixed_pattern=True`` (fast) stores the pattern ``0..a-1`` with synapses on ``0..s-1``
+    (symmetry of labels, as in :func:`simulate_false_match_overlaps`): the switched-off cells are
+    a uniformly random subset of the pattern and replacement cells lie outside it, so the count
+    is the number of cells ``< s`` not switched off.
     ``False`` draws the stored pattern and the replacement cells and intersects index sets."""
     _check(n, a, s, trials)
     if s > a:
@@ -196,9 +197,13 @@ def simulate_noise_overlaps(n: int, a: int, s: int, noise: float, trials: int, s
     while done < trials:
         t = min(chunk, trials - done)
         if fixed_pattern:
-            segment = random_sdrs(t, a, s, generator, device)  # synapses on cells 0..a-1
-            off = random_sdrs(t, a, v, generator, device)  # cells switched off
-            counts = s - count_overlaps(segment, off)
+            # stored pattern = cells 0..a-1 and, as the switched-off cells are a uniformly random
+            # subset of it independent of the synapses, synapses = cells 0..s-1; draw the smaller
+            # of the switched-off and the kept sets
+            if 2 * v <= a:
+                counts = s - (random_sdrs(t, a, v, generator, device) < s).sum(1)
+            else:
+                counts = (random_sdrs(t, a, a - v, generator, device) < s).sum(1)
         else:
             stored = random_sdrs(t, n, a, generator, device)
             order = torch.rand(t, a, generator=generator, device=device).argsort(dim=1)
