@@ -12,6 +12,8 @@ import torch.distributed as dist
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 from typing_extensions import override
 
 
@@ -20,8 +22,52 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint given by ``ckpt_path=`` / ``init_from=`` that cannot be used (see
+    ``actsparse.train.check_checkpoint``)."""
+
+
+class DistributedWorkerError(RuntimeError):
+    """A worker process of a spawned DDP run died or failed; the others were stopped."""
+
+
+class _ReportingLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn launcher, with a worker's death reported as what happened and what is
+    safe to resume from, instead of torch's bare ``ProcessExitedException``.
+
+    Bounded time: when a worker dies, the survivors fail at their next collective (gloo sees
+    the closed connection) or torch stops them (SIGTERM, then SIGKILL 30 s later).
+    """
+
+    @override
+    def launch(self, function: Any, *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().launch(function, *args, trainer=trainer, **kwargs)
+        except (ProcessExitedException, ProcessRaisedException) as err:
+            raise DistributedWorkerError(_worker_failure(err, trainer)) from err
+
+
+def _worker_failure(err: Exception, trainer: Any) -> str:
+    rank = getattr(err, "error_index", "?")
+    if isinstance(err, ProcessRaisedException):
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        what = f"raised {lines[-1].strip()}" if lines else "raised an exception"
+    else:
+        signal_name = getattr(err, "signal_name", None)
+        what = f"was killed by {signal_name}" if signal_name else f"exited with code {getattr(err, 'exit_code', '?')}"
+    message = f"DDP worker {rank} {what}; the other workers were stopped and the run ended."
+    callback = getattr(trainer, "checkpoint_callback", None)
+    last = Path(callback.dirpath) / "last.ckpt" if callback is not None and callback.dirpath else None
+    if last is not None and last.is_file():
+        message += f" Checkpoints saved before are intact; resume with ckpt_path={last}"
+    else:
+        message += " No checkpoint had been saved yet."
+    return message
+
+
 class CleanExitDDPStrategy(DDPStrategy):
-    """``DDPStrategy`` whose worker processes destroy their process group when they exit.
+    """``DDPStrategy`` whose worker processes destroy their process group when they exit, and
+    whose spawned runs report a dead worker clearly (:class:`DistributedWorkerError`).
 
     Lightning leaves the group to interpreter shutdown; there, gloo's threads are occasionally
     torn down while still joinable and the spawned worker aborts ("terminate called without an
@@ -33,6 +79,12 @@ class CleanExitDDPStrategy(DDPStrategy):
     def setup_distributed(self) -> None:
         super().setup_distributed()
         atexit.register(_destroy_process_group)
+
+    @override
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if type(self._launcher) is _MultiProcessingLauncher:
+            self._launcher.__class__ = _ReportingLauncher
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -33,7 +33,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from actsparse.data.corpus import CorpusError
-from actsparse.strategies import AtomicCheckpointIO
+# The error classes live in imported modules, not here: `python -m actsparse.train` runs this
+# file as __main__ while Hydra's entry imports actsparse.train again, and `except` must match both.
+from actsparse.strategies import AtomicCheckpointIO, CheckpointError, DistributedWorkerError
 from actsparse.tasks.lm import CausalLM  # noqa: F401  (the default task; importable for Hydra)
 
 log = logging.getLogger(__name__)
@@ -42,10 +44,6 @@ LOG_FILE = "train.log"
 WANDB_ID_FILE = "wandb_run_id"  # the run's W&B id, so a resume continues the same W&B run
 _LIGHTNING_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 _LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint given by ``ckpt_path=`` / ``init_from=`` that cannot be used."""
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -392,7 +390,8 @@ def _finish_wandb(loggers: list[Any]) -> None:
 
 # -- the CLI ----------------------------------------------------------------------------------
 
-USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, CheckpointError)
+# Errors that get one line on the console (the traceback still goes to train.log).
+USER_ERRORS: tuple[type[BaseException], ...] = (CorpusError, CheckpointError, DistributedWorkerError)
 
 
 def _user_error(err: BaseException) -> BaseException | None:
@@ -418,7 +417,8 @@ def main(cfg: DictConfig) -> float | None:
         bad_input = _user_error(err)
         if bad_input is None:
             raise
-        # Bad input gets one line, like Hydra's config errors; the traceback is in train.log.
+        # Bad input (and a dead DDP worker) gets one line, like Hydra's config errors; the
+        # traceback is in train.log.
         print(f"Error: {bad_input}", file=sys.stderr, flush=True)
         sys.exit(1)
     return summary.get("val loss")  # the value a Hydra sweeper would optimize

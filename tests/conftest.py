@@ -47,3 +47,37 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
         [sys.executable, "-m", "actsparse.train", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+# -- fault injection (tests/test_faults.py) ---------------------------------------------------
+# Callbacks given by `_target_` in a run's config; they live here so spawned DDP workers can
+# import them (spawn passes sys.path, and tests/ is on it).
+
+import lightning as _L  # noqa: E402
+
+
+class CrashAt(_L.Callback):
+    """Raise after optimizer step ``step`` on rank ``rank``: a crash mid-run."""
+
+    def __init__(self, step: int, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            raise RuntimeError(f"injected crash at step {self.step}")
+
+
+class KillWorker(_L.Callback):
+    """SIGKILL rank ``rank`` after optimizer step ``step`` (a worker that dies), noting the time."""
+
+    def __init__(self, step: int, rank: int = 1, stamp: str | None = None) -> None:
+        self.step, self.rank, self.stamp = step, rank, stamp
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            import signal
+            import time
+
+            if self.stamp:
+                Path(self.stamp).write_text(str(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
