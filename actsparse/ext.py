@@ -6,10 +6,13 @@ the CUDA version, a hash of the sources and build flags, and the CPU's instructi
 code is built with ``-march=native``, so a cache shared between machines must not mix them).
 Later processes load the cached library in well under a second.
 
-``ACTSPARSE_CACHE_DIR`` moves the cache (default ``~/.cache/actsparse``); ``ACTSPARSE_NO_EXT=1``
-skips the extension entirely. Without a C++ compiler (or when the build fails) a single warning
-is emitted and callers fall back to the pure PyTorch reference path; without a CUDA toolkit the
-extension is built for CPU only and CUDA tensors take the reference path.
+``ACTSPARSE_CACHE_DIR`` moves the cache (default ``~/.cache/actsparse``, see
+:func:`actsparse.runtime.cache_dir`); ``ACTSPARSE_NO_EXT=1`` skips the extension entirely. Without a
+C++ compiler (or when the build fails) a single warning is emitted and callers fall back to the
+pure PyTorch reference path; without a CUDA toolkit the extension is built for CPU only and CUDA
+tensors take the reference path, with one warning of their own (:func:`warn_no_cuda_kernels`).
+However the ops got registered (fresh build, cached build, a library loaded by someone else),
+:func:`load` registers their fake (shape) implementations, so they trace under ``torch.compile``.
 
 Example:
     >>> from actsparse import ext
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from actsparse.runtime import cache_dir
+
 # The sources ship as package data (csrc/ in the repository, actsparse/csrc/ when installed).
 CSRC = Path(str(importlib.resources.files("actsparse.csrc")))
 CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp")
@@ -40,7 +45,8 @@ CUDA_SOURCES = ("sparse_ffn_cuda.cu",)
 HEADERS = ("sparse_ffn.h",)
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
-# H100/H200 (sm_90) plus a PTX fallback; override with TORCH_CUDA_ARCH_LIST as usual.
+# Built for the visible GPU's architecture (TORCH_CUDA_ARCH_LIST overrides, as usual).
+# bench/sparse_ffn_nvcc_check.py compiles with the same flags for sm_90 on machines without a GPU.
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 
 
@@ -58,12 +64,6 @@ class ExtStatus:
 
 _lock = threading.Lock()
 _status: ExtStatus | None = None
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are cached (``ACTSPARSE_CACHE_DIR`` or ``~/.cache/actsparse``)."""
-    root = os.environ.get("ACTSPARSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "actsparse")
-    return Path(root) / "ext"
 
 
 def _cpu_fingerprint() -> str:
@@ -84,7 +84,7 @@ def _build_dir(sources: list[Path], with_cuda: bool) -> Path:
     digest.update(repr((CFLAGS, LDFLAGS, CUDA_FLAGS, os.environ.get("TORCH_CUDA_ARCH_LIST"))).encode())
     cuda_tag = f"cu{torch.version.cuda}" if with_cuda else "cpu"
     name = f"torch{torch.__version__}-{cuda_tag}-py{sys.version_info[0]}{sys.version_info[1]}-{_cpu_fingerprint()}-{digest.hexdigest()[:12]}"
-    return cache_dir() / name.replace("+", "_")
+    return cache_dir(None, "ext") / name.replace("+", "_")
 
 
 def _want_cuda() -> tuple[bool, str]:
@@ -98,7 +98,7 @@ def _want_cuda() -> tuple[bool, str]:
 
 
 def _compile(with_cuda: bool, verbose: bool) -> str:
-    from torch.utils.cpp_extension import load as cpp_load
+    from torch.utils.cpp_extension import is_ninja_available, load as cpp_load
 
     sources = [CSRC / s for s in CPU_SOURCES] + ([CSRC / s for s in CUDA_SOURCES] if with_cuda else [])
     build = _build_dir(sources, with_cuda)
@@ -107,6 +107,8 @@ def _compile(with_cuda: bool, verbose: bool) -> str:
         # Only the visible GPU's architecture: a fat build for every arch takes minutes.
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    if not is_ninja_available() or os.environ.get("ACTSPARSE_BUILD_WITHOUT_NINJA", "") not in ("", "0"):
+        return _compile_direct(sources, build, with_cuda, verbose)
     return cpp_load(
         name="actsparse_C",
         sources=[str(s) for s in sources],
@@ -119,6 +121,79 @@ def _compile(with_cuda: bool, verbose: bool) -> str:
         is_python_module=False,
         verbose=verbose,
     )
+
+
+def _cudart_link_args(cuda_home: Path) -> list[str]:
+    """How to link the CUDA runtime: the toolkit's libcudart.so, wherever this install keeps it
+    (lib64, lib, targets/<arch>/lib), else the versioned one shipped with torch's wheels."""
+    nvcc = Path(os.path.realpath(cuda_home / "bin" / "nvcc"))
+    roots = [cuda_home, nvcc.parents[1], Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"))]
+    for root in roots:
+        for sub in ("lib64", "lib", f"targets/{platform.machine()}-linux/lib"):
+            if (root / sub / "libcudart.so").exists():
+                return [f"-L{root / sub}", "-lcudart"]
+    for lib in sorted((Path(torch.__file__).parents[1] / "nvidia").glob("**/libcudart.so*")):
+        return [str(lib)]
+    return ["-lcudart"]  # the linker's default paths, or its error naming the library
+
+
+def _compile_direct(sources: list[Path], build: Path, with_cuda: bool, verbose: bool) -> str:
+    """Build without ninja (``cpp_extension.load`` requires it): one compiler call per source,
+    in parallel, then one link, then ``torch.ops.load_library``. For machines where ninja is
+    neither installed nor installable (no network)."""
+    import inspect
+    import subprocess
+
+    from torch.utils import cpp_extension as ce
+
+    library = build / "actsparse_C.so"
+    if not library.exists():
+        device_type = "cuda" if with_cuda else "cpu"
+        try:
+            includes = ce.include_paths(device_type=device_type)
+            lib_dirs = ce.library_paths(device_type=device_type)
+        except TypeError:  # torch < 2.6 spelled it cuda=True
+            includes, lib_dirs = ce.include_paths(cuda=with_cuda), ce.library_paths(cuda=with_cuda)
+        std = "-std=c++20" if "c++20" in inspect.getsource(ce) else "-std=c++17"
+        abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+        defines = [abi, "-DTORCH_EXTENSION_NAME=actsparse_C", "-DTORCH_API_INCLUDE_EXTENSION_H"]
+        inc = [f"-I{p}" for p in [str(CSRC), *includes]]
+        cxx = os.environ.get("CXX", "c++")
+        jobs, objects = [], []
+        for src in sources:
+            obj = build / (src.name + ".o")
+            objects.append(obj)
+            if src.suffix == ".cu":
+                nvcc = str(Path(ce.CUDA_HOME) / "bin" / "nvcc")
+                archs = [a.strip() for a in os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split() if a.strip()]
+                gencode = [f"-gencode=arch=compute_{a.replace('.', '').replace('+PTX', '')},"
+                           f"code=sm_{a.replace('.', '').replace('+PTX', '')}" for a in archs]
+                cmd = [nvcc, "-c", str(src), "-o", str(obj), *inc, *defines, std, "--expt-relaxed-constexpr",
+                       "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                       "-Xcompiler", "-fPIC", *gencode, *CUDA_FLAGS]
+            else:
+                cmd = [cxx, "-c", str(src), "-o", str(obj), *inc, *defines, std, "-fPIC", *CFLAGS,
+                       *(["-DACTSPARSE_WITH_CUDA"] if with_cuda else [])]
+            if verbose:
+                print(" ".join(cmd), flush=True)
+            jobs.append((cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        for cmd, job in jobs:
+            output = job.communicate()[0]
+            if job.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{output[-4000:]}")
+        libs = ["-lc10", "-ltorch", "-ltorch_cpu"]
+        if with_cuda:
+            libs += ["-lc10_cuda", "-ltorch_cuda", *_cudart_link_args(Path(ce.CUDA_HOME))]
+        tmp = build / f"actsparse_C.{os.getpid()}.so"  # atomic: other processes may be loading
+        link = [cxx, "-shared", *map(str, objects), "-o", str(tmp), *[f"-L{d}" for d in lib_dirs], *libs,
+                *[f"-Wl,-rpath,{d}" for d in lib_dirs], *LDFLAGS]
+        proc = subprocess.run(link, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"linking failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        os.replace(tmp, library)
+    torch.ops.load_library(str(library))
+    return str(library)
 
 
 def load(verbose: bool = False) -> ExtStatus:
@@ -140,6 +215,7 @@ def _load(verbose: bool) -> ExtStatus:
         return ExtStatus(False, reason="ACTSPARSE_NO_EXT is set: using the PyTorch reference path")
     if _has_kernel("CPU"):  # registered by an earlier load (or an installed build)
         cuda = _has_kernel("CUDA")
+        _register_fakes()
         return ExtStatus(True, cuda=cuda, reason="already loaded", devices={"cpu", "cuda"} if cuda else {"cpu"})
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return _unavailable("no C++ compiler found (install g++ or set CXX)")
@@ -178,8 +254,20 @@ def _unavailable(reason: str) -> ExtStatus:
     return ExtStatus(False, reason=reason)
 
 
+_fakes_registered = False
+
+
 def _register_fakes() -> None:
-    """Shape functions so the ops trace under torch.compile / FakeTensor (no kernel runs)."""
+    """Shape functions so the ops trace under torch.compile / FakeTensor (no kernel runs).
+
+    Called on every path that finds the ops registered; registering twice is an error in
+    torch.library, so the first registration in this process wins.
+    """
+    global _fakes_registered
+    if _fakes_registered or _has_fake("actsparse::sparse_ffn"):
+        _fakes_registered = True
+        return
+    _fakes_registered = True
 
     def out_like(x, w_out_t):
         return x.new_empty((x.shape[0], w_out_t.shape[1]))
@@ -196,6 +284,42 @@ def _register_fakes() -> None:
         return out_like(x, w_proj_t)
 
 
+def _has_fake(qualname: str) -> bool:
+    try:
+        from torch._library.simple_registry import singleton
+
+        return singleton.find(qualname).fake_impl.kernel is not None
+    except Exception:  # private API moved: registering again raises, which the caller sees
+        return False
+
+
+def has_fake_kernels() -> bool:
+    """Whether both ops have fake (shape) implementations registered in this process."""
+    return _has_fake("actsparse::sparse_ffn") and _has_fake("actsparse::sparse_gated_ffn")
+
+
+_warned_no_cuda = False
+
+
+def warn_no_cuda_kernels() -> None:
+    """One warning per process: a CUDA tensor met the sparse FFN but no CUDA kernel serves it.
+
+    The pure PyTorch reference path then runs: correct, but slower than the dense FFN on a GPU
+    (it gathers rows and reads the union size back to the host).
+    """
+    global _warned_no_cuda
+    if _warned_no_cuda or os.environ.get("ACTSPARSE_NO_EXT", "") not in ("", "0"):
+        return
+    _warned_no_cuda = True
+    warnings.warn(
+        f"actsparse: no compiled CUDA kernels ({load().reason}); CUDA tensors take the pure PyTorch "
+        "reference path, which is slower than dense on a GPU. Install a CUDA toolkit matching torch "
+        f"(torch {torch.__version__} is built for CUDA {torch.version.cuda}; set CUDA_HOME) and ninja, then "
+        "restart; set ACTSPARSE_NO_EXT=1 to silence this.",
+        stacklevel=4,
+    )
+
+
 def supports(device: torch.device | str) -> bool:
     """Whether compiled kernels serve tensors on ``device`` (builds on first call)."""
     status = load()
@@ -204,7 +328,8 @@ def supports(device: torch.device | str) -> bool:
 
 def reset_for_tests() -> None:
     """Forget the cached status (tests toggle ``ACTSPARSE_NO_EXT``); a loaded library stays loaded."""
-    global _status
+    global _status, _warned_no_cuda
+    _warned_no_cuda = False
     with _lock:
         if _status is not None and _status.available:
             return

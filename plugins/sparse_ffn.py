@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -49,25 +49,39 @@ __all__ = [
     "sparse_gated_ffn",
 ]
 
-# Union fraction of active neurons above which up/down run dense, per device. Measured with
-# `python -m actsparse.bench sparse-ffn` (docs/sparse_ffn.md): on the 2-core CPU the sparse
-# kernels stream at least as fast as MKL's dense GEMV for batches <= 8 at any union, so only
-# larger batches (compute-bound, where MKL's GEMM wins) switch to dense. On CUDA the kernels never
-# read the union back to the host (that would synchronize and break CUDA graphs); batches above
-# 8 rows go to cuBLAS inside the op instead, so the value only matters when it is 0 (force dense).
+# Union fraction of active neurons above which up/down run dense, per device and batch size.
+# Measured with `python -m actsparse.bench sparse-ffn` (docs/sparse_ffn.md). CPU: the sparse
+# kernels stream at least as fast as MKL's dense GEMV for batches <= 8 at any union, so those stay
+# sparse; batches 9-15 compute the gate with MKL and finish dense above a 50% union; from 16 rows
+# on the union of random-ish patterns is nearly everything and MKL's GEMM wins, so the op goes
+# straight to dense (no mask pass, no compaction: never slower than dense). CUDA: the kernels
+# never read the union back to the host (that would synchronize and break CUDA graphs), so the
+# choice is made here from the batch size alone: up to _CUDA_MAX_SPARSE_BATCH rows run the fused
+# sparse kernel, larger batches go to cuBLAS (bench/gpu_check.py measures where the crossover is).
 _CPU_SMALL_BATCH = 8
-_CPU_LARGE_BATCH_DENSE_ABOVE = 0.5
+_CPU_DENSE_BATCH = 16
+_CPU_MID_BATCH_DENSE_ABOVE = 0.5
+_CUDA_MAX_SPARSE_BATCH = 8
 
 
 def default_dense_above(device: torch.device | str, batch: int) -> float:
-    """The ``dense_above`` used when none is given (see the module docstring for the source).
+    """The ``dense_above`` used when none is given (see the comment above for the source).
+
+    ``1`` keeps the sparse kernels at any union, ``0`` dispatches straight to the dense path.
 
     Example:
-        >>> default_dense_above("cpu", 1), default_dense_above("cpu", 32)
-        (1.0, 0.5)
+        >>> default_dense_above("cpu", 1), default_dense_above("cpu", 12), default_dense_above("cpu", 32)
+        (1.0, 0.5, 0.0)
+        >>> default_dense_above("cuda", 4), default_dense_above("cuda", 16)
+        (1.0, 0.0)
     """
-    if torch.device(device).type == "cpu" and batch > _CPU_SMALL_BATCH:
-        return _CPU_LARGE_BATCH_DENSE_ABOVE
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return 1.0 if batch <= _CUDA_MAX_SPARSE_BATCH else 0.0
+    if batch >= _CPU_DENSE_BATCH:
+        return 0.0
+    if batch > _CPU_SMALL_BATCH:
+        return _CPU_MID_BATCH_DENSE_ABOVE
     return 1.0
 
 
@@ -75,6 +89,30 @@ def default_dense_above(device: torch.device | str, batch: int) -> float:
 
 def _fatrelu(z: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(z >= threshold, z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+_warned_capture = False
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _gather_allowed(x: torch.Tensor, dense_above: float) -> bool:
+    """Whether the reference may gather active rows: that reads the union size back to the host
+    (``nonzero``), which CUDA-graph capture forbids. Under capture it computes the same values
+    densely instead, and says so once."""
+    global _warned_capture
+    if dense_above <= 0:
+        return False
+    if _capturing(x):
+        if not _warned_capture:
+            _warned_capture = True
+            warnings.warn("actsparse: the sparse FFN's PyTorch reference path is being captured in a CUDA graph; "
+                          "it runs dense there (a gather would synchronize with the host and break the capture). "
+                          "Build the CUDA kernels (see actsparse.ext) for a sparse, capturable op.", stacklevel=4)
+        return False
+    return True
 
 
 def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None,
@@ -87,9 +125,9 @@ def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b
         tensor([[4., 4.]])
     """
     z = F.linear(x, w_gate, b_gate)
-    keep = z >= threshold
-    active = keep.any(0).nonzero().squeeze(1)
-    if active.numel() > dense_above * w_gate.shape[0]:
+    gather = _gather_allowed(x, dense_above)
+    active = (z >= threshold).any(0).nonzero().squeeze(1) if gather else None
+    if not gather or active.numel() > dense_above * w_gate.shape[0]:
         h = _fatrelu(z, threshold) * F.linear(x, w_up, b_up)
         out = h @ w_down_t
     else:
@@ -107,8 +145,9 @@ def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dens
         tensor([[2., 0.]])
     """
     z = F.linear(x, w_fc, b_fc)
-    active = (z >= threshold).any(0).nonzero().squeeze(1)
-    if active.numel() > dense_above * w_fc.shape[0]:
+    gather = _gather_allowed(x, dense_above)
+    active = (z >= threshold).any(0).nonzero().squeeze(1) if gather else None
+    if not gather or active.numel() > dense_above * w_fc.shape[0]:
         out = _fatrelu(z, threshold) @ w_proj_t
     else:
         out = _fatrelu(z.index_select(1, active), threshold) @ w_proj_t.index_select(0, active)
@@ -117,8 +156,9 @@ def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dens
 
 # -- the fronts --------------------------------------------------------------------------------------
 
-def _check(op: str, x, weights: dict, biases: dict, d_out_name: str) -> None:
-    """The reference path's argument checks (the compiled ops run the same checks in C++)."""
+def _validate_reference_args(op: str, x, weights: dict, biases: dict, d_out_name: str) -> None:
+    """The reference path's argument checks. The compiled ops check their arguments in C++
+    (csrc/ops.cpp, check_ffn_args) with the same messages; the fronts themselves only route."""
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{op}: x must be [..., d] with d > 0, got shape {tuple(x.shape)}.")
     f = None
@@ -158,6 +198,8 @@ def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
     from actsparse import ext
 
     ok = ext.supports(x.device)
+    if not ok and x.is_cuda and backend == "auto":
+        ext.warn_no_cuda_kernels()
     if backend == "ext" and not ok:
         raise RuntimeError(f"backend='ext' but no compiled kernel serves {x.device}: {ext.load().reason}")
     return ok
@@ -196,7 +238,7 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
                                                  dense_above)
     else:
-        _check(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
+        _validate_reference_args(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
                {"b_gate": b_gate, "b_up": b_up, "b_down": b_down}, "w_down_t")
         y = reference_gated_ffn(x2, w_gate, w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above)
     return y.reshape(*x.shape[:-1], w_down_t.shape[1])
@@ -221,20 +263,41 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
         y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above)
     else:
-        _check(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
+        _validate_reference_args(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
         y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above)
     return y.reshape(*x.shape[:-1], w_proj_t.shape[1])
 
 
 # -- conversion ----------------------------------------------------------------------------------------
 
+# Activations that equal FATReLU_0 everywhere (relu(0) = 0 = FATReLU_0(0)), as modules,
+# functions (PyTorch's nn.TransformerEncoderLayer stores F.relu) or names.
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.Tensor.relu)
+_RELU_NAMES = ("relu",)
+
+
 def _threshold_of(site: Site) -> float:
     act = site.activation
     if isinstance(act, FATReLU):
         return act.threshold
     if isinstance(act, nn.ReLU):
-        return 0.0  # relu(z) and FATReLU_0(z) agree everywhere (z = 0 gives 0 either way)
-    name = type(act).__name__ if isinstance(act, nn.Module) else ("a functional call" if act is None else repr(act))
+        return 0.0
+    if isinstance(act, str):
+        if act.lower() in _RELU_NAMES:
+            return 0.0
+        name = repr(act)
+    elif callable(act) and not isinstance(act, nn.Module):
+        if any(act is fn for fn in _RELU_FUNCTIONS):
+            return 0.0
+        name = f"the function {getattr(act, '__qualname__', repr(act))}"
+    elif act is None:
+        raise TypeError(
+            f"Site {site.name!r} ({type(site.owner).__name__}) computes its activation as a functional call "
+            "inside forward(), so conversion cannot tell which one it is. Make it an attribute (self.act = "
+            "nn.ReLU()) or register the block with actsparse.plugins.register_ffn(..., act='act')."
+        )
+    else:
+        name = type(act).__name__
     raise TypeError(
         f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU activations only (zeros are "
         "what it skips). Swap the activation first (actsparse.plugins.swap_activation(model, 'relu') or "
@@ -267,6 +330,11 @@ class SparseFFN(nn.Module):
                    backend: str = "auto") -> "SparseFFN":
         """Convert one FFN (a module :func:`find_sites` understands, or one of its sites).
 
+        The result computes the site's whole FFN, ``proj(act(fc(x)))`` or
+        ``down(act(gate(x)) * up(x))`` with biases, whatever modules hold its parts (BERT's
+        ``BertLayer`` splits them over ``BertIntermediate`` and ``BertOutput``);
+        :func:`convert_to_sparse` decides where it goes in the model.
+
         Example:
             >>> from actsparse.models.llama import GatedFFN
             >>> ffn = GatedFFN(16, 48, "relu")
@@ -278,11 +346,6 @@ class SparseFFN(nn.Module):
         site = module_or_site if isinstance(module_or_site, Site) else _own_ffn_site(module_or_site)
         if site.kind not in (GATED_FFN, PLAIN_FFN):
             raise TypeError(f"Site {site.name!r} is a bare activation ({site.kind}), not an FFN block.")
-        if site.adapter == "BertLayer":
-            raise TypeError(
-                f"Site {site.name!r}: BERT's FFN spans BertIntermediate and BertOutput, whose forward also adds "
-                "the residual and applies LayerNorm, so it cannot be replaced by one FFN module."
-            )
         threshold = _threshold_of(site)
 
         def bias(layer):
@@ -321,14 +384,65 @@ def _own_ffn_site(module: nn.Module) -> Site:
     return sites[0]
 
 
+def _owner_is_the_ffn(site: Site) -> bool:
+    """Whether the site's owner holds nothing but the FFN's projections (LlamaMLP, GPT2MLP, ...):
+    then its forward is the FFN and the whole owner can be replaced. Otherwise (BertLayer,
+    nn.TransformerEncoderLayer) attention and norms live there too, and only the FFN's parts may
+    be rewired."""
+    ffn_params = {id(p) for layer in (*site.inputs, site.down) for p in layer.parameters()}
+    return all(id(p) in ffn_params for p in site.owner.parameters())
+
+
+def _child_slot(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent, _, attr = path.rpartition(".")
+    return (root.get_submodule(parent) if parent else root), attr
+
+
+def _plan(model: nn.Module, site: Site, new: SparseFFN) -> list[tuple[nn.Module, str, object]]:
+    """The attribute assignments that put ``new`` in place of the site's FFN (nothing applied yet)."""
+    if _owner_is_the_ffn(site):
+        if not site.name:
+            return [(None, "", new)]  # the model is the FFN: convert_to_sparse returns ``new``
+        return [(*_child_slot(model, site.name), new)]
+    # The FFN's parts live in a larger module (the projections may even sit in different
+    # children, as in BERT). For a plain FFN, fc -> SparseFFN (the whole FFN, down bias included)
+    # and act, down -> identity keep the module's own forward, residuals and norms untouched:
+    # down(act(fc(x))) becomes identity(identity(sparse(x))). Dropout between them is inactive in
+    # eval, where converted models run.
+    if site.kind == GATED_FFN:
+        raise TypeError(
+            f"Site {site.name!r}: the gated FFN's projections live in {type(site.owner).__name__} together with "
+            "other layers, and act(gate(x)) * up(x) cannot be rewired into one module there. Register the FFN "
+            "block itself (actsparse.plugins.register_ffn on the module that holds only gate/up/down)."
+        )
+    if site.act_path is None or isinstance(site.activation, str):
+        raise TypeError(
+            f"Site {site.name!r}: {type(site.owner).__name__} holds attention or norms besides the FFN, so its "
+            "FFN is rewired in place, which needs the activation as an attribute holding a module or function "
+            f"(found {site.activation!r}). Make it one (self.act = nn.ReLU())."
+        )
+    (fc_path,) = site.input_paths
+    plan = [(*_child_slot(site.owner, fc_path), new), (*_child_slot(site.owner, site.act_path), nn.Identity()),
+            (*_child_slot(site.owner, site.down_path), nn.Identity())]
+    if getattr(site.owner, "activation_relu_or_gelu", None):
+        # nn.TransformerEncoder(Layer)'s fused inference fast path reads linear1.weight directly and
+        # would bypass the converted FFN; this flag is how it decides to take that path.
+        plan.append((site.owner, "activation_relu_or_gelu", False))
+    return plan
+
+
 def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: bool = True,
                       dense_above: float | None = None, backend: str = "auto") -> nn.Module:
     """Replace every FFN site of ``model`` (gated and plain) with a :class:`SparseFFN`.
 
     ``include``/``exclude`` select sites as in :func:`find_sites`. Every selected FFN must use a
-    ReLU or FATReLU activation (else a ``TypeError`` names the site and the fix). Returns the
-    converted model (``model`` itself unless ``inplace=False``, which converts a deep copy).
-    Conversion is for inference: call the result under ``torch.no_grad()``/``inference_mode()``.
+    ReLU or FATReLU activation (a module, ``F.relu``, or the name ``"relu"``; else a ``TypeError``
+    names the site and the fix). A module that is only the FFN (``LlamaMLP``, ``GPT2MLP``,
+    actsparse's FFNs) is replaced whole; a plain FFN inside a larger layer (BERT's ``BertLayer``,
+    ``nn.TransformerEncoderLayer``) is rewired in place: its fc becomes the :class:`SparseFFN`,
+    its activation and down projection identities. Returns the converted model (``model`` itself
+    unless ``inplace=False``, which converts a deep copy). Conversion is for inference: call the
+    result under ``torch.no_grad()``/``inference_mode()`` and in ``eval()`` mode.
 
     Example:
         >>> from actsparse.models import TinyLM
@@ -342,10 +456,10 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     if not sites:
         raise TypeError(f"{type(model).__name__} has activation sites but no FFN block to convert "
                         "(find_sites found only bare activations).")
-    converted = [(s.name, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend)) for s in sites]
-    for name, new in converted:  # every site validated before the model is touched
-        if not name:
-            return new
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend)) for s in sites]
+    for plan in plans:  # every site validated before the model is touched
+        for owner, attr, value in plan:
+            if owner is None:
+                return value
+            setattr(owner, attr, value)
     return model
