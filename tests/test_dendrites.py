@@ -201,16 +201,18 @@ def test_matched_mlp_has_the_same_effective_parameter_count():
 
 
 def test_model_configs_instantiate():
+    from conftest import compose_config
     from hydra.utils import instantiate
 
     from actsparse.experiments import study
     from actsparse.models.dendritic import ContextFree
 
-    cfg = study.compose("dendrites", ["model=dendritic_matched_mlp"])
-    mlp = instantiate(cfg.model, _convert_="all")
+    mlp = instantiate(compose_config(["model=dendritic_matched_mlp"]).model, _convert_="all")
     assert isinstance(mlp, ContextFree) and mlp.model.widths == [136, 136]
-    dendritic = instantiate(study.compose("dendrites").model, _convert_="all")
-    assert isinstance(dendritic, DendriticMLP) and dendritic.context_dim == 5
+    assert mlp.config_dict()["kind"] == "dendritic_matched_mlp"
+    dendritic = instantiate(study.compose("dendrites", ["data.num_tasks=4"]).model, _convert_="all")
+    assert isinstance(dendritic, DendriticMLP) and dendritic.context_dim == 4
+    dendritic = instantiate(compose_config(["model=dendritic"]).model, _convert_="all")
     assert abs(mlp.num_parameters() - dendritic.num_parameters()) / dendritic.num_parameters() < 0.01
 
 

@@ -63,6 +63,10 @@ class PermutedDigitsDataModule(L.LightningDataModule):
         self._generator = torch.Generator().manual_seed(seed)
 
     @property
+    def source_name(self) -> str:
+        return "sklearn_digits_permuted"
+
+    @property
     def num_classes(self) -> int:
         return NUM_CLASSES
 

@@ -94,7 +94,7 @@ class DendriticMLP(nn.Module):
             block["kwinners"].update_boost_strength()
 
     def config_dict(self) -> dict[str, Any]:
-        return {"kind": "dendritic_mlp", **self._config, "widths": list(self._config["widths"])}
+        return {"kind": "dendritic", **self._config, "widths": list(self._config["widths"])}
 
     def num_parameters(self) -> int:
         return effective_parameters(self)
@@ -105,9 +105,13 @@ class ContextFree(nn.Module):
 
     uses_context = False
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, kind: str = "context_free") -> None:
         super().__init__()
-        self.model = model
+        self.model, self.kind = model, kind
+
+    def config_dict(self) -> dict[str, Any]:
+        inner = self.model.config_dict() if hasattr(self.model, "config_dict") else {}
+        return {**inner, "kind": self.kind, "wrapped": inner.get("kind")}
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(x)
@@ -139,4 +143,4 @@ def matched_mlp(reference: nn.Module | int, in_features: int = 64, depth: int = 
         guess = (-qb + math.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
     width = min((max(1, math.floor(guess)), max(1, math.ceil(guess))), key=lambda w: abs(count(w) - target))
     return ContextFree(MLP(in_features=in_features, width=width, depth=depth, num_classes=num_classes,
-                           activation=activation))
+                           activation=activation), kind="dendritic_matched_mlp")
