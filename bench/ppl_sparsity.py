@@ -1,11 +1,16 @@
-"""Cost of one PPL-p% sparsity evaluation in units of one dense evaluation pass (DESIGN §5).
+"""Cost and accuracy of one PPL-p% sparsity evaluation, in units of one dense evaluation pass
+(DESIGN §5), side by side in one run.
 
 Trains the tiny LM (ReLU, gated FFNs) briefly on the stdlib docstring corpus (cached), then
 times, on the same validation batches:
 - one dense evaluation pass (the unit);
-- ``ppl_p_sparsity`` (one dense+calibration pass, truncated passes with K targets each);
-- the naive procedure: bisection on the CETT target, one truncated pass per step, thresholds
-  from the same calibration sample.
+- ``ppl_p_sparsity`` with its defaults (thresholds exact on all tokens, CETT bracket 1e-3 and
+  sparsity bracket 1e-4);
+- the previous defaults (1,024 sampled calibration rows per site, CETT bracket 1e-3 only);
+- the naive procedure (the reference code's): bisection on the CETT target to 1e-3, one
+  truncated pass per step, thresholds on all tokens;
+- the accuracy reference: all tokens in float64, brackets 1e-5 (CETT) and 1e-6 (sparsity);
+  every row's sparsity error is against it.
 
     python bench/ppl_sparsity.py [--p 1] [--steps 300] [--val-batches 24] [--json bench/ppl_sparsity.json]
 """
@@ -24,9 +29,8 @@ import torch.nn.functional as F
 from actsparse.data.corpus import cache_dir
 from actsparse.data.text import TextDataModule
 from actsparse.evaluation.lm_loss import causal_lm_loss
-from actsparse.evaluation.ppl_sparsity import _dense_pass, ppl_p_sparsity
+from actsparse.evaluation.ppl_sparsity import _Calibration, _dense_pass, ppl_p_sparsity
 from actsparse.evaluation.truncation import ffn_sites, truncate
-from actsparse.metrics.functional.cett import _bisect_thresholds, _check_targets, _prepare
 from actsparse.models import TinyLM
 from actsparse.report import print_table
 
@@ -69,18 +73,18 @@ def dense_pass_seconds(model, batches, repeats: int = 3) -> float:
 
 
 @torch.no_grad()
-def naive(model, batches, p: float, tol: float, calibration_tokens: int) -> dict:
+def naive(model, batches, p: float, tol: float) -> dict:
     """Bisection on the CETT target, one data pass per step (the reference procedure)."""
     start = time.perf_counter()
     sites = ffn_sites(model)
-    dense, tokens, rows, _, _ = _dense_pass(model, sites, batches, causal_lm_loss, None, calibration_tokens,
-                                         torch.Generator().manual_seed(0))
-    prepared = {s.name: _prepare(rows[s.name], s.w_down.detach(), torch.float32) for s in sites}
+    gen = torch.Generator().manual_seed(0)
+    dense, tokens, rows, zeros, _ = _dense_pass(model, sites, batches, causal_lm_loss, None, None, gen)
+    calib = _Calibration(sites, rows, torch.float32, gen)
     dense_loss, passes = float(dense) / tokens, 1
     lo, hi = 0.0, 1.0
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
-        eps = {n: _bisect_thresholds(*prep, _check_targets([mid])).item() for n, prep in prepared.items()}
+        eps = calib.thresholds([mid])[0]
         total = 0.0
         with truncate(model, eps, sites):
             for b in batches:
@@ -90,7 +94,13 @@ def naive(model, batches, p: float, tol: float, calibration_tokens: int) -> dict
             lo = mid
         else:
             hi = mid
-    return {"cett": lo, "passes": passes, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    counts: dict = {}
+    with truncate(model, calib.thresholds([lo])[0], sites, counts):  # (not timed) the sparsity at lo
+        for b in batches:
+            causal_lm_loss(model, b, 1)
+    sparsity = float(sum(c[0].sum() for c in counts.values()) / sum(c[1].sum() for c in counts.values()))
+    return {"cett": lo, "passes": passes, "seconds": seconds, "sparsity": sparsity}
 
 
 def main() -> None:
@@ -100,7 +110,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps of the benchmarked LM")
     parser.add_argument("--val-batches", type=int, default=24)
     parser.add_argument("--candidates", type=int, default=1)
-    parser.add_argument("--calibration-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -112,14 +121,26 @@ def main() -> None:
     model = trained_lm(args.steps, "relu", dm).eval()
     batches = [b for _, b in zip(range(args.val_batches), dm.val_dataloader())]
     unit = dense_pass_seconds(model, batches)
-    r = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates,
-                       calibration_tokens=args.calibration_tokens)
-    nv = naive(model, batches, args.p, args.tol, args.calibration_tokens)
+    r = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates)
+    old = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates,
+                         calibration_tokens=1024, sparsity_tol=None)
+    nv = naive(model, batches, args.p, args.tol)
+    ref = ppl_p_sparsity(model.double(), [tuple(t for t in b) for b in batches], args.p, tol=1e-5,
+                         sparsity_tol=1e-6, calibration_dtype=torch.float64)
+    model.float()
+
+    def row(name, res):
+        return {"procedure": name, "data passes": res.passes, "forwards": res.forwards, "seconds": res.seconds,
+                "cost / dense pass": res.seconds / unit, "CETT": res.cett, "sparsity": res.sparsity,
+                "|Δ sparsity| vs reference": abs(res.sparsity - ref.sparsity)}
+
     rows = [
-        {"procedure": f"ppl_p_sparsity (K={args.candidates})", "data passes": r.passes, "forwards": r.forwards,
-         "seconds": r.seconds, "cost / dense pass": r.seconds / unit, "CETT": r.cett},
-        {"procedure": "naive bisection", "data passes": nv["passes"], "forwards": nv["passes"],
-         "seconds": nv["seconds"], "cost / dense pass": nv["seconds"] / unit, "CETT": nv["cett"]},
+        row(f"ppl_p_sparsity defaults (K={args.candidates})", r),
+        row("previous defaults (1,024 rows, no sparsity bracket)", old),
+        {"procedure": "naive bisection (reference code)", "data passes": nv["passes"], "forwards": nv["passes"],
+         "seconds": nv["seconds"], "cost / dense pass": nv["seconds"] / unit, "CETT": nv["cett"],
+         "sparsity": nv["sparsity"], "|Δ sparsity| vs reference": abs(nv["sparsity"] - ref.sparsity)},
+        row("accuracy reference (float64, brackets 1e-5 / 1e-6)", ref),
     ]
     tokens = sum(b[1].numel() for b in batches)
     print_table(rows, title=f"PPL-{args.p:g}% sparsity, tiny LM (ReLU, {args.steps} steps), {tokens} tokens, "
@@ -130,7 +151,9 @@ def main() -> None:
     print("search history (target, ppl ratio):", [(round(t, 5), round(q, 5)) for t, q in r.history])
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "dense_pass_seconds": unit, "rows": rows,
-                                               "sparsity": r.sparsity, "history": r.history}, indent=2))
+                                               "sparsity": r.sparsity, "reference_sparsity": ref.sparsity,
+                                               "history": r.history, "machine": "2 CPU cores shared with other jobs"},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """The worker of tests/test_ppl_sparsity.py's DDP test, in a light module: spawned processes
 import only this (torch and actsparse.metrics), not the test module."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from actsparse.metrics import PPLSparsity
+from actsparse.metrics.functional import threshold_for_cett
+from actsparse.plugins.sites import find_sites
 from actsparse.models import TinyLM
 
 OPTIONS = {"calibration_tokens": None, "calibration_dtype": torch.float64}
@@ -55,3 +59,36 @@ def worker(rank, world):
     batches = bigram_batches()
     part = batches[:2] if rank == 0 else batches[2:]  # uneven shards
     return metric_on(lm, part)
+
+
+def reference_eval(model, batches, target):
+    """Independent float64 path: dense x1 of all tokens -> per-site threshold for ``target``
+    (threshold_for_cett) -> forward with hand-masked FFNs; returns (ppl ratio, dropped fraction)."""
+    sites = find_sites(model)
+    x1s = {s.name: [] for s in sites}
+    hooks = [s.register_hook(lambda s, t: x1s[s.name].append(t.detach().reshape(-1, t.shape[-1]))) for s in sites]
+    dense = sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item() for x, y in batches)
+    for h in hooks:
+        h.remove()
+    eps = {s.name: float(threshold_for_cett(torch.cat(x1s[s.name]), s.w_down.detach(), target)) for s in sites}
+    counts = [0, 0]
+    originals = {}
+    for s in sites:
+        ffn = s.owner
+        originals[s.name] = ffn.forward
+
+        def forward(h, ffn=ffn, e=eps[s.name]):
+            x1 = ffn.act(ffn.gate(h)) * ffn.up(h)
+            weak = x1.abs() * ffn.down.weight.norm(dim=0) <= e  # the one rule: at or below the threshold
+            counts[0] += int(weak.sum())
+            counts[1] += weak.numel()
+            return ffn.down(torch.where(weak, torch.zeros_like(x1), x1))
+
+        ffn.forward = forward
+    try:
+        trunc = sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item() for x, y in batches)
+    finally:
+        for s in sites:
+            s.owner.forward = originals[s.name]
+    tokens = sum(y.numel() for _, y in batches)
+    return math.exp((trunc - dense) / tokens), counts[0] / counts[1], eps

@@ -38,3 +38,18 @@ def test_fit_errors_and_plot(tmp_path):
     law = fit_activation_law(d, -1 / d**0.5 + 0.3, kind="silu")
     path = plot_activation_laws({"silu": (d, -1 / d**0.5 + 0.3, law)}, tmp_path / "laws.png")
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["relu", "silu"])
+def test_c_in_billions_of_tokens_is_the_same_curve(kind):
+    from actsparse.metrics.functional.laws import ActivationLaw
+
+    law = ActivationLaw(kind, c=3e-4 if kind == "relu" else 40.0, alpha=0.45, A0=0.2, r2=1.0, b=-0.5)
+    d = np.geomspace(1e6, 1e11, 7)
+    billions = d / 1e9
+    c_b = law.c_billions
+    # the paper's formulas with D in billions, written out independently
+    direct = (np.exp(-c_b * billions**0.45 - 0.5) + 0.2) if kind == "relu" else (-c_b / billions**0.45 + 0.2)
+    assert np.allclose(law(d), direct, rtol=1e-12)
+    assert law.c_in(1.0) == law.c
+    assert c_b == pytest.approx(law.c * 1e9**0.45 if kind == "relu" else law.c / 1e9**0.45, rel=1e-12)

@@ -1,5 +1,6 @@
-"""PPL-p% sparsity: the returned point against an independent float64 re-evaluation, DDP,
-Hugging Face models, the metric class, errors."""
+"""PPL-p% sparsity: the returned point against an independent float64 re-evaluation, the
+defaults' accuracy against the all-tokens float64 reference, exact thresholds, padded batches,
+DDP, Hugging Face models, the metric class, errors."""
 
 import math
 
@@ -9,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.evaluation import ppl_p_sparsity
+from actsparse.evaluation.ppl_sparsity import _SiteThresholds
 from actsparse.metrics import PPLSparsity
-from actsparse.metrics.functional import threshold_for_cett
+from actsparse.metrics.functional import cett, threshold_for_cett
 from actsparse.plugins.sites import NoSitesError, find_sites
 from distributed import run_ranks
-from ppl_sparsity_ddp import OPTIONS, bigram_batches, metric_on, trained_lm, worker
+from ppl_sparsity_ddp import OPTIONS, bigram_batches, metric_on, reference_eval, trained_lm, worker
 
 
 @pytest.fixture(scope="module")
@@ -27,39 +29,6 @@ def lm():
 @pytest.fixture(scope="module")
 def batches():
     return bigram_batches()
-
-
-def reference_eval(model, batches, target):
-    """Independent float64 path: dense x1 of all tokens -> per-site threshold for ``target``
-    (threshold_for_cett) -> forward with hand-masked FFNs; returns (ppl ratio, dropped fraction)."""
-    sites = find_sites(model)
-    x1s = {s.name: [] for s in sites}
-    hooks = [s.register_hook(lambda s, t: x1s[s.name].append(t.detach().reshape(-1, t.shape[-1]))) for s in sites]
-    dense = sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item() for x, y in batches)
-    for h in hooks:
-        h.remove()
-    eps = {s.name: float(threshold_for_cett(torch.cat(x1s[s.name]), s.w_down.detach(), target)) for s in sites}
-    counts = [0, 0]
-    originals = {}
-    for s in sites:
-        ffn = s.owner
-        originals[s.name] = ffn.forward
-
-        def forward(h, ffn=ffn, e=eps[s.name]):
-            x1 = ffn.act(ffn.gate(h)) * ffn.up(h)
-            weak = x1.abs() * ffn.down.weight.norm(dim=0) <= e  # the one rule: at or below the threshold
-            counts[0] += int(weak.sum())
-            counts[1] += weak.numel()
-            return ffn.down(torch.where(weak, torch.zeros_like(x1), x1))
-
-        ffn.forward = forward
-    try:
-        trunc = sum(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item() for x, y in batches)
-    finally:
-        for s in sites:
-            s.owner.forward = originals[s.name]
-    tokens = sum(y.numel() for _, y in batches)
-    return math.exp((trunc - dense) / tokens), counts[0] / counts[1], eps
 
 
 @pytest.mark.parametrize("p", [1.0, 5.0])
@@ -113,7 +82,8 @@ def test_ddp_two_processes_equal_one(tmp_path):
             assert got[key] == pytest.approx(single[key], rel=1e-6), key
 
 
-def test_hugging_face_llama_with_dict_batches():
+@pytest.fixture(scope="module")
+def hf_llama():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -128,6 +98,12 @@ def test_hugging_face_llama_with_dict_batches():
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return model.eval()
+
+
+def test_hugging_face_llama_with_dict_batches(hf_llama):
+    model = hf_llama
+    data = bigram_batches(n_batches=4)
     batches = [{"input_ids": x, "attention_mask": torch.ones_like(x)} for x, _ in data]
     r = ppl_p_sparsity(model, batches, 1.0, calibration_tokens=None)
     assert [s.name for s in find_sites(model)] == ["model.layers.0.mlp", "model.layers.1.mlp"]
@@ -173,3 +149,115 @@ def test_sparsity_evaluator_logs_ppl_p_sparsity(lm, batches, tmp_path):
     assert evaluator.history and evaluator.state_dict()["history"][0][1]["val/ppl_p1_sparsity"] > 0
     with pytest.raises(ValueError, match="p must be > 0"):
         SparsityEvaluator(p=0)
+
+
+# -- accuracy of the defaults (issue 17) -------------------------------------------------------
+
+def test_exact_thresholds_equal_threshold_for_cett_on_all_rows():
+    """The bracketed curve (subsample bracket + per-token prefix sums) against the bisection of
+    threshold_for_cett over all rows, and the defining property checked with cett()."""
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.relu(torch.randn(6000, 40, generator=g, dtype=torch.float64)) * torch.rand(40, generator=g,
+                                                                                        dtype=torch.float64)
+    w = torch.randn(16, 40, generator=g, dtype=torch.float64)
+    site = _SiteThresholds(x1, w, torch.float64, torch.Generator().manual_seed(1))
+    assert site.sample is not None  # 6000 rows: the bracketed path, not the plain bisection
+    targets = [0.0, 0.003, 0.05, 0.2, 0.5, 0.9, 0.999]
+    got = site.thresholds(targets)
+    ref = threshold_for_cett(x1, w, targets).tolist()
+    assert got == pytest.approx(ref, rel=1e-12)
+    imp = (x1.abs() * w.norm(dim=0)).unique()
+    for t, e in zip(targets[1:], got[1:]):
+        assert float(cett(x1, w, e)) >= t
+        below = imp[imp < e]
+        assert float(cett(x1, w, float(below.max()) if below.numel() else 0.0)) < t
+
+
+def _reference_boundary(model, batches, p, tol=2e-5):
+    """Bisection of the CETT target to ``tol`` with the float64 all-token reference_eval."""
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        ratio, _, _ = reference_eval(model, batches, mid)
+        lo, hi = (mid, hi) if ratio <= 1 + p / 100 else (lo, mid)
+    return lo, reference_eval(model, batches, lo)[1]
+
+
+def test_defaults_are_accurate_to_1e4_in_sparsity(lm):
+    batches = bigram_batches(n_batches=40, seed=3)  # 5,120 tokens: more than the 4,096 of a bracket subsample
+    lm32 = trained_lm()  # float32 model, default float32 calibration
+    r = ppl_p_sparsity(lm32, batches, 1.0)
+    target, sparsity = _reference_boundary(lm, batches, 1.0)
+    assert r.cett_rejected - r.cett <= 1e-3 + 1e-12
+    assert r.sparsity_rejected - r.sparsity <= 1e-4 + 1e-12
+    assert abs(r.sparsity - sparsity) <= 1e-4, (r.sparsity, sparsity, r.cett, target)
+
+
+# -- padded batches (issue 17) -----------------------------------------------------------------
+
+def _ragged(n=12, seed=5):
+    """Sequences of lengths 9..32 (+1 for the shifted target) from the bigram data."""
+    x = torch.cat([b[0] for b in bigram_batches(n_batches=3, seed=seed)])
+    lengths = [9 + (7 * i) % 24 for i in range(n)]
+    return [x[i, :length + 1] for i, length in enumerate(lengths)]
+
+
+def _padded(seqs, group=4):
+    """(inputs, targets) batches right-padded to the longest sequence, targets -100 at pads."""
+    out = []
+    for i in range(0, len(seqs), group):
+        part = seqs[i:i + group]
+        t = max(len(s) for s in part) - 1
+        x = torch.zeros(len(part), t, dtype=torch.long)
+        y = torch.full((len(part), t), -100, dtype=torch.long)
+        for j, s in enumerate(part):
+            x[j, :len(s) - 1], y[j, :len(s) - 1] = s[:-1], s[1:]
+        out.append((x, y))
+    return out
+
+
+def _same(a, b):
+    assert a.sparsity == pytest.approx(b.sparsity, rel=1e-9)
+    assert a.cett == pytest.approx(b.cett, rel=1e-9)
+    assert a.ppl_dense == pytest.approx(b.ppl_dense, rel=1e-9)
+    assert a.ppl_truncated == pytest.approx(b.ppl_truncated, rel=1e-9)
+    assert a.thresholds == pytest.approx(b.thresholds, rel=1e-9)
+    assert a.local["entries"] == b.local["entries"]
+
+
+def test_padded_tinylm_batches_equal_unpadded(lm):
+    seqs = _ragged()
+    unpadded = [(s[None, :-1], s[None, 1:]) for s in seqs]  # one sequence per batch: no pads
+    padded = _padded(seqs)
+    assert sum(int((y == -100).sum()) for _, y in padded) > 0
+    options = {"calibration_dtype": torch.float64, "explore_fraction": 1.0}
+    a = ppl_p_sparsity(lm, unpadded, 1.0, **options)
+    b = ppl_p_sparsity(lm, padded, 1.0, **options)
+    _same(a, b)
+    assert a.local["entries"] == sum(len(s) - 1 for s in seqs) * 2 * lm.blocks[0].ffn.down.in_features
+    # the test can fail: counting the pads (the previous behaviour) changes the result
+    c = ppl_p_sparsity(lm, padded, 1.0, mask_fn=lambda batch: None, **options)
+    assert c.local["entries"] > b.local["entries"] and c.sparsity != pytest.approx(b.sparsity, rel=1e-6)
+
+
+def test_padded_hugging_face_dict_batches_equal_unpadded(hf_llama):
+    seqs = [s[:-1] for s in _ragged()]
+    unpadded = [{"input_ids": s[None], "attention_mask": torch.ones(1, len(s), dtype=torch.long)} for s in seqs]
+    padded = []
+    for i in range(0, len(seqs), 4):
+        part = seqs[i:i + 4]
+        t = max(len(s) for s in part)
+        ids = torch.zeros(len(part), t, dtype=torch.long)
+        mask = torch.zeros(len(part), t, dtype=torch.long)
+        for j, s in enumerate(part):
+            ids[j, :len(s)], mask[j, :len(s)] = s, 1
+        padded.append({"input_ids": ids, "attention_mask": mask})
+    model = hf_llama.double()
+    try:
+        options = {"calibration_dtype": torch.float64, "explore_fraction": 1.0}
+        a = ppl_p_sparsity(model, unpadded, 1.0, **options)
+        b = ppl_p_sparsity(model, padded, 1.0, **options)
+    finally:
+        model.float()
+    _same(a, b)
+    assert a.local["entries"] == sum(len(s) for s in seqs) * 2 * 64

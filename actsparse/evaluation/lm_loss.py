@@ -13,6 +13,13 @@ next-token cross-entropy of each replica (float64) and the number of scored toke
 
 The model's output may be logits, a tuple whose first item is the logits, or an object with
 ``.logits`` (Hugging Face ``CausalLMOutput``).
+
+**Padding.** :func:`batch_mask` says which positions of a batch are real tokens, so that
+procedures reading FFN activations (PPL-p% calibration and dropped-neuron counts) skip pads:
+a dict batch's ``attention_mask``; for ``(inputs, targets)`` (actsparse's ``TinyLM``, which takes
+no mask), pads are the positions whose target is ``-100`` — pad on the right (the model is causal,
+so real positions never see the pads) and set their targets to ``-100``. A bare token tensor has
+no pads.
 """
 
 from __future__ import annotations
@@ -24,6 +31,34 @@ import torch.nn.functional as F
 from torch import nn
 
 LossFn = Callable[[nn.Module, Any, int], "tuple[torch.Tensor, int]"]
+MaskFn = Callable[[Any], "torch.Tensor | None"]
+
+__all__ = ["batch_mask", "causal_lm_loss"]
+
+
+def batch_mask(batch: Any) -> torch.Tensor | None:
+    """Bool ``[B, T]`` mask of the real (non-pad) positions of ``batch``, or None when all are real.
+
+    A dict's ``attention_mask``; for ``(inputs, targets)``, ``targets != -100`` (when any target
+    is ``-100``); None for a bare token tensor or a dict without ``attention_mask``.
+
+    Example:
+        >>> x = torch.tensor([[5, 6, 7], [5, 0, 0]])
+        >>> y = torch.tensor([[6, 7, 8], [6, -100, -100]])
+        >>> batch_mask((x, y))
+        tensor([[ True,  True,  True],
+                [ True, False, False]])
+        >>> batch_mask({"input_ids": x, "attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}).sum().item()
+        4
+    """
+    if isinstance(batch, dict):
+        mask = batch.get("attention_mask")
+        return None if mask is None else mask.bool()
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        targets = batch[1]
+        if targets.dtype in (torch.long, torch.int, torch.int64, torch.int32) and bool((targets == -100).any()):
+            return targets != -100
+    return None
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -5,7 +5,9 @@
 
 Fitted with SciPy's Levenberg–Marquardt (``curve_fit(method="lm")``). Tokens are rescaled by
 their largest value inside the fit (``D' = D / D_max``) for conditioning; the returned
-parameters are for ``D`` itself.
+parameters are for ``D`` itself (raw token counts). The paper reports ``c`` with ``D`` in
+billions of tokens: :meth:`ActivationLaw.c_in` converts (``c·10^{9α}`` for ReLU,
+``c/10^{9α}`` for SiLU; ``α``, ``b`` and ``A0`` do not depend on the unit).
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ class ActivationLaw:
     A0: float
     r2: float
     b: float = 0.0
+
+    def c_in(self, unit: float = 1e9) -> float:
+        """``c`` for ``D`` counted in ``unit`` tokens (default billions, the paper's unit): the
+        same curve, ``A(D) = A_unit(D / unit)``.
+
+        Example:
+            >>> law = ActivationLaw("silu", c=2.0, alpha=0.5, A0=0.3, r2=1.0)
+            >>> round(law.c_in(1e6), 6), round(float(law(4e6)), 6) == round(-law.c_in(1e6) / 4**0.5 + 0.3, 6)
+            (0.002, True)
+        """
+        scale = float(unit) ** self.alpha
+        return self.c * scale if self.kind == "relu" else self.c / scale
+
+    @property
+    def c_billions(self) -> float:
+        """``c`` with ``D`` in billions of tokens (the paper's unit)."""
+        return self.c_in(1e9)
 
     def __call__(self, tokens) -> np.ndarray:
         d = np.asarray(tokens, dtype=np.float64)
