@@ -42,10 +42,9 @@ class _GOMetric(Metric):
         self.targets.append(targets.detach().to(torch.uint8))
 
     def _gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
-        preds, targets = dim_zero_cat(self.preds), dim_zero_cat(self.targets)
-        if preds.numel() == 0:
+        if (isinstance(self.preds, list) and not self.preds) or (isinstance(self.preds, torch.Tensor) and not self.preds.numel()):
             raise RuntimeError(f"{type(self).__name__}.compute() was called before update(): no proteins yet.")
-        return preds, targets
+        return dim_zero_cat(self.preds), dim_zero_cat(self.targets)
 
 
 class Fmax(_GOMetric):

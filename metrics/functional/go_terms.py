@@ -108,7 +108,8 @@ def information_content(targets: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"information_content needs targets [proteins, terms] with proteins; got {tuple(targets.shape)}.")
     counts = targets.bool().sum(0).double()
     freq = counts / targets.shape[0]
-    return torch.where(counts > 0, -torch.log2(freq.clamp_min(1e-300)), torch.zeros_like(freq))
+    # log2(1/freq) rather than -log2(freq): a term on every protein gets 0, not -0
+    return torch.where(counts > 0, torch.log2(1.0 / freq.clamp_min(1e-300)), torch.zeros_like(freq))
 
 
 def smin(preds: torch.Tensor, targets: torch.Tensor, ic: torch.Tensor | None = None,
