@@ -187,8 +187,10 @@ def false_match_probability(n, a, s, theta, method: str = "log"):
     Example:
         >>> f"{false_match_probability(10_000, 300, 24, 12):.6e}"  # the paper's notebook: 8.37584522709849e-13
         '8.375845e-13'
-        >>> false_match_probability(20_000, 200, 200, 200) > 0  # C(20000, 200) overflows a float
-        True
+        >>> f"{false_match_probability(20_000, 200, 200, 40):.6e}"  # C(20000, 200) ~ 1e486 overflows a float
+        '9.193445e-41'
+        >>> round(log_false_match_probability(20_000, 200, 200, 200), 2)  # 1/C(20000, 200): below 1e-308
+        -1116.47
     """
     if method == "exact":
         _check_nast(n, a, s, theta)
