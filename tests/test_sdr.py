@@ -178,6 +178,7 @@ def test_noise_and_optimal_threshold():
     (lambda: sdr.match_probability_with_noise(10, 12, 2, 0.1), ["s=12", "a=10"]),
     (lambda: sdr.match_probability_with_noise(10, 5, 2, 1.5), ["noise", "[0, 1]"]),
     (lambda: sdr.false_match_probability(100, 10, 5, 2, method="float"), ["method"]),
+    (lambda: sdr.false_match_probability(100, 10, np.array([5, 6]), 2, method="exact"), ["exact", "scalar"]),
     (lambda: mc.monte_carlo_false_match(100, 10, 5, 6, trials=10), ["theta=6", "s=5"]),
     (lambda: mc.random_sdrs(10, 5, 6), ["a=6", "n=5"]),
 ])

@@ -193,6 +193,9 @@ def false_match_probability(n, a, s, theta, method: str = "log"):
         -1116.47
     """
     if method == "exact":
+        if _kind(n, a, s, theta) != "scalar":
+            raise ValueError("method='exact' sums Python integers for one scalar set of parameters; "
+                             "use the default method='log' for arrays.")
         _check_nast(n, a, s, theta)
         n, a, s, theta = (int(round(float(v))) for v in (n, a, s, theta))
         num = sum(math.comb(s, b) * math.comb(n - s, a - b) for b in range(theta, min(s, a) + 1))
