@@ -116,8 +116,9 @@ class ProteinRPN(nn.Module):
     """
 
     def __init__(self, num_terms: int, in_features: int = NODE_FEATURES, hidden: int = 64, encoder_layers: int = 2,
-                 k_hops: int = 2, hop_alpha: float = 0.5, pool_ratio: float = 0.5, ss_prior: float = 1.0,
-                 proximity_prior: float = 1.0, proximity_scale: float = 8.0, gmt_k: int = 16, gmt_heads: int = 4,
+                 k_hops: int = 2, hop_alpha: float = 0.5, pool_ratio: float = 0.3, ss_prior: float = 1.0,
+                 proximity_prior: float = 1.0, proximity_scale: float = 8.0, gmt_k: int = 4, gmt_heads: int = 4,
+                 gmt_layer_norm: bool = False, weighted_mean_skip: bool = True,
                  proj_dim: int = 32, dropout: float = 0.1, region_proposal: bool = True) -> None:
         super().__init__()
         if num_terms < 1:
@@ -129,11 +130,18 @@ class ProteinRPN(nn.Module):
         self.num_terms, self.k_hops, self.hop_alpha = num_terms, k_hops, hop_alpha
         self.pool_ratio, self.proximity_scale = pool_ratio, proximity_scale
         self.region_proposal = region_proposal
+        self.weighted_mean_skip = weighted_mean_skip
         self.embed = nn.Linear(in_features, hidden)
         self.embed_act = nn.ReLU()
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(encoder_layers))
         self.conv_acts = nn.ModuleList(nn.ReLU() for _ in range(encoder_layers))
         if region_proposal:
+            # the proposal has its own GNN (as the reference's GraphRPN beside HEAL's encoder): trained
+            # to find functional residues, its features forget residue identity, which the readout needs
+            self.score_embed = nn.Linear(in_features, hidden)
+            self.score_embed_act = nn.ReLU()
+            self.score_convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(encoder_layers))
+            self.score_conv_acts = nn.ModuleList(nn.ReLU() for _ in range(encoder_layers))
             self.score_hidden = nn.Linear(hidden, hidden)
             self.score_act = nn.ReLU()
             self.score_out = nn.Linear(hidden, 1)
@@ -142,7 +150,7 @@ class ProteinRPN(nn.Module):
             self.proximity_weight = nn.Parameter(torch.tensor(float(proximity_prior)))
             self.attention = FunctionalAttention(hidden)
             self.attention_act = nn.ReLU()
-        self.readout = GraphMultisetTransformer(hidden, k=gmt_k, heads=gmt_heads, layer_norm=True)
+        self.readout = GraphMultisetTransformer(hidden, k=gmt_k, heads=gmt_heads, layer_norm=gmt_layer_norm)
         self.head_hidden = nn.Linear(hidden, hidden)
         self.head_act = nn.ReLU()
         self.head_drop = nn.Dropout(dropout)
@@ -158,20 +166,27 @@ class ProteinRPN(nn.Module):
             return torch.zeros(data.num_nodes, dtype=torch.long, device=data.x.device), 1
         return batch, int(data.num_graphs)
 
-    def encode(self, data: Data) -> torch.Tensor:
+    @staticmethod
+    def _gnn(data: Data, embed: nn.Module, embed_act: nn.Module, convs: nn.ModuleList, acts: nn.ModuleList
+             ) -> torch.Tensor:
         edge_weight = torch.exp(-data.edge_attr.reshape(-1) ** 2 / (2 * _EDGE_SIGMA ** 2))
-        h = self.embed_act(self.embed(data.x))
-        for conv, act in zip(self.convs, self.conv_acts):
+        h = embed_act(embed(data.x))
+        for conv, act in zip(convs, acts):
             h = h + act(conv(h, data.edge_index, edge_weight))
         return h
+
+    def encode(self, data: Data) -> torch.Tensor:
+        """Residue representations ``[nodes, hidden]`` of the main encoder."""
+        return self._gnn(data, self.embed, self.embed_act, self.convs, self.conv_acts)
 
     def forward(self, data: Data) -> ProteinRPNOutput:
         batch, num_graphs = self._batch(data)
         h = self.encode(data)
         node_logits = node_scores = region = keep_scores = kept = None
-        x_out, batch_out = h, batch
+        x_out, batch_out, weights = h, batch, torch.ones(h.shape[0], device=h.device)
         if self.region_proposal:
-            node_logits = self.score_out(self.score_act(self.score_hidden(h))).squeeze(-1)
+            hs = self._gnn(data, self.score_embed, self.score_embed_act, self.score_convs, self.score_conv_acts)
+            node_logits = self.score_out(self.score_act(self.score_hidden(hs))).squeeze(-1)
             node_scores = torch.sigmoid(node_logits)
             src, dst = data.edge_index
             region = node_scores
@@ -184,21 +199,30 @@ class ProteinRPN(nn.Module):
             centroid = scatter(region.unsqueeze(-1) * data.pos, batch, dim=0, dim_size=num_graphs, reduce="sum")
             centroid = centroid / mass.unsqueeze(-1)
             closeness = torch.exp(-((data.pos - centroid[batch]) ** 2).sum(-1) / (2 * self.proximity_scale ** 2))
-            keep_logits = (self.keep(h).squeeze(-1) + torch.logit(region.clamp(1e-4, 1 - 1e-4))
+            keep_logits = (self.keep(h).squeeze(-1) + node_logits + torch.logit(region.clamp(1e-4, 1 - 1e-4))
                            + self.ss_weight * structured + self.proximity_weight * closeness)
             keep_scores = torch.sigmoid(keep_logits)
             perm = topk(keep_scores, self.pool_ratio, batch)
             kept = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
             kept[perm] = True
-            # as the reference's soft k-hop subgraph and drop probability do, a residue's features are
-            # scaled by its region membership and keep score: residues far from any anchor fade out
-            pooled = h[perm] * (node_scores[perm] * keep_scores[perm]).unsqueeze(-1)
+            # straight-through gate: the kept residues pass unscaled, while the task's gradient still
+            # reaches the keep scores (d pooled / d keep = h). Scaling by the score itself, as SAGPool
+            # does, shrank every representation here: most scores fall towards 0 early in training.
+            gate = keep_scores[perm]
+            pooled = h[perm] * (1.0 + gate - gate.detach()).unsqueeze(-1)
             edge_index, _ = subgraph(perm, data.edge_index, relabel_nodes=True, num_nodes=h.shape[0])
             attended = self.attention(pooled, edge_index, node_scores[perm])
             # enrich the predicted functional residues: the update is gated by the receiver's score
             x_out = pooled + node_scores[perm].unsqueeze(-1) * self.attention_act(attended)
-            batch_out = batch[perm]
+            batch_out, weights = batch[perm], node_scores[perm]
         graph_repr = self.readout(x_out, index=batch_out, dim_size=num_graphs)
+        if self.weighted_mean_skip:
+            # GMT's attention starts near uniform, so a few functional residues among many are
+            # diluted; a weighted mean beside it (functional scores for ProteinRPN, uniform for
+            # the baseline) gives the head that signal from the first step
+            total = scatter(weights, batch_out, dim=0, dim_size=num_graphs, reduce="sum").clamp_min(1e-6)
+            graph_repr = graph_repr + scatter(weights.unsqueeze(-1) * x_out, batch_out, dim=0, dim_size=num_graphs,
+                                              reduce="sum") / total.unsqueeze(-1)
         logits = self.head_out(self.head_drop(self.head_act(self.head_hidden(graph_repr))))
         embedding = self.proj_out(self.proj_act(self.proj_hidden(graph_repr)))
         return ProteinRPNOutput(logits, embedding, graph_repr, node_logits, node_scores, region, keep_scores, kept)
@@ -222,6 +246,8 @@ class GMTBaseline(ProteinRPN):
     without region proposal, node-drop pooling or functional attention."""
 
     def __init__(self, num_terms: int, in_features: int = NODE_FEATURES, hidden: int = 64, encoder_layers: int = 2,
-                 gmt_k: int = 16, gmt_heads: int = 4, proj_dim: int = 32, dropout: float = 0.1) -> None:
+                 gmt_k: int = 4, gmt_heads: int = 4, gmt_layer_norm: bool = False, weighted_mean_skip: bool = True,
+                 proj_dim: int = 32, dropout: float = 0.1) -> None:
         super().__init__(num_terms, in_features, hidden, encoder_layers, gmt_k=gmt_k, gmt_heads=gmt_heads,
-                         proj_dim=proj_dim, dropout=dropout, region_proposal=False)
+                         gmt_layer_norm=gmt_layer_norm, weighted_mean_skip=weighted_mean_skip, proj_dim=proj_dim,
+                         dropout=dropout, region_proposal=False)
