@@ -253,13 +253,20 @@ def _compose(name, overrides, tmp_path):
     return cfg
 
 
+def runs_sparsity(result, model, site):
+    return result["runs"][model][0]["sparsity"][site]
+
+
 def test_dendrites_study_end_to_end(tmp_path):
     from actsparse.experiments.dendrites import run
 
     cfg = _compose("dendrites", ["data.num_tasks=2", "dendrites.seeds=[0]", "dendrites.epochs_per_task=1",
                                  "model.width=32"], tmp_path)
     result = run(cfg)
-    assert [r["model"] for r in result["accuracy"]] == ["dendritic", "mlp"]
+    assert [r["model"] for r in result["accuracy"]] == ["dendritic", "mlp", "kwta_mlp"]
+    ablation = matched_mlp(DendriticMLP(context_dim=2, width=32, num_segments=2), percent_on=0.1).model
+    k_wta = ablation.layers[1]
+    assert runs_sparsity(result, "kwta_mlp", "model.layers.1") == pytest.approx(1 - k_wta.k / k_wta.units)
     runs = result["runs"]
     assert len(runs["dendritic"][0]["accuracy"]) == 2 and len(runs["dendritic"][0]["accuracy"][0]) == 2
     assert runs["dendritic"][0]["sparsity"]["blocks.0.kwinners"] == pytest.approx(1 - 3 / 32)

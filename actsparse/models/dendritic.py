@@ -21,7 +21,7 @@ from actsparse.models.mlp import MLP
 from actsparse.plugins.dendrites.kwinners import KWinners
 from actsparse.plugins.dendrites.segments import DendriticLayer
 
-__all__ = ["DendriticMLP", "ContextFree", "matched_mlp", "effective_parameters"]
+__all__ = ["DendriticMLP", "KWinnersMLP", "ContextFree", "matched_mlp", "effective_parameters"]
 
 
 def effective_parameters(model: nn.Module) -> int:
@@ -101,7 +101,8 @@ class DendriticMLP(nn.Module):
 
 
 class ContextFree(nn.Module):
-    """Wraps a model of ``x`` alone so it can be called as ``model(x, context)`` (context ignored)."""
+    """Wraps a model of ``x`` alone so it can be called as ``model(x, context)`` (context ignored).
+    ``update_boost_strength`` is passed on when the wrapped model has it."""
 
     uses_context = False
 
@@ -120,10 +121,60 @@ class ContextFree(nn.Module):
         return effective_parameters(self)
 
 
+class KWinnersMLP(nn.Module):
+    """``depth`` hidden layers ``Linear -> KWinners`` (no dendrites, no context), a linear head:
+    the k-WTA-only ablation of :class:`DendriticMLP`.
+
+    Example:
+        >>> net = KWinnersMLP(width=20, depth=2, percent_on=0.25, boost_strength=0.0)
+        >>> [int((h != 0).sum()) for h in net.hidden_outputs(torch.randn(1, 64))]
+        [5, 5]
+    """
+
+    def __init__(self, in_features: int = 64, width: int = 128, depth: int = 2, num_classes: int = 10,
+                 percent_on: float = 0.1, boost_strength: float = 1.0, boost_strength_factor: float = 1.0,
+                 duty_cycle_period: int = 1000, k_inference_factor: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        fan_in = in_features
+        for _ in range(int(depth)):
+            layers += [nn.Linear(fan_in, width),
+                       KWinners(width, percent_on=percent_on, boost_strength=boost_strength,
+                                boost_strength_factor=boost_strength_factor, duty_cycle_period=duty_cycle_period,
+                                k_inference_factor=k_inference_factor)]
+            fan_in = width
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(fan_in, num_classes)
+        self.widths = [int(width)] * int(depth)
+
+    def hidden_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs, h = [], x.flatten(1) if x.dim() > 2 else x
+        for layer in self.layers:
+            h = layer(h)
+            if isinstance(layer, KWinners):
+                outs.append(h)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x.flatten(1) if x.dim() > 2 else x))
+
+    def update_boost_strength(self) -> None:
+        for layer in self.layers:
+            if isinstance(layer, KWinners):
+                layer.update_boost_strength()
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"kind": "kwinners_mlp", "widths": list(self.widths)}
+
+
 def matched_mlp(reference: nn.Module | int, in_features: int = 64, depth: int = 2, num_classes: int = 10,
-                activation: str = "relu") -> ContextFree:
+                activation: str = "relu", percent_on: float | None = None, boost_strength: float = 1.0,
+                boost_strength_factor: float = 1.0) -> ContextFree:
     """A plain ``depth``-layer MLP whose width makes its parameter count closest to
     ``reference`` (a model, counted with :func:`effective_parameters`, or a count).
+
+    With ``percent_on`` the hidden layers are ``Linear -> KWinners`` (:class:`KWinnersMLP`, the
+    k-WTA-only ablation; k-WTA has no parameters, so the width is the same).
 
     Example:
         >>> ref = DendriticMLP(context_dim=5, width=64, depth=2, num_segments=5)
@@ -142,5 +193,8 @@ def matched_mlp(reference: nn.Module | int, in_features: int = 64, depth: int = 
         qa, qb, qc = depth - 1, in_features + depth + num_classes, num_classes - target
         guess = (-qb + math.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
     width = min((max(1, math.floor(guess)), max(1, math.ceil(guess))), key=lambda w: abs(count(w) - target))
+    if percent_on is not None:
+        return ContextFree(KWinnersMLP(in_features, width, depth, num_classes, percent_on, boost_strength,
+                                       boost_strength_factor), kind="kwinners_mlp")
     return ContextFree(MLP(in_features=in_features, width=width, depth=depth, num_classes=num_classes,
                            activation=activation), kind="dendritic_matched_mlp")
