@@ -113,3 +113,37 @@ def test_a_model_without_kan_layers_is_refused(tmp_path):
     dm = FunctionDataModule("xy", n_train=16, n_val=4, n_test=4)
     with pytest.raises(ValueError, match="found no S-KAN layer"):
         _trainer(tmp_path, [SKANTraining()], max_steps=2, enable_checkpointing=False).fit(task, datamodule=dm)
+
+
+def test_chosen_spaces_go_to_wandb_when_attached(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    class _FakeWandb(WandbLogger):  # no run: only what the callback calls
+        def __init__(self) -> None:
+            self.logged: list[dict] = []
+
+        @property
+        def experiment(self):
+            return SimpleNamespace(log=self.logged.append)
+
+    fake = _FakeWandb()
+    cb = SKANTraining(out_dir=str(tmp_path))
+    cb.chosen = {"layers.0": ["rbf", "bspline", "rbf"], "layers.1": ["chebyshev"]}
+    cb._log_choice(SimpleNamespace(loggers=[fake], log_dir=None, default_root_dir=str(tmp_path)))
+    (logged,) = fake.logged
+    assert set(logged) == {"skan/chosen_spaces", "skan/space_counts", "skan/space_histogram"}
+    assert logged["skan/chosen_spaces"].data[0] == ["layers.0", 0, "rbf"]
+    assert not (tmp_path / "skan_spaces.png").exists()  # W&B instead of the PNG
+
+
+def test_plugins_import_stays_light():
+    import subprocess
+    import sys
+
+    # (the callback imports Lightning, which itself loads matplotlib: only the plugins are checked for it)
+    code = ("import sys, actsparse.plugins.kan; "
+            "print(sorted(m for m in ('hydra', 'wandb', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("[]")
