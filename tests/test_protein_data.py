@@ -280,3 +280,15 @@ def test_synthetic_datamodule_splits_batches_and_caches(tmp_path):
     assert torch.equal(again.train_set[0].x, dm.train_set[0].x)
     with pytest.raises(ValueError, match="pdb_dir"):
         ProteinDataModule(source="pdb")
+
+
+@pytest.mark.parametrize("name", ["actsparse.data.protein.graph", "actsparse.data.protein.cache",
+                                  "actsparse.data.protein.perturb", "actsparse.data.protein.dssp",
+                                  "actsparse.data.protein.synthetic", "actsparse.models.protein_rpn",
+                                  "actsparse.tasks.protein"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

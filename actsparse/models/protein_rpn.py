@@ -111,7 +111,7 @@ class ProteinRPN(nn.Module):
         >>> graphs, terms = synthetic_dataset(num_proteins=3, num_motifs=2)
         >>> _ = torch.manual_seed(0)
         >>> out = ProteinRPN(num_terms=len(terms), hidden=16)(Batch.from_data_list(graphs))
-        >>> out.logits.shape, out.kept.float().mean().item() >= 0.5
+        >>> out.logits.shape, int(out.kept.sum()) == sum(-(-3 * g.num_nodes // 10) for g in graphs)  # 30% kept
         (torch.Size([3, 3]), True)
     """
 

@@ -7,13 +7,15 @@ residues) whose backbone (N, CA, C, O) is built from ideal bond geometry and seg
 φ/ψ angles (helix -57°/-47°, strand -120°/+130°, coil sampled around PPII/turn regions) by
 NeRF. Secondary structure is then assigned by DSSP like for real files.
 
-Motifs: ``num_motifs`` types, each a few key residues (fixed amino acids at fixed offsets inside
-a window) that must sit in a helix or a coil segment; helical motifs put their residues on one
-face (offsets like i, i+3, i+4, i+7), so they are close in space. Every chain carries 1 or 2
-motifs; its labels are the leaf term of each motif plus the parent term of its group
-(``num_motifs // 2`` parents, two motifs each: a two-level GO-like hierarchy obeying the true-path
-rule). As decoys, key amino acids of motifs the chain does not carry are scattered one by one, so
-composition alone does not give the label: the residues must be together in space.
+Motifs: ``num_motifs`` types (default 4), each 3 key residues (fixed amino acids at fixed
+offsets; the motifs' residue sets are disjoint, drawn from functional-site-like amino acids, which
+the background sequence never uses) that must sit in a helix or a coil segment; helical motifs
+put their residues on one face (offsets like i, i+3, i+4), so they are close in space. Every
+chain carries 1 or 2 motifs; its labels are the leaf term of each motif plus the parent term of
+its group (``num_motifs // 2`` parents, two motifs each: a two-level GO-like hierarchy obeying the
+true-path rule). Decoys: with probability 1/2 each absent motif's key residues are all present
+too, but scattered one by one, so the composition of a chain does not tell its labels (a
+logistic regression on composition is near chance); the residues must be together in space.
 ``data.site`` marks the planted key residues.
 """
 
