@@ -1,8 +1,9 @@
 """Active dendrites + k-WTA against a plain MLP in context-dependent continual learning
 (issue 14): ``actsparse-train experiment=dendrites``.
 
-For every seed, each model in ``dendrites.models`` (by default ``model=dendritic`` and the plain
-MLP with the same number of effective parameters) is trained on the permuted-digits tasks one
+For every seed, each model in ``dendrites.models`` (by default ``model=dendritic``, the plain
+MLP with the same number of effective parameters and, as an ablation, that MLP with k-WTA in
+place of ReLU) is trained on the permuted-digits tasks one
 after the other (``dendrites.epochs_per_task`` epochs each, a fresh optimizer per task, no
 replay or regularization). After each task it measures the test accuracy on every task, so the
 final row shows what was forgotten. After the last task it records the activation sparsity
@@ -94,6 +95,7 @@ def plot(curves: dict, out, num_tasks: int) -> dict[str, Any]:
     axes[0].set_xticks(np.arange(num_tasks) + width * (len(curves) - 1) / 2, [f"task {j}" for j in range(num_tasks)])
     axes[0].set_ylabel("test accuracy after the last task (%)")
     axes[0].set_title("What is left of each task")
+    axes[1].set_xticks(np.arange(1, num_tasks + 1))
     axes[1].set_xlabel("tasks learned")
     axes[1].set_ylabel("mean accuracy on tasks seen (%)")
     axes[1].set_title("Permuted digits, sequential training")
