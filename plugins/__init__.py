@@ -1,5 +1,7 @@
-"""What plugs into a model: activation sites (find, record, swap), activation functions (and,
-the sparse FFN kernels and module (and, as they land, KAN layers, dendrites, SDR theory and NTK kernels).
+"""What plugs into a model: activation sites (find, record, swap), activation functions, the
+sparse FFN kernels and module; one subpackage per method family, re-exported here: S-KAN layers
+(:mod:`.kan`), SDR theory, k-WTA and dendritic layers (:mod:`.dendrites`), dual activations and
+NNGP/NTK kernels (:mod:`.ntk`).
 
 Kept importable without Hydra or wandb: the GPU machine has neither.
 """
@@ -19,9 +21,29 @@ from actsparse.plugins.sites import (
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
 from actsparse.plugins.swap import SwapReport, swap_activation
+from actsparse.plugins.dendrites import (
+    DendriticLayer,
+    KWinners,
+    KWinners2d,
+    false_match_probability,
+    log_false_match_probability,
+    match_probability_with_noise,
+    optimal_threshold,
+    overlap_set_size,
+    union_false_match_probability,
+)
 
 __all__ = [
     "ACTIVATION",
+    "DendriticLayer",
+    "KWinners",
+    "KWinners2d",
+    "false_match_probability",
+    "log_false_match_probability",
+    "match_probability_with_noise",
+    "optimal_threshold",
+    "overlap_set_size",
+    "union_false_match_probability",
     "ACTIVATIONS",
     "FATReLU",
     "GATED_FFN",
