@@ -91,7 +91,7 @@ def _is_legacy_torch_file(file: Path) -> bool:
 
 def _checkpoint_state(file: Path) -> dict[str, Any] | None:
     """The checkpoint's contents, memory-mapped; None when it needs more than weights-only loading
-    (then Lightning reports what it needs)."""
+    (then Lightning, which loads trusted checkpoints fully, reports what it needs)."""
     try:
         return torch.load(file, map_location="cpu", weights_only=True, mmap=not _is_legacy_torch_file(file))
     except Exception:  # an intact file with other pickled objects: not ours to judge
@@ -126,7 +126,11 @@ def load_weights(task: L.LightningModule, checkpoint: str | Path) -> None:
     path = check_checkpoint(checkpoint, "init_from")
     state = _checkpoint_state(path)
     if state is None:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # raises what it cannot load
+        raise CheckpointError(
+            f"init_from={str(path)!r} is intact but holds pickled Python objects besides tensors and plain "
+            "containers, which a weights-only load refuses. Save its weights alone from code you trust: "
+            "torch.save({'state_dict': module.state_dict()}, path)."
+        )
     _check_fits(task, state, "init_from", path)
     task.load_state_dict(state["state_dict"], strict=True)
 

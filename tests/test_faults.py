@@ -293,3 +293,17 @@ def test_corpus_cache_dir_is_the_runtime_one():
     from actsparse.data import corpus
 
     assert corpus.cache_dir is runtime.cache_dir
+
+
+class _Opaque:  # any pickled object a weights-only load refuses
+    pass
+
+
+def test_init_from_with_pickled_objects_never_advises_unsafe_loading(good_checkpoint, tmp_path):
+    state = torch.load(good_checkpoint, map_location="cpu", weights_only=False)
+    state["extra"] = _Opaque()
+    odd = tmp_path / "odd.ckpt"
+    torch.save(state, odd)
+    with pytest.raises(CheckpointError, match="pickled Python objects") as err:
+        train(compose_train([*SMOKE, "logger=none", f"init_from={odd}"], tmp_path / "run"))
+    assert "weights_only" not in str(err.value) and not (tmp_path / "run" / "checkpoints").exists()

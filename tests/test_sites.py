@@ -400,7 +400,8 @@ def test_pretrained_minilm_sparsity_and_relu_swap():
 
 
 def test_zero_count_is_exact_past_float32_integer_range():
-    from actsparse.plugins.recording import _nonzero_count
+    # The recorder's counting rule (active iff |x| > 0) now lives in metrics.functional.sparsity.
+    from actsparse.metrics.functional.sparsity import count_active as _nonzero_count
 
     x = torch.zeros(2**24 + 7)
     x[::3] = -2.5
