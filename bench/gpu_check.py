@@ -1,0 +1,359 @@
+"""The sparse-FFN GPU check in one go: preflight, build, tests, benchmark, JSON + markdown out.
+
+    python3 bench/gpu_check.py                      # on the GPU machine (bench/gpu_check.sh calls this)
+    python3 bench/gpu_check.py --device cpu --quick # the CPU dry run of the same steps (CI)
+
+Every step runs in its own interpreter (a crashing kernel cannot take the report down with it)
+and records what happened; no step aborts the ones after it. The script makes ``import actsparse``
+resolve to THIS checkout's package mapping (pyproject's package-dir: ``plugins/`` ->
+``actsparse.plugins``, ...) whatever the machine has installed: it builds a symlink tree under
+``OUT/shim`` and puts it first on ``sys.path``. It is started by file path, never ``-c``/``-m``
+from the repository root, where ``./actsparse`` (no ``csrc``, ``plugins``) would shadow the
+mapping; pytest runs with ``OUT`` as its working directory for the same reason (the tests start
+``python -c`` subprocesses). Needs torch (+ CUDA, nvcc for the GPU run) and pytest; not Hydra,
+omegaconf, wandb or transformers (tests needing transformers skip).
+
+Outputs in ``OUT`` (default ``outputs/gpu_check``): ``results.json`` (every step),
+``results.md`` (the tables), ``tests.txt``, ``bench_*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("plugins", "callbacks", "metrics", "conf", "csrc")  # pyproject's package-dir
+BLOCK_ENV = "ACTSPARSE_CHECK_BLOCK_IMPORTS"  # tests: simulate a machine without these packages
+
+# Targets (DESIGN §5, issue 12) the summary checks the H200 rows against.
+TARGET_US_7B_B1_90 = 33.0
+TARGET_SPEEDUP_7B_B1_90 = 2.5
+
+
+# -- import plumbing ---------------------------------------------------------------------------------
+
+def make_importable(out: Path) -> Path:
+    """Mirror the package mapping in ``out/shim/actsparse`` and put it first on sys.path."""
+    shim = out / "shim" / "actsparse"
+    if shim.exists():
+        shutil.rmtree(shim.parent)
+    shim.mkdir(parents=True)
+    for entry in (REPO / "actsparse").iterdir():
+        if entry.name != "__pycache__":
+            (shim / entry.name).symlink_to(entry)
+    for sub in SUBPACKAGES:
+        (shim / sub).symlink_to(REPO / sub)
+    activate(shim.parent)
+    return shim.parent
+
+
+def activate(shim_root: Path) -> None:
+    repo = str(REPO)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != repo]
+    sys.path.insert(0, str(shim_root))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(shim_root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    blocked = [m for m in os.environ.get(BLOCK_ENV, "").split(",") if m]
+    if blocked:
+        sys.meta_path.insert(0, _Blocker(blocked))
+
+
+class _Blocker:
+    """A meta path finder that makes the named top-level packages unimportable."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by {BLOCK_ENV})", name=name)
+        return None
+
+
+def step_process(out: Path, step: str, args: list[str], timeout: float, log: Path | None = None) -> dict:
+    """Run ``gpu_check.py --step STEP`` in a fresh interpreter; never raises."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--step", step, *args]
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=timeout)
+        rc, text = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, text = 124, f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
+        text = text if isinstance(text, str) else text.decode(errors="replace")
+    if log is not None:
+        log.write_text(text)
+    result_file = out / f"step_{step}.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() and rc == 0 else {}
+    return {"step": step, "rc": rc, "ok": rc == 0, "seconds": round(time.time() - t0, 1), **result,
+            **({} if rc == 0 else {"tail": text[-3000:]})}
+
+
+# -- the steps (each runs in its own process, after make_importable) -----------------------------------
+
+def step_preflight(out: Path, device: str) -> dict:
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "device": device}
+    import torch
+
+    info.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
+                    gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    l2_mb=round(getattr(props, "L2_cache_size", 0) / 2**20, 1))
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    nvcc = shutil.which("nvcc") or (str(Path(CUDA_HOME) / "bin" / "nvcc") if CUDA_HOME else None)
+    info["nvcc"] = nvcc if nvcc and Path(nvcc).exists() else None
+    if info["nvcc"]:
+        v = subprocess.run([info["nvcc"], "--version"], capture_output=True, text=True).stdout
+        info["nvcc_version"] = v.strip().splitlines()[-1] if v.strip() else ""
+    info["cxx"] = shutil.which(os.environ.get("CXX", "c++"))
+    info["ninja"] = _ninja()
+    if info["ninja"] is None:
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--retries", "0", "--timeout", "10",
+                              "ninja"], capture_output=True, text=True)
+        info["ninja_install"] = "ok" if pip.returncode == 0 else pip.stderr.strip()[-300:]
+        info["ninja"] = _ninja()
+    if info["ninja"] is None:
+        info["ninja_note"] = "no ninja: actsparse.ext builds with direct compiler calls instead (slower, serial)"
+    try:
+        import pytest
+
+        info["pytest"] = pytest.__version__
+    except ImportError:
+        info["pytest"] = None
+    problems = []
+    if device == "cuda" and not info["cuda_available"]:
+        problems.append("torch sees no CUDA device")
+    if device == "cuda" and not info["nvcc"]:
+        problems.append("no nvcc: set CUDA_HOME to the CUDA toolkit matching torch's CUDA version")
+    if not info["cxx"]:
+        problems.append("no C++ compiler (set CXX)")
+    if not info["pytest"]:
+        problems.append("no pytest: the test step will be skipped")
+    info["problems"] = problems
+    return info
+
+
+def _ninja() -> str | None:
+    try:
+        from torch.utils.cpp_extension import is_ninja_available
+
+        if is_ninja_available():
+            return shutil.which("ninja") or "ninja (python package)"
+    except Exception:
+        pass
+    return shutil.which("ninja")
+
+
+def step_build(out: Path, device: str) -> dict:
+    from actsparse import ext
+
+    t0 = time.time()
+    status = ext.load(verbose=False)
+    return {"available": status.available, "cuda": status.cuda, "reason": status.reason,
+            "library": status.library, "build_seconds": round(time.time() - t0, 1),
+            "fake_kernels": ext.has_fake_kernels(),
+            "ok_for_device": status.available and (device == "cpu" or status.cuda)}
+
+
+def step_tests(out: Path, device: str, tests: list[str], pytest_args: list[str]) -> dict:
+    import pytest
+
+    junit = out / "tests.xml"
+    # --noconftest: tests/conftest.py composes Hydra configs; no:hydra_pytest: Hydra's pytest
+    # plugin, where Hydra is installed but unusable.
+    args = [*[str(REPO / t) if not os.path.isabs(t) else t for t in tests], "--noconftest", "-p", "no:cacheprovider",
+            "-p", "no:hydra_pytest",
+            "-o", "addopts=", "-m", "not slow", "-q", "-rs", f"--rootdir={REPO}", f"--junitxml={junit}",
+            *pytest_args]
+    rc = pytest.main(args)
+    counts = _junit_counts(junit)
+    return {"pytest_rc": int(rc), **counts}
+
+
+def _junit_counts(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    if not path.exists():
+        return {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "failed": []}
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    counts["failed"] = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
+                        if c.find("failure") is not None or c.find("error") is not None][:50]
+    return counts
+
+
+def step_bench(out: Path, device: str, quick: bool) -> dict:
+    import torch
+
+    from actsparse import bench
+
+    if quick:  # plumbing only: tiny shapes, few repeats
+        grids = [("grid", dict(shapes=["tiny"], sparsities=[0, 90], batches=[1, 32], repeats=3, graph_calls=10,
+                               copy_bytes=16 << 20))]
+    elif device == "cuda":
+        grids = [("grid", dict(shapes=["7b"], sparsities=[0, 50, 80, 90, 95], batches=[1, 2, 4, 8, 16, 32],
+                               repeats=15)),
+                 ("large", dict(shapes=["13b", "70b"], sparsities=[90], batches=[1], repeats=15))]
+    else:
+        grids = [("grid", dict(shapes=["7b"], sparsities=[0, 50, 90, 95], batches=[1, 4, 8, 16, 32], repeats=5))]
+    result = {"tables": {}}
+    for name, kw in grids:
+        rows = bench.run_sparse_ffn(device=device, **kw)
+        (out / f"bench_{name}.json").write_text(json.dumps(rows, indent=2))
+        result["tables"][name] = rows
+    result["copy_gbs"] = result["tables"]["grid"][0]["copy_gbs"]
+    result["gpu"] = torch.cuda.get_device_name() if device == "cuda" else None
+    return result
+
+
+def step_decode(out: Path, device: str, quick: bool) -> dict:
+    sys.path.insert(1, str(REPO / "bench"))
+    import decode  # bench/decode.py
+
+    return {"rows": decode.run(device=device, quick=quick, models=("tinylm",) if quick else ("tinylm", "llama"))}
+
+
+STEPS = {"preflight": step_preflight, "build": step_build, "tests": step_tests, "bench": step_bench,
+         "decode": step_decode}
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+def summarize(results: dict) -> dict:
+    """Verdicts against the targets, from the bench rows."""
+    bench_rows = results.get("bench", {}).get("tables", {})
+    grid = bench_rows.get("grid", [])
+    verdict = {}
+    if grid:
+        worst = min(grid, key=lambda r: r["speedup_vs_dense"])
+        verdict["never_slower_than_dense"] = worst["speedup_vs_dense"] >= 0.97  # 3% timing noise
+        verdict["worst_case"] = {k: worst[k] for k in ("shape", "batch", "sparsity", "speedup_vs_dense")}
+        headline = [r for r in grid if r["shape"] == "7b" and r["batch"] == 1 and r["sparsity"] == 90]
+        if headline and results["device"] == "cuda":
+            us = headline[0]["actsparse_ms"] * 1e3
+            verdict["7b_b1_90"] = {"us": round(us, 1), "speedup": round(headline[0]["speedup_vs_dense"], 2),
+                                   "meets_33us": us <= TARGET_US_7B_B1_90,
+                                   "meets_2.5x": headline[0]["speedup_vs_dense"] >= TARGET_SPEEDUP_7B_B1_90}
+        # Where the sparse kernel stops paying at 0% sparsity: the CUDA batch crossover for
+        # plugins/sparse_ffn.py's _CUDA_MAX_SPARSE_BATCH.
+        dense_wins = sorted({r["batch"] for r in grid if r["sparsity"] == 0 and r["speedup_vs_dense"] < 1.0})
+        verdict["batches_where_dense_wins_at_0pct"] = dense_wins
+    tests = results.get("tests", {})
+    verdict["tests_passed"] = tests.get("ok", False) and not tests.get("failures") and not tests.get("errors")
+    return verdict
+
+
+def markdown(results: dict) -> str:
+    from actsparse.bench import format_header, format_row
+
+    pre = results.get("preflight", {})
+    lines = [f"# Sparse FFN check ({results['device']}{', quick' if results['quick'] else ''})", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {pre.get('torch')} (CUDA "
+             f"{pre.get('torch_cuda')}), {pre.get('gpu') or platform.processor() or platform.machine()}, "
+             f"nvcc: {pre.get('nvcc_version') or pre.get('nvcc')}, ninja: {pre.get('ninja')}", ""]
+    lines.append("| step | ok | seconds | note |")
+    lines.append("|---|---|---:|---|")
+    for name in ("preflight", "build", "tests", "bench", "decode"):
+        r = results.get(name)
+        if r is None:
+            continue
+        note = ""
+        if name == "preflight":
+            note = "; ".join(r.get("problems", [])) or "ok"
+        elif name == "build":
+            note = r.get("reason", r.get("tail", ""))[-200:]
+        elif name == "tests":
+            note = (f"{r.get('tests', 0)} tests, {r.get('failures', 0)} failed, {r.get('errors', 0)} errors, "
+                    f"{r.get('skipped', 0)} skipped")
+        elif not r.get("ok"):
+            note = r.get("tail", "")[-200:].replace("\n", " ")
+        lines.append(f"| {name} | {'yes' if r.get('ok') else 'NO'} | {r.get('seconds', '')} | {note.replace('|', '/')} |")
+    failed = results.get("tests", {}).get("failed")
+    if failed:
+        lines += ["", "Failed tests: " + ", ".join(f"`{f}`" for f in failed)]
+    for name, rows in results.get("bench", {}).get("tables", {}).items():
+        lines += ["", f"## Benchmark: {name}", "", format_header(results["device"]), *map(format_row, rows)]
+    if results.get("bench", {}).get("copy_gbs"):
+        lines.append(f"\nCopy bandwidth (read + write) measured in the same run: {results['bench']['copy_gbs']:.0f} GB/s.")
+    dec = results.get("decode", {}).get("rows")
+    if dec:
+        sys.path.insert(1, str(REPO / "bench"))
+        import decode
+
+        lines += ["", "## Decode", "", decode.format_table(dec)]
+    lines += ["", "## Verdict", "", "```json", json.dumps(results.get("verdict", {}), indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="sparse-FFN GPU check (see the module docstring)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: checks the plumbing only")
+    p.add_argument("--out", default=str(REPO / "outputs" / "gpu_check"))
+    p.add_argument("--tests", nargs="*", default=["tests/test_sparse_ffn.py"])
+    p.add_argument("--pytest-args", default="", help="extra pytest arguments, one shell-quoted string")
+    p.add_argument("--skip", nargs="*", default=[], choices=list(STEPS), help="steps to leave out")
+    p.add_argument("--step", default=None, help=argparse.SUPPRESS)  # internal: run one step
+    args = p.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ACTSPARSE_CACHE_DIR", str(out / "cache"))
+
+    if args.step:  # a child process: one step, its result as JSON
+        activate(out / "shim")
+        fn = STEPS[args.step]
+        kw = {"device": args.device}
+        if args.step in ("bench", "decode"):
+            kw["quick"] = args.quick
+        if args.step == "tests":
+            kw.update(tests=args.tests, pytest_args=shlex.split(args.pytest_args))
+        result = fn(out, **kw)
+        (out / f"step_{args.step}.json").write_text(json.dumps(result, indent=2, default=str))
+        return 0
+
+    make_importable(out)
+    for stale in out.glob("step_*.json"):
+        stale.unlink()
+    limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "decode": 900}
+    results = {"device": args.device, "quick": args.quick, "repo": str(REPO), "out": str(out)}
+    for name in STEPS:
+        if name in args.skip:
+            continue
+        extra = ["--device", args.device, *(["--quick"] if args.quick else [])]
+        if name == "tests":
+            extra += ["--tests", *args.tests, f"--pytest-args={args.pytest_args}"]
+        print(f"== {name}", flush=True)
+        log = out / ("tests.txt" if name == "tests" else f"{name}.log")
+        results[name] = step_process(out, name, extra, limits[name], log)
+        r = results[name]
+        if name == "tests":  # pytest's rc 1 = some tests failed: the step ran, the verdict says so
+            r["ok"] = r["rc"] in (0, 1) and r.get("pytest_rc", 1) == 0
+            if r["rc"] == 1:
+                r.setdefault("tail", log.read_text()[-3000:])
+        print(f"   {'ok' if r['ok'] else 'FAILED'} ({r['seconds']} s)" + ("" if r["ok"] else f": {log}"), flush=True)
+        if name == "build" and not r.get("ok_for_device", False):
+            print(f"   the extension is not usable on {args.device}: {r.get('reason', r.get('tail', ''))[-500:]}",
+                  flush=True)
+    results["verdict"] = summarize(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    md = markdown(results)
+    (out / "results.md").write_text(md)
+    print(md, flush=True)
+    print(f"== done: {out}/results.md, results.json", flush=True)
+    steps_ok = all(results[n].get("ok") for n in STEPS if n in results)
+    return 0 if steps_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
