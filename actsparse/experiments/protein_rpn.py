@@ -222,8 +222,10 @@ def plot_proposals(panels: list[tuple[str, Any, dict]], path: Path) -> Path:
         kept, region, anchor = (proposal["kept"].numpy(), proposal["region"].numpy(), proposal["anchor"].numpy())
         base = ~region & ~anchor
         ax.scatter(*xy[base & ~kept].T, s=10, c="0.75", label="dropped by node-drop pooling", zorder=2)
-        ax.scatter(*xy[base & kept].T, s=16, c="tab:blue", label="kept", zorder=2)
-        ax.scatter(*xy[region & ~anchor].T, s=24, c="tab:orange", label="k-hop anchor region", zorder=3)
+        ax.scatter(*xy[base & kept].T, s=16, c="tab:blue", label="kept (outside regions)", zorder=2)
+        ax.scatter(*xy[region & ~anchor & kept].T, s=24, c="tab:orange", label="k-hop anchor region, kept", zorder=3)
+        ax.scatter(*xy[region & ~anchor & ~kept].T, s=24, c="tab:orange", alpha=0.35,
+                   label="k-hop anchor region, dropped", zorder=3)
         ax.scatter(*xy[anchor].T, s=40, c="tab:red", label="anchor (proposed functional)", zorder=4)
         site = getattr(graph, "site", None)
         if site is not None:
