@@ -307,3 +307,25 @@ def test_init_from_with_pickled_objects_never_advises_unsafe_loading(good_checkp
     with pytest.raises(CheckpointError, match="pickled Python objects") as err:
         train(compose_train([*SMOKE, "logger=none", f"init_from={odd}"], tmp_path / "run"))
     assert "weights_only" not in str(err.value) and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_dead_worker_message_names_the_worker_and_the_checkpoint(tmp_path):
+    """The launcher's report for each way a spawned worker ends (the slow test above runs one for real)."""
+    from types import SimpleNamespace
+
+    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
+
+    from actsparse.strategies import _worker_failure
+
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)))
+    killed = ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 123, -9, "SIGKILL")
+    assert _worker_failure(killed, trainer) == (
+        "DDP worker 1 was killed by SIGKILL; the other workers were stopped and the run ended. Checkpoints "
+        f"saved before are intact; resume with ckpt_path={tmp_path / 'last.ckpt'}")
+    raised = ProcessRaisedException("\n\n-- Process 0 terminated with the following error:\nTraceback (most recent "
+                                    "call last):\n  File \"x.py\", line 1\nValueError: bad batch\n", 0, 124)
+    message = _worker_failure(raised, SimpleNamespace(checkpoint_callback=None))
+    assert message.startswith("DDP worker 0 raised ValueError: bad batch;") and "No checkpoint had been saved" in message
+    exited = ProcessExitedException("process 1 terminated with exit code 3", 1, 125, 3)
+    assert "DDP worker 1 exited with code 3" in _worker_failure(exited, trainer)
