@@ -35,6 +35,7 @@ def _one_thread():
 
 def biopython_residues(path: Path, chain_id: str):
     """Independent reference: Biopython's parser, amino-acid residues with a CA atom."""
+    pytest.importorskip("Bio", reason="Biopython (the independent reference parser) is not installed")
     from Bio.PDB import PDBParser
     from Bio.PDB.Polypeptide import is_aa, protein_letters_3to1
 
