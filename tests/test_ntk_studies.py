@@ -11,7 +11,7 @@ def test_ntk_regimes_runs_end_to_end(tmp_path):
     cfg = study.compose("ntk_regimes", [
         "logger=none", "ntk_regimes.dims=[3]", "ntk_regimes.seeds=[0]", "ntk_regimes.n_train=40",
         "ntk_regimes.n_test=60", "ntk_regimes.activations=[relu,hermite_2,opt3]", "ntk_regimes.depths=[1,4,60]",
-        "ntk_regimes.extra_depths.relu=[]", "ntk_regimes.exact_max_depth=4", "ntk_regimes.grid_size=2048",
+        "ntk_regimes.extra_depths.relu=[100]", "ntk_regimes.exact_max_depth=4", "ntk_regimes.grid_size=2048",
     ])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)

@@ -119,6 +119,7 @@ def _pm(mean_std: tuple[float, float]) -> str:
 def tables(p: DictConfig, summary: dict) -> dict[str, list[dict]]:
     baselines = [{"dim": dim, **{k: _pm(s["baselines"][k]) for k in BASELINES}} for dim, s in summary.items()]
     limit_rows, depth_rows, check_rows = [], [], []
+    all_depths = sorted({d for s in summary.values() for k in s["kernels"].values() for d in k["depths"]})
     for dim, s in summary.items():
         for activation, k in s["kernels"].items():
             deepest = max(k["depths"])
@@ -131,7 +132,10 @@ def tables(p: DictConfig, summary: dict) -> dict[str, list[dict]]:
                 "agree singular": round(d["agree_singular"][0], 3), "agree Bayes": round(d["agree_bayes"][0], 3),
             })
             row = {"dim": dim, "activation": activation}
-            for depth in sorted(k["depths"]):
+            for depth in all_depths:  # one column per depth of any activation ("–" where not run)
+                if depth not in k["depths"]:
+                    row[f"L={depth}"] = "–"
+                    continue
                 mark = "*" if k["depths"][depth]["singular_gram"] else ""
                 row[f"L={depth}"] = f"{k['depths'][depth]['acc'][0]:.3f}{mark}"
             depth_rows.append(row)
