@@ -329,3 +329,19 @@ def test_dead_worker_message_names_the_worker_and_the_checkpoint(tmp_path):
     assert message.startswith("DDP worker 0 raised ValueError: bad batch;") and "No checkpoint had been saved" in message
     exited = ProcessExitedException("process 1 terminated with exit code 3", 1, 125, 3)
     assert "DDP worker 1 exited with code 3" in _worker_failure(exited, trainer)
+
+
+@pytest.mark.slow
+def test_cli_resume_writes_into_the_run_it_continues(tmp_path):
+    first = run_cli([*SMOKE, "trainer.max_steps=10"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "smoke" / "runs").iterdir()
+    second = run_cli([*SMOKE, "trainer.max_steps=14", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert list((tmp_path / "outputs" / "smoke" / "runs").iterdir()) == [run]  # no second folder
+    assert "ckpt_path=" in (run / ".hydra" / "overrides.yaml").read_text()
+    log = (run / "train.log").read_text()
+    assert log.count("Results in") == 2 and "Resuming" in log
+    run_id = (run / "wandb_run_id").read_text().strip()
+    assert sorted(d.name.rsplit("-", 1)[1] for d in (run / "wandb").glob("offline-run-*")) == [run_id, run_id]
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 14
