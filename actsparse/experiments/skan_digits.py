@@ -27,7 +27,7 @@ from actsparse.callbacks.skan import SKANTraining
 from actsparse.data.digits import DigitsDataModule
 from actsparse.experiments import study
 from actsparse.models.kan import SConvKAN
-from actsparse.models.mlp import CNN
+from actsparse.models.cnn import CNN
 from actsparse.plugins.kan import SPACES, prune_spaces
 from actsparse.plugins.kan.layers import skan_layers
 from actsparse.tasks.classify import Classifier
