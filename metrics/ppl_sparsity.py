@@ -24,7 +24,9 @@ class PPLSparsity(Metric):
     process calls it with its shard (the search synchronizes its decisions), and ``compute()``
     reduces the sums. Several updates pool their data (e.g. several evaluation sets).
     ``compute()`` returns a dict: ``sparsity``, ``cett`` (token-weighted), ``ppl_dense``,
-    ``ppl_truncated``; ``last`` holds the last :class:`PPLSparsityResult`.
+    ``ppl_truncated``; ``last`` holds the last :class:`PPLSparsityResult`. ``**options`` go to
+    the search (defaults: thresholds exact on all real tokens, CETT bracket ``tol=1e-3`` and
+    sparsity bracket ``sparsity_tol=1e-4``; pads are skipped through ``mask_fn``).
 
     Example:
         >>> from actsparse.models import TinyLM

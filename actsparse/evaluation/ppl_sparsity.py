@@ -12,6 +12,7 @@ Procedure (and its cost, DESIGN §5):
    down projection of the data: a 2,048-row subsample brackets the threshold, and the mean CETT
    at every importance value inside the bracket comes from one matmul plus per-token prefix sums
    over the entries inside it (no data pass). Curves are cached, so nearby targets are free.
+   The exploration phase (step 3) uses the subsample's thresholds alone.
 3. **Truncated passes**: each evaluates ``candidates`` CETT targets at once (the batch is
    replicated, one replica per target, each site drops its weak neurons per replica). The
    targets are placed by interpolating ``log Δloss`` against ``log target`` between the closest
@@ -112,6 +113,7 @@ class _SiteThresholds:
         self.memo: dict[int, float] = {}
         self.curves: list[tuple[float, float, float, torch.Tensor, torch.Tensor]] = []
         self.sample = None
+        self.spread: float | None = None
         if self.n > 2 * sample_rows:
             idx = torch.randperm(self.n, generator=generator)[:sample_rows].sort().values.to(self.x.device)
             s = (self.x[idx], self.w, self.imp[idx], self.y[idx])
@@ -136,15 +138,11 @@ class _SiteThresholds:
         x, w, imp, y = self.x, self.w, self.imp, self.y
         wt = w.t()
         inside = (imp > lo) & (imp <= hi)
-        per_row = inside.sum(1)
-        bounds = [0]
-        acc = 0
-        for r, c in enumerate(per_row.tolist()):  # row chunks of about chunk_events entries
-            if acc and acc + c > self.chunk_events:
-                bounds.append(r)
-                acc = 0
-            acc += c
-        bounds.append(self.n)
+        cum = inside.sum(1).cumsum(0).cpu()  # row chunks of about chunk_events entries
+        total = int(cum[-1]) if cum.numel() else 0
+        marks = (torch.arange(self.chunk_events, total + 1, self.chunk_events) if total >= self.chunk_events
+                 else torch.zeros(0, dtype=cum.dtype))
+        bounds = sorted({0, self.n, *torch.searchsorted(cum, marks, right=True).clamp(max=self.n).tolist()})
         c_lo = torch.zeros((), dtype=torch.float64)
         vs, ds = [], []
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -200,7 +198,9 @@ class _SiteThresholds:
             return float(u[int(hit[0])])
         return float("inf") if hi == float("inf") else None
 
-    def thresholds(self, targets: list[float]) -> list[float]:
+    def thresholds(self, targets: list[float], exact: bool = True) -> list[float]:
+        if not exact and self.sample is not None:  # the subsample's own thresholds (exploration)
+            return self._sample_thresholds(targets)
         if self.sample is None:  # few rows: the bisection of threshold_for_cett on all of them
             if self.values is None:
                 self.values = candidate_values(self.imp)
@@ -219,8 +219,10 @@ class _SiteThresholds:
             if not todo:
                 break
             lo_t, hi_t = min(todo), max(todo)
-            mid = self._sample_thresholds([0.5 * (lo_t + hi_t)])[0]
-            delta = widen * (4 * self._sample_spread(mid if math.isfinite(mid) else 0.0) + 1e-4)
+            if self.spread is None:  # the subsample's standard error, once (at the first targets)
+                mid = self._sample_thresholds([0.5 * (lo_t + hi_t)])[0]
+                self.spread = self._sample_spread(mid if math.isfinite(mid) else 0.0)
+            delta = widen * (4 * self.spread + 1e-4)
             e_lo, e_hi = self._sample_thresholds([lo_t - delta, hi_t + delta])
             if lo_t - delta <= 0:
                 e_lo = 0.0
@@ -252,17 +254,21 @@ class _Calibration:
                       for s in sites}
         self.seconds = time.perf_counter() - start
         self.cache: dict[float, dict[str, float]] = {}
+        self.rough: dict[float, dict[str, float]] = {}
 
-    def thresholds(self, targets: Sequence[float]) -> list[dict[str, float]]:
-        new = sorted({t for t in targets if t not in self.cache})
+    def thresholds(self, targets: Sequence[float], exact: bool = True) -> list[dict[str, float]]:
+        """Per-site thresholds of each target: exact on all rows, or (``exact=False``, for the
+        exploration phase) from the 2,048-row subsample of sites with more rows than 4,096."""
+        cache = self.cache if exact else self.rough
+        new = sorted({t for t in targets if t not in cache})
         if new:
             _check_targets(new)
             start = time.perf_counter()
-            per_site = {name: st.thresholds(new) for name, st in self.sites.items()}
+            per_site = {name: st.thresholds(new, exact) for name, st in self.sites.items()}
             self.seconds += time.perf_counter() - start
             for i, target in enumerate(new):
-                self.cache[target] = {name: eps[i] for name, eps in per_site.items()}
-        return [self.cache[t] for t in targets]
+                cache[target] = {name: eps[i] for name, eps in per_site.items()}
+        return [cache[t] for t in targets]
 
 
 @dataclass
@@ -606,7 +612,7 @@ def ppl_p_sparsity(
             sub_dense, sub_tokens = float(g_sub[0] / g_sub[1]), float(g_sub[1])
 
             def evaluate_sub(targets):
-                loss, _ = _truncated_pass(prep, calib.thresholds(targets), stride)
+                loss, _ = _truncated_pass(prep, calib.thresholds(targets, exact=False), stride)
                 cost["passes"] += 1
                 cost["forwards"] += len(targets) * sub_tokens / total_tokens
                 return [float(v) / sub_tokens - sub_dense for v in all_sum(loss)]
