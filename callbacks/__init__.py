@@ -7,6 +7,7 @@ from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.history import MetricHistory
 from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
 from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
+from actsparse.callbacks.skan import SKANTraining
 from actsparse.callbacks.sparsity import SparsityMonitor
 from actsparse.callbacks.summary import RunSummary
 from actsparse.callbacks.swap import ActivationSwap
@@ -22,6 +23,7 @@ __all__ = [
     "MetricHistory",
     "ProSparse",
     "RunSummary",
+    "SKANTraining",
     "SparsityEvaluator",
     "SparsityMonitor",
     "ThresholdShift",

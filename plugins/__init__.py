@@ -21,6 +21,16 @@ from actsparse.plugins.sites import (
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
 from actsparse.plugins.swap import SwapReport, swap_activation
+from actsparse.plugins.kan import (
+    SPACES,
+    KANLinear,
+    SKANConv2d,
+    SKANLinear,
+    kan_regularization,
+    prune_spaces,
+    register_basis,
+    update_grids,
+)
 from actsparse.plugins.dendrites import (
     DendriticLayer,
     KWinners,
@@ -36,8 +46,16 @@ from actsparse.plugins.dendrites import (
 __all__ = [
     "ACTIVATION",
     "DendriticLayer",
+    "KANLinear",
     "KWinners",
     "KWinners2d",
+    "SKANConv2d",
+    "SKANLinear",
+    "SPACES",
+    "kan_regularization",
+    "prune_spaces",
+    "register_basis",
+    "update_grids",
     "false_match_probability",
     "log_false_match_probability",
     "match_probability_with_noise",
