@@ -7,6 +7,7 @@ here beside :class:`PPLSparsity` because DESIGN §3 lists it with the metrics.
 """
 
 from actsparse.metrics.cett import CETT
+from actsparse.metrics.go_terms import AUPR, Fmax, Smin
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 from actsparse.metrics.sparsity import ActivationRatio, ActivationSparsity, DeadNeuronRate
 
@@ -27,14 +28,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'actsparse.metrics' has no attribute {name!r}")
 
 __all__ = [
+    "AUPR",
     "ActivationRatio",
     "ActivationSparsity",
     "CETT",
     "CodeCategorization",
     "DeadNeuronRate",
+    "Fmax",
     "HashCodePurity",
     "PPLSparsity",
     "PPLSparsityResult",
     "RedundancyRatio",
+    "Smin",
     "ppl_p_sparsity",
 ]

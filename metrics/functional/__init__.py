@@ -9,9 +9,18 @@ Procedures that run a model (``ppl_p_sparsity``, ``neural_codes``, ``truncate``,
 
 from actsparse.metrics.functional.cett import candidate_values, cett, neuron_norms, threshold_for_cett
 from actsparse.metrics.functional.code_categorization import code_categorization
+from actsparse.metrics.functional.go_terms import (
+    aupr,
+    average_precision,
+    fmax,
+    information_content,
+    precision_recall_curve_go,
+    smin,
+)
 from actsparse.metrics.functional.hash_codes import (
     NeuralCodes,
     code_buckets,
+    drop_constant_units,
     hash_code_purity,
     pack_codes,
     redundancy_ratio,
@@ -43,6 +52,8 @@ __all__ = [
     "ActivationLaw",
     "NeuralCodes",
     "activation_ratio",
+    "aupr",
+    "average_precision",
     "activation_sparsity",
     "active_mask",
     "as_rows",
@@ -50,14 +61,19 @@ __all__ = [
     "cett",
     "code_buckets",
     "code_categorization",
+    "drop_constant_units",
     "count_active",
     "dead_neuron_rate",
     "dead_neurons",
     "fit_activation_law",
+    "fmax",
     "hash_code_purity",
+    "information_content",
     "neuron_norms",
     "pack_codes",
+    "precision_recall_curve_go",
     "redundancy_ratio",
+    "smin",
     "threshold_for_cett",
     "unpack_codes",
 ]
