@@ -58,7 +58,7 @@ def points(n=4, d=3):
 
 @pytest.mark.parametrize("activation, depth, width, seeds, tol", [
     ("relu", 3, 1024, 2, 0.08),
-    ([0.0, math.sqrt(0.9), math.sqrt(0.1)], 3, 1024, 3, 0.1),  # mild Hermite: dual 0.9 xi + 0.1 xi^2
+    ([0.0, math.sqrt(0.9), math.sqrt(0.1)], 2, 1024, 6, 0.1),  # mild Hermite: dual 0.9 xi + 0.1 xi^2
     ("opt3", 1, 1024, 12, 0.1),  # a cubic's kernel fluctuates ~20% at width 1024: average inits
 ])
 def test_empirical_ntk_of_a_wide_random_mlp_matches_ntk_kernel(activation, depth, width, seeds, tol):
@@ -74,9 +74,9 @@ def test_wide_network_outputs_have_the_nngp_covariance():
     torch.manual_seed(0)
     x = points()
     with torch.no_grad():
-        outs = torch.stack([HermiteMLP(3, 128, 2, 1, "opt9").double()(x)[:, 0] for _ in range(400)])
+        outs = torch.stack([HermiteMLP(3, 128, 2, 1, "relu").double()(x)[:, 0] for _ in range(400)])
     cov = outs.T @ outs / len(outs)
-    assert torch.allclose(cov, nngp_kernel(sphere_gram(x), 2, "opt9"), atol=0.3)
+    assert torch.allclose(cov, nngp_kernel(sphere_gram(x), 2, "relu"), atol=0.2)
 
 
 @pytest.mark.slow

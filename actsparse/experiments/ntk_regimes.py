@@ -83,6 +83,8 @@ def run_dim_seed(p: DictConfig, dim: int, seed: int, profiles: dict) -> dict:
         rows = {}
         exact = dict(kernel_path(xi, [d for d in depths if d <= exact_max] + [exact_max], activation, kind=p.kind))
         for depth in depths:
+            if depth > exact_max and depth not in profiles[activation]:
+                continue  # past a KernelDepthOverflow: not representable in float64 logs
             kernel = exact[depth] if depth <= exact_max else profiles[activation][depth](xi)
             preds, singular = _predict(*_with_labels(kernel, n, ytr))
             rows[depth] = {"acc": acc(preds), "singular_gram": singular,
@@ -103,6 +105,8 @@ def summarize(p: DictConfig, runs: dict) -> dict:
         for activation in activations_for(p, dim):
             per_depth = {}
             for depth in depths_for(p, activation):
+                if depth not in seeds[0]["kernels"][activation]["depths"]:
+                    continue
                 vals = [r["kernels"][activation]["depths"][depth] for r in seeds]
                 per_depth[depth] = {k: study.mean_std([v[k] for v in vals]) for k in vals[0] if k != "singular_gram"}
                 per_depth[depth]["singular_gram"] = sum(v["singular_gram"] for v in vals)
@@ -188,8 +192,11 @@ def run(cfg: DictConfig) -> dict:
     for activation in all_acts:  # data-independent: one pass per activation
         t = time.perf_counter()
         deep = [d for d in depths_for(p, activation) if d > int(p.exact_max_depth)] + [int(p.exact_max_depth)]
-        profiles[activation] = kernel_profiles(deep, activation, kind=p.kind, grid_size=int(p.grid_size))
-        print(f"profile {activation}: depths up to {max(deep)} ({time.perf_counter() - t:.1f} s)", flush=True)
+        profiles[activation] = kernel_profiles(deep, activation, kind=p.kind, grid_size=int(p.grid_size),
+                                               allow_overflow=True)
+        reached = max(profiles[activation], default=0)
+        note = "" if reached == max(deep) else f", log|K| overflows float64 beyond it: deeper depths skipped"
+        print(f"profile {activation}: depths up to {reached}{note} ({time.perf_counter() - t:.1f} s)", flush=True)
     runs = defaultdict(list)
     for dim in p.dims:
         for seed in p.seeds:

@@ -22,6 +22,7 @@ from actsparse.plugins.ntk.classifiers import (
 from actsparse.plugins.ntk.duals import DualActivation, available_duals, dual_activation, hermite_dual, register_dual
 from actsparse.plugins.ntk.hermite import HermiteActivation, hermite_series
 from actsparse.plugins.ntk.kernels import (
+    KernelDepthOverflow,
     KernelProfile,
     LogKernel,
     kernel_path,
@@ -36,6 +37,7 @@ from actsparse.plugins.ntk.kernels import (
 __all__ = [
     "DualActivation",
     "HermiteActivation",
+    "KernelDepthOverflow",
     "KernelProfile",
     "LogKernel",
     "SingularKernelError",

@@ -76,6 +76,14 @@ def sphere_gram(x: Tensor, z: Tensor | None = None, normalize: bool = False) -> 
     return check_cosines(x @ z.T)
 
 
+class KernelDepthOverflow(OverflowError):
+    """The log-magnitude of a kernel entry left float64's range (super-exponentially decaying duals)."""
+
+    def __init__(self, message: str, depth: int | None = None) -> None:
+        super().__init__(message)
+        self.depth = depth
+
+
 @dataclass
 class LogKernel:
     """A kernel matrix as ``sign * exp(logabs)`` (entries far below float64's range stay exact)."""
@@ -165,6 +173,12 @@ def kernel_path(
         # a(1) = 1 exactly: keep the (possibly repelling) fixed point xi = 1 where it is.
         sig_log = torch.where(at_one, 0.0, a_log.clamp(max=0.0))
         sig_sign = torch.where(at_one, 1.0, a_sign)
+        if bool(((sig_log == -math.inf) & (sig_sign != 0)).any()):
+            raise KernelDepthOverflow(
+                f"{dual.name!r}: log|Sigma^{depth + 1}| overflows float64 (entries below exp(-1.8e308)); "
+                f"a'(0) = 0 makes log|Sigma| grow like p^depth. Its deep limit (1-NN) is reached long before "
+                f"this depth; stop at depth {depth}.", depth=depth
+            )
 
 
 @dataclass
@@ -201,14 +215,23 @@ def kernel_profiles(
     activation: str | Sequence[float] | DualActivation = "relu",
     kind: str = "ntk",
     grid_size: int = 8192,
+    allow_overflow: bool = False,
 ) -> dict[int, KernelProfile]:
     """:class:`KernelProfile` of the (normalized) NTK or the NNGP at each depth, from one pass of
     the recursion over ``grid_size`` values of xi spaced uniformly in ``t = atanh(xi)`` between
-    ``-+(1 - SNAP_TO_ONE)`` (which the recursion takes as -+1)."""
+    ``-+(1 - SNAP_TO_ONE)`` (which the recursion takes as -+1). ``allow_overflow=True`` returns only
+    the depths reached before a :class:`KernelDepthOverflow` (hermite_<k> past depth ~log_k(1e308))."""
     edge = math.atanh(1.0 - SNAP_TO_ONE)
     t = torch.linspace(-edge, edge, int(grid_size), dtype=torch.float64)
     xi = torch.tanh(t)
-    return {d: KernelProfile(t, k.logabs.clone(), k.sign.clone()) for d, k in kernel_path(xi, depths, activation, kind)}
+    profiles = {}
+    try:
+        for d, k in kernel_path(xi, depths, activation, kind):
+            profiles[d] = KernelProfile(t, k.logabs.clone(), k.sign.clone())
+    except KernelDepthOverflow:
+        if not allow_overflow:
+            raise
+    return profiles
 
 
 def nngp_kernel(xi: Tensor, depth: int, activation: str | Sequence[float] | DualActivation = "relu") -> Tensor:
