@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from actsparse.metrics.cett import ActivationRatio, ActivationSparsity
-from actsparse.metrics.functional.cett import activation_ratio, cett, threshold_for_cett, truncate
+from actsparse.evaluation import truncate
+from actsparse.metrics import CETT, ActivationRatio, ActivationSparsity
+from actsparse.metrics.functional import activation_ratio, cett, threshold_for_cett
 from actsparse.models import TinyLM
 from actsparse.plugins.sites import NoSitesError, find_sites
 
@@ -23,7 +24,7 @@ def reference_cett(x1: np.ndarray, w: np.ndarray, eps: float) -> float:
         for i in range(x.shape[0]):
             n_i = x[i] * w[:, i]
             y += n_i
-            if abs(x[i]) * norms[i] < eps:
+            if abs(x[i]) * norms[i] <= eps:  # weak: at or below the threshold (the one rule)
                 tail += n_i
         ny = np.linalg.norm(y)
         total += np.linalg.norm(tail) / ny if ny > 0 else 0.0
@@ -73,7 +74,8 @@ def test_threshold_for_cett_hits_its_target(target):
     importance = np.unique((x1.abs() * w.norm(dim=0)).numpy())
     reached = reference_cett(x1.numpy(), w.numpy(), eps)
     assert reached >= target - 1e-12
-    below = importance[importance < eps]
+    below = np.unique(np.r_[0.0, importance])
+    below = below[below < eps]
     if target > 0 and below.size:  # the next smaller candidate threshold misses the target
         assert reference_cett(x1.numpy(), w.numpy(), float(below[-1])) < target
 
@@ -113,7 +115,7 @@ def test_truncate_equals_a_hand_masked_ffn_and_counts_dropped_neurons():
     def masked(block_ffn, name):
         def forward(h):
             x1 = block_ffn.act(block_ffn.gate(h)) * block_ffn.up(h)
-            weak = (x1.abs() * block_ffn.down.weight.norm(dim=0) < eps[name]) | (x1 == 0)
+            weak = x1.abs() * block_ffn.down.weight.norm(dim=0) <= eps[name]
             dropped[name] = (int(weak.sum()), weak.numel())
             return block_ffn.down(x1 * ~weak)
         return forward
@@ -158,15 +160,15 @@ def test_activation_ratio_and_metrics_equal_hand_counts():
     assert float(activation_ratio(a)) == pytest.approx(1 - zeros_a / a.numel())
     m, r = ActivationSparsity(["a", "b"]), ActivationRatio(["a", "b"])
     for metric in (m, r):
-        metric.update(a[:2], site="a")
+        metric.update(a[:2], name="a")
         metric.update({"a": a[2:], "b": b})
     out, ratio = m.compute(), r.compute()
     assert float(out["a"]) == pytest.approx(zeros_a / a.numel())
     assert float(out["b"]) == pytest.approx(zeros_b / b.numel())
     assert float(out["mean"]) == pytest.approx((zeros_a + zeros_b) / (a.numel() + b.numel()))
     assert float(ratio["mean"]) == pytest.approx(1 - float(out["mean"]))
-    with pytest.raises(KeyError, match="Unknown site"):
-        m.update(a, site="c")
+    with pytest.raises(KeyError, match="Unknown stream"):
+        m.update(a, name="c")
 
 
 def test_activation_sparsity_watches_a_model_through_its_sites():
@@ -184,3 +186,12 @@ def test_activation_sparsity_watches_a_model_through_its_sites():
     for name, t in seen.items():
         assert float(out[name]) == pytest.approx(float((t == 0).float().mean()))
 
+
+
+def test_cett_metric_streams_the_functional_mean():
+    x1, w = random_ffn(tokens=30, seed=5)
+    metric = CETT(threshold=0.7)
+    for part in (x1[:7], x1[7:20], x1[20:]):
+        metric.update(part, w)
+    assert float(metric.compute()) == pytest.approx(float(cett(x1, w, 0.7)), rel=1e-12)
+    assert float(metric.compute()) == pytest.approx(reference_cett(x1.numpy(), w.numpy(), 0.7), rel=1e-12)
