@@ -70,23 +70,25 @@ def test_empirical_ntk_of_a_wide_random_mlp_matches_ntk_kernel(activation, depth
 
 
 def test_wide_network_outputs_have_the_nngp_covariance():
-    """Many random width-128 nets: the empirical covariance of f(x), f(z) is Sigma^depth."""
+    """Many random width-64 nets: the empirical covariance of f(x), f(z) is Sigma^depth."""
     torch.manual_seed(0)
     x = points()
     with torch.no_grad():
-        outs = torch.stack([HermiteMLP(3, 128, 2, 1, "relu").double()(x)[:, 0] for _ in range(400)])
+        outs = torch.stack([HermiteMLP(3, 64, 2, 1, "relu").double()(x)[:, 0] for _ in range(1500)])
     cov = outs.T @ outs / len(outs)
-    assert torch.allclose(cov, nngp_kernel(sphere_gram(x), 2, "relu"), atol=0.2)
+    assert torch.allclose(cov, nngp_kernel(sphere_gram(x), 2, "relu"), atol=0.15)  # ~4 standard errors
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("activation", ["opt5", "opt9"])
-def test_empirical_ntk_of_optimal_activations_two_layers(activation):
+@pytest.mark.parametrize("activation", ["opt5", "opt9", "hermite_2"])
+def test_empirical_ntk_of_optimal_activations_one_layer(activation):
+    # Deeper polynomial nets need far larger widths: each cubic/quadratic layer amplifies the
+    # finite-width fluctuation of the pre-activation variance (tens of % at width 1024, depth 2).
     torch.manual_seed(0)
     x = points()
-    theta = sum(empirical_ntk(HermiteMLP(3, 2048, 2, 1, activation).double(), x) for _ in range(8)) / 8
-    expected = ntk_kernel(sphere_gram(x), 2, activation)
-    assert ((theta - expected).abs().max() / expected.abs().max()) < 0.25
+    theta = sum(empirical_ntk(HermiteMLP(3, 2048, 1, 1, activation).double(), x) for _ in range(8)) / 8
+    expected = ntk_kernel(sphere_gram(x), 1, activation)
+    assert ((theta - expected).abs().max() / expected.abs().max()) < 0.1
 
 
 def test_standard_parametrization_is_the_same_function_at_init():

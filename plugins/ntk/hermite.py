@@ -70,7 +70,7 @@ class HermiteActivation(nn.Module):
     Example:
         >>> act = HermiteActivation([0.0, 2 ** -0.5, 0.0, 2 ** -0.5])   # opt3: dual xi^3/2 + xi/2
         >>> [round(v, 4) for v in act(torch.tensor([0.0, 1.0, 2.0])).tolist()]
-        [0.0, 0.1298, 1.5962]
+        [0.0, 0.1298, 1.9916]
     """
 
     def __init__(self, coeffs: Sequence[float], normalize: bool = False) -> None:
