@@ -13,7 +13,7 @@ from actsparse.data.tokenizer import ByteTokenizer
 _LAZY = {
     "FunctionDataModule": "functions",
     "PermutedDigitsDataModule": "permuted_digits",
-    "DirichletSphere": "sphere", "SphereDataModule": "sphere",
+    "DirichletSphere": "sphere", "SphereDataModule": "sphere", "PRESETS": "sphere",
     "SentenceDataModule": "sentences",
     "ProteinDataModule": "protein",
 }

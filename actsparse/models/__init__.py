@@ -13,7 +13,7 @@ from actsparse.models.mlp import MLP
 _LAZY = {
     "KAN": "kan", "MLPRegressor": "kan", "PyKAN": "kan", "SConvKAN": "kan",
     "DendriticMLP": "dendritic", "KWinnersMLP": "dendritic", "matched_mlp": "dendritic",
-    "HermiteMLP": "hermite_mlp",
+    "HermiteMLP": "hermite_mlp", "ScaledLinear": "hermite_mlp",
     "ProteinRPN": "protein_rpn", "GMTBaseline": "protein_rpn",
 }
 
