@@ -242,7 +242,7 @@ def test_binary_and_non_utf8_corpora_are_refused_with_the_offset(tmp_path):
         TextDataModule(text_file=str(latin1), errors="lenient")
 
 
-@pytest.mark.parametrize("case", ["binary-corpus", "damaged-checkpoint"])
+@pytest.mark.parametrize("case", [pytest.param("binary-corpus", marks=pytest.mark.slow), "damaged-checkpoint"])
 def test_cli_bad_input_gets_one_line(case, tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(random.Random(1).randbytes(1000))
