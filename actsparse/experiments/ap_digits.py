@@ -14,7 +14,6 @@ folder. ``python -m actsparse.experiments.ap_digits [overrides]`` is the same ru
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -132,6 +131,7 @@ def table_rows(methods: dict) -> list[dict[str, str]]:
             for i, rem in enumerate((imp or ap)["remaining"])]
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict:
     """``actsparse-train experiment=ap_digits``: every model x method x seed of ``cfg.ap_digits``."""
     p = cfg.ap_digits
@@ -139,7 +139,6 @@ def run(cfg: DictConfig) -> dict:
     if unknown:
         raise ValueError(f"Unknown ap_digits.methods {unknown}; choose from {', '.join(METHODS)}.")
     out = study.prepare(cfg, threads=p.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     start = time.perf_counter()

@@ -13,7 +13,6 @@ final row shows what was forgotten. After the last task it records the activatio
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from typing import Any
@@ -117,10 +116,10 @@ def plot(curves: dict, out, num_tasks: int) -> dict[str, Any]:
     return figures
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict[str, Any]:
     settings = cfg.dendrites
     out = study.prepare(cfg, threads=settings.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     start = time.perf_counter()

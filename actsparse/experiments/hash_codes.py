@@ -25,7 +25,6 @@ It writes ``results.json``, ``results.md`` (tables) and PNG figures into the run
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from typing import Any
@@ -154,10 +153,10 @@ def run_study(cfg: DictConfig, log=print) -> dict[str, list[dict[str, float]]]:
     return results
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict[str, Any]:
     """``actsparse-train experiment=hash_codes``: the whole study into the run folder."""
     out = study.prepare(cfg, threads=cfg.hash_codes.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="lightning")

@@ -11,7 +11,6 @@ and how often the network's predictions agree with the kernel's and with Bayes'.
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 
@@ -52,11 +51,11 @@ def train_one(cfg: DictConfig, datamodule, activation: str, width: int, depth: i
         return task(xte.float()).argmax(1)
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict:
     """``actsparse-train experiment=ntk_finite``: every activation x width x depth x seed of ``cfg.ntk_finite``."""
     p = cfg.ntk_finite
     out = study.prepare(cfg, threads=p.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     start = time.perf_counter()
     records = []

@@ -18,7 +18,6 @@ real chain with the proposed regions highlighted) and ``training.png``.
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from pathlib import Path
@@ -38,8 +37,6 @@ LABELS = {"protein_rpn": "ProteinRPN", "protein_rpn_no_site": "ProteinRPN, no si
 
 
 def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -264,6 +261,7 @@ def plot_training(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict[str, Any]:
     p = cfg.protein_rpn
     _quiet()

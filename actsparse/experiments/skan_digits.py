@@ -13,7 +13,6 @@ parameter count is closest to the pruned S-ConvKAN's). All train with the ``clas
 
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from collections import Counter
@@ -94,10 +93,10 @@ def fit_one(cfg: DictConfig, name: str, seed: int) -> dict[str, Any]:
             "params_trained": params_trained, "seconds": time.perf_counter() - start, "chosen": chosen}
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict[str, Any]:
     s = cfg.skan_digits
     out = study.prepare(cfg, threads=s.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     models = ["sconvkan", *[f"convkan_{sp}" for sp in s.single_spaces], "cnn"]
     for name in models:  # fail on a bad name before any training

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import time
 import warnings
 from collections import Counter
@@ -223,10 +222,10 @@ def plot_spaces(space_rows: list[dict[str, str]], path) -> None:
     save_figure(fig, path)
 
 
+@study.entry
 def run(cfg: DictConfig) -> dict[str, Any]:
     s = cfg.skan_fit
     out = study.prepare(cfg, threads=s.get("threads"))
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     tasks = {str(k): [int(w) for w in v] for k, v in OmegaConf.to_container(s.tasks, resolve=True).items()}
     for task, widths in tasks.items():

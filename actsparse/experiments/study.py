@@ -11,12 +11,15 @@ same run (:func:`alias_main`).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
+import logging
 import math
 import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -29,6 +32,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 Rows = Sequence[Mapping[str, Any]]
+
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+def entry(run):
+    """Decorator for a study's ``run(cfg)``: a study trains many small models, so Lightning's INFO
+    lines and warnings are kept out of its output while it runs — and the logger levels and warning
+    filters are restored afterwards (a study called in-process, from a notebook, a test or a
+    multirun, leaves the caller's logging as it found it)."""
+
+    @functools.wraps(run)
+    def wrapped(cfg, *args, **kwargs):
+        levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            for name in _LIGHTNING_LOGGERS[:2]:
+                logging.getLogger(name).setLevel(logging.WARNING)
+            try:
+                return run(cfg, *args, **kwargs)
+            finally:
+                for name, level in levels.items():
+                    logging.getLogger(name).setLevel(level)
+
+    return wrapped
 
 
 def compose(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:

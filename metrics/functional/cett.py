@@ -159,8 +159,8 @@ def threshold_for_cett(x1: torch.Tensor, w_down: torch.Tensor, target, dtype: to
     Example:
         >>> x1 = torch.tensor([[1.0, 0.1, 0.01]])
         >>> eps = threshold_for_cett(x1, torch.eye(3), 0.05)
-        >>> float(eps), float(cett(x1, torch.eye(3), eps)) >= 0.05
-        (1.0, True)
+        >>> round(float(eps), 6), float(cett(x1, torch.eye(3), eps)) >= 0.05   # drops the 0.1 and 0.01 neurons
+        (0.1, True)
     """
     targets = _check_targets(target)
     x, w, importance, y_norm = _prepare(x1, w_down, dtype)
