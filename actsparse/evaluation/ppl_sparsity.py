@@ -45,6 +45,7 @@ from actsparse.evaluation.lm_loss import LossFn, MaskFn, batch_mask, causal_lm_l
 from actsparse.evaluation.truncation import ffn_sites, truncate
 from actsparse.metrics.functional.cett import (_bisect_thresholds, _check_targets, _prepare, _weak_sums,
                                                candidate_values, neuron_norms)
+from actsparse.metrics.functional.sparsity import count_active
 from actsparse.runtime import all_cat, all_sum, distributed
 from actsparse.plugins.sites import Site
 
@@ -303,7 +304,8 @@ def _dense_pass(model, sites, dataloader, loss_fn, max_batches, calibration_toke
 
     def hook(site: Site, x1: torch.Tensor) -> None:
         flat = _rows(x1.detach(), current["mask"])[0]
-        zeros[site.name] += torch.tensor([float((flat == 0).sum()), float(flat.numel())], dtype=torch.float64)
+        zeros[site.name] += torch.tensor([flat.numel() - float(count_active(flat)), float(flat.numel())],
+                                         dtype=torch.float64)
         if per_batch is not None and flat.shape[0] > per_batch:
             idx = torch.randperm(flat.shape[0], generator=generator)[:per_batch].sort().values
             flat = flat[idx.to(flat.device)]

@@ -47,6 +47,7 @@ from actsparse.callbacks import ActivationSwap, ProSparse, SparsityMonitor  # no
 from actsparse.callbacks.prosparse import paper_stages  # noqa: E402
 from actsparse.data.sentences import SentenceDataModule, minilm_path  # noqa: E402
 from actsparse.experiments import study  # noqa: E402
+from actsparse.metrics import ActivationSparsity  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
 from actsparse.report import save_figure  # noqa: E402
 from actsparse.tasks.distill import SentenceDistillation, encode  # noqa: E402
@@ -80,17 +81,16 @@ def embed_with_sparsity(model: torch.nn.Module, loader) -> tuple[torch.Tensor, f
     """Mean-pooled embeddings of every sentence, and the fraction of exact zeros of the FFN
     intermediate over real (unpadded) tokens: overall and per site."""
     model.eval()
-    embeddings, zeros, totals = [], {}, {}
+    embeddings = []
+    sparsity = ActivationSparsity.for_model(model)  # the one counting rule, per site and pooled
     for batch in loader:
         keep = batch["attention_mask"].flatten().bool()
         with record(model, what="outputs") as rec:
             embeddings.append(encode(model, batch["input_ids"], batch["attention_mask"]))
-        for name, site in rec.items():
-            rows = site.outputs[keep]
-            zeros[name] = zeros.get(name, 0) + int((rows == 0).sum())
-            totals[name] = totals.get(name, 0) + rows.numel()
-    per_site = {name: zeros[name] / totals[name] for name in zeros}
-    return torch.cat(embeddings), sum(zeros.values()) / max(1, sum(totals.values())), per_site
+        sparsity.update({name: site.outputs[keep] for name, site in rec.items()})
+    values = {name: float(v) for name, v in sparsity.compute().items()}
+    overall = values.pop("mean")
+    return torch.cat(embeddings), overall, values
 
 
 def fidelity(student: torch.Tensor, teacher: torch.Tensor, k: int) -> dict[str, float]:
