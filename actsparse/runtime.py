@@ -52,3 +52,18 @@ def all_cat(rows: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([part[: int(s.item())] for part, s in zip(parts, sizes)])
+
+
+def lazy_exports(package: str, table: dict[str, str]):
+    """A module ``__getattr__`` that imports ``table[name]`` (a module under ``package``, or an
+    absolute ``actsparse.…`` path) on first access: packages export their heavy parts (e.g.
+    torch_geometric models) without importing them with the package."""
+    import importlib
+
+    def __getattr__(name: str):
+        if name in table:
+            module = table[name] if table[name].startswith("actsparse.") else f"{package}.{table[name]}"
+            return getattr(importlib.import_module(module), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

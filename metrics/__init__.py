@@ -6,6 +6,7 @@ Model-driving procedures live in :mod:`actsparse.evaluation`; ``ppl_p_sparsity``
 here beside :class:`PPLSparsity` because DESIGN §3 lists it with the metrics.
 """
 
+from actsparse.runtime import lazy_exports
 from actsparse.metrics.cett import CETT
 from actsparse.metrics.go_terms import AUPR, Fmax, Smin
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
@@ -20,12 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'actsparse.metrics' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "AUPR",

@@ -2,8 +2,7 @@
 each method family (function fitting, permuted digits, sphere data, sentences, protein graphs),
 loaded on first use."""
 
-import importlib
-
+from actsparse.runtime import lazy_exports
 from actsparse.data.corpus import CorpusError, build_stdlib_docs, stdlib_docs
 from actsparse.data.digits import DigitsDataModule
 from actsparse.data.loader import ResumableDataLoader
@@ -19,10 +18,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"actsparse.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'actsparse.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -4,8 +4,7 @@ KAN/S-KAN regressors and S-ConvKAN (``kan``), dendritic and k-WTA MLPs (``dendri
 with Hermite activations (``hermite_mlp``), ProteinRPN and its GMT baseline (``protein_rpn``).
 The family models load on first use (ProteinRPN needs torch_geometric)."""
 
-import importlib
-
+from actsparse.runtime import lazy_exports
 from actsparse.models.cnn import CNN
 from actsparse.models.llama import FFN_KINDS, GatedFFN, LMConfig, PlainFFN, TinyLM
 from actsparse.models.mlp import MLP
@@ -18,10 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"actsparse.models.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'actsparse.models' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["CNN", "FFN_KINDS", "GatedFFN", "LMConfig", "MLP", "PlainFFN", "TinyLM", *_LAZY]

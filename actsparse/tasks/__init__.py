@@ -1,5 +1,6 @@
 """LightningModules that train actsparse's reference models."""
 
+from actsparse.runtime import lazy_exports
 from actsparse.tasks.classify import Classifier
 from actsparse.tasks.lm import CausalLM, warmup_cosine
 
@@ -11,12 +12,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"actsparse.tasks.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'actsparse.tasks' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["CausalLM", "Classifier", "warmup_cosine", *_LAZY]

@@ -7,6 +7,7 @@ Procedures that run a model (``ppl_p_sparsity``, ``neural_codes``, ``truncate``,
 (forwarded lazily, for code written before the move).
 """
 
+from actsparse.runtime import lazy_exports
 from actsparse.metrics.functional.cett import candidate_values, cett, neuron_norms, threshold_for_cett
 from actsparse.metrics.functional.code_categorization import code_categorization
 from actsparse.metrics.functional.go_terms import (
@@ -37,15 +38,8 @@ from actsparse.metrics.functional.sparsity import (
     dead_neurons,
 )
 
-_MOVED = {"ppl_p_sparsity", "PPLSparsityResult", "neural_codes", "truncate", "causal_lm_loss"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import actsparse.evaluation
-
-        return getattr(actsparse.evaluation, name)
-    raise AttributeError(f"module 'actsparse.metrics.functional' has no attribute {name!r}")
+_MOVED = ("ppl_p_sparsity", "PPLSparsityResult", "neural_codes", "truncate", "causal_lm_loss")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_MOVED, "actsparse.evaluation"))
 
 
 __all__ = [
