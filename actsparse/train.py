@@ -425,6 +425,9 @@ def main(cfg: DictConfig) -> float | None:
         # traceback is in train.log.
         print(f"Error: {bad_input}", file=sys.stderr, flush=True)
         sys.exit(1)
+    if (cfg.get("entry") or "actsparse.train.train") != "actsparse.train.train":  # a study; train() says its own
+        written = sorted(p.name for p in Path(cfg.paths.output_dir).glob("results.*"))
+        print(f"Study results in {cfg.paths.output_dir}: {', '.join(written) or 'see train.log'}", flush=True)
     return summary.get("val loss")  # the value a Hydra sweeper would optimize
 
 

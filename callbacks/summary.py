@@ -14,7 +14,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.history import MetricHistory
-from actsparse.report import plot_run_curves, print_summary
 
 
 class RunSummary(Callback):
@@ -73,6 +72,8 @@ class RunSummary(Callback):
         self.summary = {k: v for k, v in summary.items() if v is not None}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        from actsparse.report import plot_run_curves, print_summary  # matplotlib and rich only at fit end
+
         plots = plot_run_curves(history.history, out_dir) if history else []
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and plots:

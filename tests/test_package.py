@@ -18,6 +18,16 @@ def test_lightweight_imports_do_not_pull_hydra_or_wandb():
     assert out.stdout.strip() == "", f"imported: {out.stdout.strip()}"
 
 
+def test_callbacks_leave_plotting_and_the_data_room_to_first_use():
+    """Callbacks import actsparse.report (matplotlib) and actsparse.data lazily (issue 11)."""
+    code = (
+        "import sys, actsparse.callbacks;"
+        "print(','.join(m for m in ('actsparse.report', 'actsparse.data', 'torch_geometric') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported: {out.stdout.strip()}"
+
+
 @pytest.mark.parametrize(
     "module, folder",
     [("actsparse.callbacks", "callbacks"), ("actsparse.metrics", "metrics"),
