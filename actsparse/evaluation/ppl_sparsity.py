@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from actsparse.evaluation.lm_loss import LossFn, MaskFn, batch_mask, causal_lm_loss
-from actsparse.evaluation.truncation import ffn_sites, truncate
+from actsparse.evaluation.truncation import ffn_sites, real_rows, truncate
 from actsparse.metrics.functional.cett import (_bisect_thresholds, _check_targets, _prepare, _weak_sums,
-                                               candidate_values, neuron_norms)
+                                               candidate_values)
 from actsparse.metrics.functional.sparsity import count_active
 from actsparse.runtime import all_cat, all_sum, distributed
 from actsparse.plugins.sites import Site
@@ -87,19 +87,6 @@ def _batches(dataloader: Iterable, max_batches: int | None):
         if max_batches is not None and i >= max_batches:
             break
         yield batch
-
-
-def _rows(x1: torch.Tensor, mask: torch.Tensor | None, repeats: int = 1) -> torch.Tensor:
-    """``x1`` as ``[repeats, rows, f]``, keeping the real positions only (``mask`` [B, T])."""
-    view = x1.reshape(repeats, -1, x1.shape[-1])
-    if mask is None:
-        return view
-    m = mask.reshape(-1).to(x1.device)
-    if m.numel() != view.shape[1]:
-        raise ValueError(
-            f"The batch mask has {m.numel()} positions but the FFN site tensor has {view.shape[1]} rows per "
-            f"replica (shape {tuple(x1.shape)}); pass mask_fn= for this batch layout (or mask_fn=lambda b: None).")
-    return view[:, m]
 
 
 class _SiteThresholds:
@@ -303,7 +290,7 @@ def _dense_pass(model, sites, dataloader, loss_fn, max_batches, calibration_toke
     current: dict[str, Any] = {"mask": None}
 
     def hook(site: Site, x1: torch.Tensor) -> None:
-        flat = _rows(x1.detach(), current["mask"])[0]
+        flat = real_rows(x1.detach(), current["mask"])[0]
         zeros[site.name] += torch.tensor([flat.numel() - float(count_active(flat)), float(flat.numel())],
                                          dtype=torch.float64)
         if per_batch is not None and flat.shape[0] > per_batch:
@@ -362,30 +349,17 @@ def _truncated_pass(prep: _Prepared, settings: list[dict[str, float]], stride: i
     pass with K threshold settings (the batch replicated K times)."""
     k = len(settings)
     eps = {s.name: torch.tensor([st[s.name] for st in settings], dtype=torch.float64) for s in prep.sites}
-    norms = {s.name: neuron_norms(s.w_down.detach()) for s in prep.sites}
-    counts = {s.name: torch.zeros(2, k, dtype=torch.float64) for s in prep.sites}
+    counted: dict[str, list[torch.Tensor]] = {}
     current: dict[str, Any] = {"mask": None}
-
-    def count(site: Site, x1: torch.Tensor) -> None:
-        # dropped <=> score <= eps, before or after truncation alike (zeros have score 0)
-        view = _rows(x1.detach(), current["mask"], k)
-        e = eps[site.name].to(device=x1.device, dtype=x1.dtype).view(k, 1, 1)
-        dropped = (view.abs() * norms[site.name].to(device=x1.device, dtype=x1.dtype) <= e).sum(dim=(1, 2))
-        counts[site.name] += torch.stack([dropped.double().cpu(),
-                                          torch.full((k,), float(view.shape[1] * view.shape[2]), dtype=torch.float64)])
-
     loss = torch.zeros(k, dtype=torch.float64)
-    with truncate(prep.model, eps, prep.sites):
-        handles = [s.register_hook(count) for s in prep.sites]
-        try:
-            for i, batch in enumerate(_batches(prep.dataloader, prep.max_batches)):
-                if i % stride == 0:
-                    current["mask"] = prep.mask_fn(batch)
-                    s, _ = prep.loss_fn(prep.model, batch, k)
-                    loss += s.detach().cpu().double()
-        finally:
-            for h in handles:
-                h.remove()
+    with truncate(prep.model, eps, prep.sites, counts=counted, count_mask=lambda: current["mask"]):
+        for i, batch in enumerate(_batches(prep.dataloader, prep.max_batches)):
+            if i % stride == 0:
+                current["mask"] = prep.mask_fn(batch)
+                s, _ = prep.loss_fn(prep.model, batch, k)
+                loss += s.detach().cpu().double()
+    counts = {s.name: torch.stack([c.cpu() for c in counted[s.name]]) if s.name in counted
+              else torch.zeros(2, k, dtype=torch.float64) for s in prep.sites}
     return loss, counts
 
 

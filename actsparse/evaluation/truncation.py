@@ -4,7 +4,7 @@ and PPL-p% sparsity), through the site hooks of :mod:`actsparse.plugins.sites`."
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from actsparse.metrics.functional.cett import neuron_norms
 from actsparse.plugins.sites import NoSitesError, Site, resolve_sites
 
-__all__ = ["ffn_sites", "truncate"]
+__all__ = ["ffn_sites", "real_rows", "truncate"]
 
 
 def ffn_sites(model: nn.Module, sites: Sequence[Site] | str | Sequence[str] | None = None) -> list[Site]:
@@ -28,15 +28,32 @@ def ffn_sites(model: nn.Module, sites: Sequence[Site] | str | Sequence[str] | No
     return ffn
 
 
+def real_rows(x1: torch.Tensor, mask: torch.Tensor | None, repeats: int = 1) -> torch.Tensor:
+    """``x1`` as ``[repeats, rows, f]``, keeping the real (unpadded) positions only (``mask`` [B, T]
+    of one replica; None keeps every row)."""
+    view = x1.reshape(repeats, -1, x1.shape[-1])
+    if mask is None:
+        return view
+    m = mask.reshape(-1).to(x1.device)
+    if m.numel() != view.shape[1]:
+        raise ValueError(
+            f"The batch mask has {m.numel()} positions but the FFN site tensor has {view.shape[1]} rows per "
+            f"replica (shape {tuple(x1.shape)}); pass mask_fn= for this batch layout (or mask_fn=lambda b: None).")
+    return view[:, m.bool()]
+
+
 @contextlib.contextmanager
 def truncate(model: nn.Module, thresholds: Mapping[str, float | torch.Tensor],
-             sites: Sequence[Site] | None = None, counts: dict | None = None) -> Iterator[None]:
+             sites: Sequence[Site] | None = None, counts: dict | None = None,
+             count_mask: Callable[[], torch.Tensor | None] | None = None) -> Iterator[None]:
     """Zero the weak neurons of the FFN sites inside a ``with`` block.
 
     ``thresholds`` maps site names to ``ε`` — a float, or a ``[K]`` tensor to run K settings at
     once on a batch replicated K times along dim 0 (replica ``k`` uses ``ε[k]``). Dropped are the
     neurons with ``|x1_i|·‖W_down[:, i]‖₂ <= ε`` (exact zeros included: the one counting rule). When ``counts`` is a dict, it
-    accumulates ``counts[name] = [dropped [K], entries [K]]`` per site.
+    accumulates ``counts[name] = [dropped [K], entries [K]]`` per site; ``count_mask()``, when
+    given, returns the current batch's ``[B, T]`` mask of real positions (None: all), and only
+    those are counted (pads are not neurons of the data).
 
     Example:
         >>> from actsparse.models import TinyLM
@@ -62,8 +79,9 @@ def truncate(model: nn.Module, thresholds: Mapping[str, float | torch.Tensor],
         score = view.abs() * norms[site.name].to(x1.dtype)
         dropped = score <= eps.to(x1.dtype).view(k, 1, 1)
         if counts is not None:
-            d = dropped.sum(dim=(1, 2)).double()
-            n = torch.full_like(d, float(view.shape[1] * view.shape[2]))
+            counted = real_rows(dropped, count_mask() if count_mask else None, k)
+            d = counted.sum(dim=(1, 2)).double()
+            n = torch.full_like(d, float(counted.shape[1] * counted.shape[2]))
             prev = counts.get(site.name)
             counts[site.name] = [d, n] if prev is None else [prev[0] + d, prev[1] + n]
         return view.masked_fill(dropped, 0).reshape(x1.shape)
