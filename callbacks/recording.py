@@ -47,7 +47,8 @@ class TrainingRecorder(Callback):
         return self._generate_state_key(sites=self.sites)
 
     def _metrics(self, names: list[str]) -> list[Metric]:
-        raise NotImplementedError
+        """The metrics this monitor feeds, one stream per site name (subclasses define them)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _metrics(names): the metrics it feeds.")
 
     def _observe(self, site, tensor) -> None:
         for metric in self.metrics:

@@ -87,10 +87,11 @@ class Basis(nn.Module):
 
     @property
     def num_functions(self) -> int:
-        raise NotImplementedError
+        """``K``, the functions per edge (each family defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define num_functions (K, functions per edge).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define forward: [B, in] -> [B, in, K].")
 
     def select_inputs(self, index: torch.Tensor) -> "Basis":
         """Keep only the inputs ``index`` (pruning with ``select="inputs"``); per-input state
