@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -18,6 +19,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# Real structures for the protein tests (a user's clone has no ../shared: those tests skip).
+PDB_DIR = Path(os.environ.get("ACTSPARSE_PDB_DIR", REPO.parent / "shared" / "data" / "pdb"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny matrices, small sorts and DSSP only contend across threads
+    on a 2-core machine (the studies run with one too)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -19,13 +19,7 @@ from actsparse.plugins.dendrites import DendriticLayer, KWinners, KWinners2d, de
 from actsparse.tasks.continual import ContextClassifier, evaluate_accuracy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: more threads only contend (the studies run with one too)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- k-WTA -------------------------------------------------------------------------------------

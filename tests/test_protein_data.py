@@ -2,7 +2,6 @@
 records), residue graphs, DSSP, the content-keyed cache, DeepFRI/HEAL annotations, perturbations,
 synthetic motif chains, the DataModule, and clear errors for bad input."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,12 @@ from actsparse.data.protein.perturb import coordinate_noise, edge_dropout, pertu
 from actsparse.data.protein.structure import StructureError, read_chain
 from actsparse.data.protein.synthetic import make_motifs, synthetic_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-PDB_DIR = Path(os.environ.get("ACTSPARSE_PDB_DIR", REPO.parent / "shared" / "data" / "pdb"))
+from conftest import PDB_DIR  # noqa: E402
 needs_pdb = pytest.mark.skipif(not PDB_DIR.is_dir(), reason=f"real PDB files not found in {PDB_DIR}")
 REAL = ["1S3P-A", "2J9H-A", "2PE5-B", "2W83-E", "rosetta_1", "rosetta_2", "rosetta_3", "rosetta_4", "rosetta_5"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # DSSP and the model run many tiny ops: 2 threads on a shared 2-core machine are several times slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def biopython_residues(path: Path, chain_id: str):

@@ -2,8 +2,6 @@
 training steps whose loss falls, actsparse's monitors attached in a Trainer, and the study end to end."""
 
 import json
-import os
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,16 +17,10 @@ from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN, anchor_regions
 from actsparse.plugins import find_sites
 from actsparse.tasks.protein import ProteinFunction, info_nce_loss, supervised_contrastive_loss
 
-REPO = Path(__file__).resolve().parents[1]
-PDB_DIR = Path(os.environ.get("ACTSPARSE_PDB_DIR", REPO.parent / "shared" / "data" / "pdb"))
+from conftest import PDB_DIR  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from actsparse.plugins.dendrites import montecarlo as mc
 from actsparse.plugins.dendrites import sdr
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the simulator's small sorts only contend across threads
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- independent references -------------------------------------------------------------------
