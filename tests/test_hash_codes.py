@@ -1,7 +1,6 @@
 """Neural hash codes (issue 7): extraction, redundancy ratio, purity, categorization, the
 metrics' streaming and DDP behaviour, and the HashCodeMonitor callback."""
 
-import itertools
 from collections import Counter, defaultdict
 
 import lightning as L

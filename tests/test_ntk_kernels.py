@@ -133,7 +133,6 @@ def test_relu_ntk_closed_form_one_layer():
 def test_deep_entries_far_below_float64_keep_their_exact_logarithm(name):
     """Off-diagonal entries decay like a'(0)^L, past 1e-308; the log-domain recursion keeps them
     (reference: the same recursion in 60-digit mpmath arithmetic, whose exponent range is unbounded)."""
-    dual = dual_activation(name)
     mpmath.mp.dps = 60
     depth = 400
     xi_values = [0.3, 0.9, 0.999]

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from actsparse.data.sentences import pad_batch, prose_sentences, split_sentences
 from actsparse.tasks.distill import distillation_loss, mean_pool

@@ -151,6 +151,7 @@ def test_single_space_layer_has_no_selection_and_is_smaller():
     single, multi = KANLinear(3, 4, space="rbf", grid_size=8), SKANLinear(3, 4)
     assert single.selection_logits is None and single.spaces == ("rbf",)
     assert single.num_parameters() == 4 * 3 * (1 + 1 + 8) + 4
+    assert single.num_parameters() < multi.num_parameters()  # the S-KAN carries every space while training
 
 
 def test_grid_update_keeps_the_function_on_the_data():

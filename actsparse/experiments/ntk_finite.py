@@ -22,7 +22,6 @@ from actsparse.experiments import study
 from actsparse.models.hermite_mlp import HermiteMLP
 from actsparse.plugins.ntk.classifiers import kernel_regression
 from actsparse.plugins.ntk.kernels import LogKernel, kernel_path, sphere_gram
-from actsparse.tasks.classify import Classifier
 
 
 def kernel_limit(datamodule, activation: str, depth: int) -> torch.Tensor:

@@ -195,7 +195,7 @@ def run(cfg: DictConfig) -> dict:
         profiles[activation] = kernel_profiles(deep, activation, kind=p.kind, grid_size=int(p.grid_size),
                                                allow_overflow=True)
         reached = max(profiles[activation], default=0)
-        note = "" if reached == max(deep) else f", log|K| overflows float64 beyond it: deeper depths skipped"
+        note = "" if reached == max(deep) else ", log|K| overflows float64 beyond it: deeper depths skipped"
         print(f"profile {activation}: depths up to {reached}{note} ({time.perf_counter() - t:.1f} s)", flush=True)
     runs = defaultdict(list)
     for dim in p.dims:

@@ -28,7 +28,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning import seed_everything  # noqa: E402
