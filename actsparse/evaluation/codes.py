@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from actsparse.metrics.functional.hash_codes import NeuralCodes, pack_codes, unpack_codes
+from actsparse.metrics.functional.hash_codes import NeuralCodes, pack_codes, unpack_codes, varying_units
 from actsparse.plugins.recording import record
 
 __all__ = ["neural_codes"]
@@ -128,7 +128,7 @@ def _assemble(rec, labels: list[torch.Tensor], drop_constant, samples: int | Non
                 "`kept` mask of codes extracted from the same model and sites."
             )
     elif drop_constant:
-        kept = bits.any(0) & ~bits.all(0)
+        kept = varying_units(bits)
     else:
         kept = np.ones(total, dtype=bool)
     bits = bits[:, kept] if not kept.all() else bits

@@ -37,7 +37,12 @@ from omegaconf import DictConfig, OmegaConf
 from actsparse.evaluation import neural_codes
 from actsparse.experiments import study
 from actsparse.metrics.functional.code_categorization import PROTOCOLS, code_categorization
-from actsparse.metrics.functional.hash_codes import drop_constant_units, hash_code_purity, redundancy_ratio
+from actsparse.metrics.functional.hash_codes import (
+    drop_constant_units,
+    hash_code_purity,
+    redundancy_ratio,
+    varying_units,
+)
 
 
 def build(cfg: DictConfig, width: int, depth: int, train_size: float | int | None = None):
@@ -67,7 +72,7 @@ def measure(task: L.LightningModule, datamodule, categorization: dict[str, Any],
         if protocol == "reference":  # constant over train ∪ test, as the reference code
             tr, te = drop_constant_units(train_bits, test_bits)
         else:  # constant over the training codes only: the test codes are held out
-            kept = train_bits.any(0) & ~train_bits.all(0)
+            kept = varying_units(train_bits)
             tr, te = train_bits[:, kept], test_bits[:, kept]
         suffix = "" if i == 0 else f"@{protocol}"
         row[f"units{suffix}"] = tr.shape[1]

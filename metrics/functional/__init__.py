@@ -26,6 +26,7 @@ from actsparse.metrics.functional.hash_codes import (
     pack_codes,
     redundancy_ratio,
     unpack_codes,
+    varying_units,
 )
 from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law
 from actsparse.metrics.functional.sparsity import (
@@ -70,4 +71,5 @@ __all__ = [
     "smin",
     "threshold_for_cett",
     "unpack_codes",
+    "varying_units",
 ]

@@ -89,6 +89,17 @@ def unpack_codes(packed: torch.Tensor, units: int | None = None) -> torch.Tensor
     return bits if units is None else bits[:, :units]
 
 
+def varying_units(bits):
+    """Bool mask of the units (columns) that are not constant over the rows of ``bits`` (a bool
+    numpy array or tensor): constant units cannot tell samples apart, so codes drop them.
+
+    Example:
+        >>> varying_units(torch.tensor([[True, False, True], [True, True, False]]))
+        tensor([False,  True,  True])
+    """
+    return bits.any(0) & ~bits.all(0)
+
+
 def drop_constant_units(*code_sets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop the units (columns) constant over the union of several code sets (bool or 0/1
     ``[N_i, units]``), as the reference code does over train ∪ test; returns each set with the
@@ -105,8 +116,7 @@ def drop_constant_units(*code_sets: torch.Tensor) -> tuple[torch.Tensor, ...]:
     units = {b.shape[1] for b in bits}
     if len(units) != 1:
         raise ValueError(f"Code sets have different unit counts {sorted(units)}: extract them from one model and sites.")
-    union = torch.cat(bits)
-    kept = union.any(0) & ~union.all(0)
+    kept = varying_units(torch.cat(bits))
     return tuple(b[:, kept] for b in bits)
 
 
