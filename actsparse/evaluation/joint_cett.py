@@ -165,11 +165,11 @@ def joint_cett(
         records[0.0] = {"ratios": [1.0] * len(preps),
                         "sparsities": [float(all_sum(pr.zero_local.clone())[:, 0].sum()
                                              / all_sum(pr.zero_local.clone())[:, 1].sum()) for pr in preps]}
-        search = _Search(evaluate, p, tol, candidates)
-        search.run(width=tol, max_rounds=max_passes)
+        search = _Search(evaluate, p, tol, max_k=candidates)
+        search.run(max_rounds=max_passes)
         lo = search.lo
         rec = records[lo]
-        return JointCETTResult(p=float(p), cett=lo, cett_rejected=search.hi,
+        return JointCETTResult(p=float(p), cett=lo, cett_rejected=1.0 if search.hi is None else search.hi,
                                ppl_ratio=float(sum(rec["ratios"]) / len(rec["ratios"])), ppl_ratios=rec["ratios"],
                                sparsities=rec["sparsities"], passes=cost["passes"],
                                seconds=time.perf_counter() - start,

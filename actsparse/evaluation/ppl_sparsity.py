@@ -8,18 +8,23 @@ Procedure (and its cost, DESIGN §5):
    reference code does (``calibration_tokens`` samples rows instead, for very large data).
 2. Per-layer thresholds for any CETT target are **exact on all those tokens** (the smallest
    importance value whose mean CETT reaches the target, as
-   :func:`~actsparse.metrics.functional.threshold_for_cett` defines it) at the cost of about one
-   down projection of the data: a 2,048-row subsample brackets the threshold, and the mean CETT
-   at every importance value inside the bracket comes from one matmul plus per-token prefix sums
-   over the entries inside it (no data pass). Curves are cached, so nearby targets are free.
-   The exploration phase (step 3) uses the subsample's thresholds alone.
-3. **Truncated passes**: each evaluates ``candidates`` CETT targets at once (the batch is
-   replicated, one replica per target, each site drops its weak neurons per replica). The
-   targets are placed by interpolating ``log Δloss`` against ``log target`` between the closest
-   accepted and rejected points (safeguarded by bisection), and the search stops when the
-   bracket ``[accepted, rejected]`` is narrower than ``tol`` in CETT **and** than
-   ``sparsity_tol`` in dropped fraction (the returned sparsity is within ``sparsity_tol`` of the
-   boundary's).
+   :func:`~actsparse.metrics.functional.threshold_for_cett` defines it), without a data pass: a
+   1,024-row subsample brackets the threshold, and the mean CETT at every importance value inside
+   the bracket comes from three matmuls over all rows plus scalar sums per entry and per pair of
+   entries of one row inside the bracket (the Gram matrix ``WᵀW`` expands the norms). Curves are
+   cached, so nearby targets are free. The exploration (step 3) uses the subsample's thresholds.
+3. **Exploration** on every ``1/explore_fraction``-th batch: a power-law (log-log) secant search
+   locates the crossing of ``Δloss`` with ``log(1 + p/100)`` on that subset to within ``5·tol``.
+   A subset's ``Δloss`` is far from the whole data's (batches differ by several times), but
+   nearly proportional to it across targets, so the subset's curve is kept as a *shape*.
+4. **Truncated passes on all the data** (a pass evaluates up to ``candidates`` targets, the batch
+   replicated once per target): each round predicts the crossing from the shape scaled through
+   the evaluated points next to it, then places one target at the prediction (leaning past it
+   while no bracket exists, or while predictions keep landing on one side: ``Δloss`` is rough at
+   fine scales), one target just past a bracket end that is already close, or two targets
+   around a settled prediction. It stops when the bracket ``[accepted, rejected]`` is narrower
+   than ``tol`` in CETT **and** than ``sparsity_tol`` in dropped fraction (the returned sparsity
+   is within ``sparsity_tol`` of the boundary's).
 
 ``passes`` counts data passes and ``forwards`` counts forwards in units of one dense forward
 of the data (a pass with K replicas costs K); the benchmark ``bench/ppl_sparsity.py`` reports
@@ -89,14 +94,73 @@ def _batches(dataloader: Iterable, max_batches: int | None):
         yield batch
 
 
+def _cett_curve(x: torch.Tensor, w: torch.Tensor, imp: torch.Tensor, y: torch.Tensor, lo: float, hi: float,
+                chunk_pairs: int):
+    """Mean CETT over the rows of ``x`` at ``lo`` and at every importance value in ``(lo, hi]``:
+    ``(c_lo, values [u], mean CETT at each value [u])``.
+
+    Per row, adding the bracket's entries in order of importance, ``‖tail + Σ_{q<=k} x_q W_q‖²``
+    grows by ``2 x_q a_q + x_q² G_qq + 2 x_q Σ_{p<q} x_p G_pq`` (``tail`` the row's output from the
+    entries at or below ``lo``, ``a = tail·W``, ``G = WᵀW``): scalars per entry and per pair of
+    entries in one row, instead of a ``d``-vector per entry."""
+    n = x.shape[0]
+    acc = torch.float64
+    dev = x.device
+    r_idx, i_idx = ((imp > lo) & (imp <= hi)).nonzero(as_tuple=True)  # row-major
+    m = r_idx.numel()
+    rows, counts = torch.unique_consecutive(r_idx, return_counts=True)
+    tail = torch.where(imp <= lo, x, 0.0) @ w.t()  # [n, d]
+    tail_sq = tail.double().square().sum(-1)
+    c0 = tail_sq.sqrt() / y.double()
+    c_lo = float(c0.sum()) / max(n, 1)
+    if m == 0:
+        empty = torch.zeros(0, dtype=acc)
+        return c_lo, empty, empty
+    v = imp[r_idx, i_idx]
+    order = torch.argsort(v, stable=True)
+    order = order[torch.argsort(r_idx[order], stable=True)]  # by row, then by importance
+    r_idx, i_idx, v = r_idx[order], i_idx[order], v[order].double()
+    xv = x[r_idx, i_idx].to(acc)
+    a = (tail @ w)[r_idx, i_idx].to(acc)  # tail·W_q
+    gram = (w.t() @ w).to(acc)  # [f, f]
+    starts = torch.cumsum(counts, 0) - counts
+    group = torch.repeat_interleave(torch.arange(rows.numel(), device=dev), counts)
+    pos = torch.arange(m, device=dev) - starts[group]  # place of each entry in its row
+    cross = torch.zeros(m, dtype=acc, device=dev)  # Σ_{p<q} x_p G_pq, in chunks of pairs
+    pair_ends = torch.cumsum(pos, 0)
+    q0 = 0
+    while q0 < m:
+        q1 = int(torch.searchsorted(pair_ends, pair_ends[q0] - pos[q0] + chunk_pairs, right=True))
+        q1 = min(max(q1, q0 + 1), m)
+        q_rep = torch.repeat_interleave(torch.arange(q0, q1, device=dev), pos[q0:q1])
+        if q_rep.numel():
+            first = torch.repeat_interleave(pair_ends[q0:q1] - pos[q0:q1], pos[q0:q1])
+            p_rep = starts[group[q_rep]] + torch.arange(q_rep.numel(), device=dev) - (first - first[0])
+            cross.index_add_(0, q_rep, xv[p_rep] * gram[i_idx[p_rep], i_idx[q_rep]])
+        q0 = q1
+    grow = xv * (2 * a + xv * gram[i_idx, i_idx] + 2 * cross)
+    cs = torch.cumsum(grow, 0)
+    before_row = torch.zeros(rows.numel(), dtype=acc, device=dev)
+    before_row[1:] = cs[starts[1:] - 1]
+    after = (tail_sq[r_idx] + cs - before_row[group]).clamp_min(0).sqrt() / y[r_idx].double()
+    before = torch.empty_like(after)
+    before[1:] = after[:-1]
+    before[starts] = c0[rows]
+    d = (after - before) / n
+    order = torch.argsort(v)
+    v, cum = v[order], torch.cumsum(d[order], 0)
+    u, ucounts = torch.unique_consecutive(v, return_counts=True)
+    return c_lo, u.cpu(), (c_lo + cum[torch.cumsum(ucounts, 0) - 1]).cpu()
+
+
 class _SiteThresholds:
     """Exact per-site thresholds for CETT targets on all calibration rows (module docstring, step 2)."""
 
     def __init__(self, rows: torch.Tensor, w_down: torch.Tensor, dtype: torch.dtype, generator: torch.Generator,
-                 sample_rows: int = 2048, chunk_events: int = 1 << 16) -> None:
+                 sample_rows: int = 1024, chunk_pairs: int = 1 << 22) -> None:
         self.x, self.w, self.imp, self.y = _prepare(rows, w_down, dtype)
         self.n = self.x.shape[0]
-        self.chunk_events = chunk_events
+        self.chunk_pairs = chunk_pairs
         self.values: torch.Tensor | None = None  # all candidate values (direct bisection only)
         self.memo: dict[int, float] = {}
         self.curves: list[tuple[float, float, float, torch.Tensor, torch.Tensor]] = []
@@ -105,72 +169,29 @@ class _SiteThresholds:
         if self.n > 2 * sample_rows:
             idx = torch.randperm(self.n, generator=generator)[:sample_rows].sort().values.to(self.x.device)
             s = (self.x[idx], self.w, self.imp[idx], self.y[idx])
-            self.sample = (s, candidate_values(s[2]), {})
+            self.sample = s
+            self.sample_values: torch.Tensor | None = None
+            self.sample_memo: dict[int, float] = {}
             self.fpc = math.sqrt(1 - sample_rows / self.n) / math.sqrt(sample_rows)
 
     # -- the subsample: brackets -------------------------------------------------------------
     def _sample_thresholds(self, targets: list[float]) -> list[float]:
-        s, values, memo = self.sample
         t = _check_targets([min(max(v, 0.0), 1.0) for v in targets])
-        return _bisect_thresholds(*s, t, values=values, memo=memo).tolist()
+        if self.sample_values is None:
+            self.sample_values = candidate_values(self.sample[2])
+        return _bisect_thresholds(*self.sample, t, values=self.sample_values, memo=self.sample_memo).tolist()
 
     def _sample_spread(self, eps: float) -> float:
         """Standard error of the subsample's mean CETT at ``eps`` (per-token spread / sqrt(n))."""
-        x, w, imp, y = self.sample[0]
+        x, w, imp, y = self.sample
         per_token = _weak_sums(x, w, imp, torch.tensor([eps], dtype=x.dtype, device=x.device), y)[0].double()
         return float(per_token.std()) * self.fpc if per_token.numel() > 1 else 1.0
 
     # -- all rows: the exact curve inside a bracket ------------------------------------------
     def _curve(self, lo: float, hi: float):
         """Mean CETT over all rows at ``lo`` and at every importance value in ``(lo, hi]``."""
-        x, w, imp, y = self.x, self.w, self.imp, self.y
-        wt = w.t()
-        inside = (imp > lo) & (imp <= hi)
-        cum = inside.sum(1).cumsum(0).cpu()  # row chunks of about chunk_events entries
-        total = int(cum[-1]) if cum.numel() else 0
-        marks = (torch.arange(self.chunk_events, total + 1, self.chunk_events) if total >= self.chunk_events
-                 else torch.zeros(0, dtype=cum.dtype))
-        bounds = sorted({0, self.n, *torch.searchsorted(cum, marks, right=True).clamp(max=self.n).tolist()})
-        c_lo = torch.zeros((), dtype=torch.float64)
-        vs, ds = [], []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if a == b:
-                continue
-            xs, ims, ys = x[a:b], imp[a:b], y[a:b].double()
-            tail = ((xs * (ims <= lo)) @ wt).double()  # [r, d]
-            c0 = torch.linalg.vector_norm(tail, dim=-1) / ys
-            c_lo += c0.sum()
-            r_idx, i_idx = inside[a:b].nonzero(as_tuple=True)  # row-major
-            if r_idx.numel() == 0:
-                continue
-            v = ims[r_idx, i_idx]
-            order = torch.argsort(v, stable=True)
-            order = order[torch.argsort(r_idx[order], stable=True)]  # by row, then by value
-            r_idx, i_idx, v = r_idx[order], i_idx[order], v[order]
-            contrib = xs[r_idx, i_idx].double().unsqueeze(1) * wt[i_idx].double()  # [m, d]
-            cs = contrib.cumsum(0)
-            _, counts = torch.unique_consecutive(r_idx, return_counts=True)
-            starts = torch.cumsum(counts, 0) - counts
-            offset = torch.zeros(counts.numel(), cs.shape[1], dtype=cs.dtype, device=cs.device)
-            offset[1:] = cs[starts[1:] - 1]
-            prefix = tail[r_idx] + cs - offset.repeat_interleave(counts, 0)
-            after = torch.linalg.vector_norm(prefix, dim=-1) / ys[r_idx]
-            before = torch.empty_like(after)
-            before[1:] = after[:-1]
-            before[starts] = c0[r_idx[starts]]
-            vs.append(v.double())
-            ds.append(after - before)
-        c_lo = float(c_lo) / self.n
-        if vs:
-            v = torch.cat(vs)
-            d = torch.cat(ds) / self.n
-            order = torch.argsort(v)
-            v, cum = v[order], torch.cumsum(d[order], 0)
-            u, counts = torch.unique_consecutive(v, return_counts=True)
-            c_u = c_lo + cum[torch.cumsum(counts, 0) - 1]
-        else:
-            u = c_u = torch.zeros(0, dtype=torch.float64)
-        curve = (lo, hi, c_lo, u.cpu(), c_u.cpu())
+        c_lo, u, c_u = _cett_curve(self.x, self.w, self.imp, self.y, lo, hi, self.chunk_pairs)
+        curve = (lo, hi, c_lo, u, c_u)
         self.curves.append(curve)
         return curve
 
@@ -210,11 +231,13 @@ class _SiteThresholds:
             if self.spread is None:  # the subsample's standard error, once (at the first targets)
                 mid = self._sample_thresholds([0.5 * (lo_t + hi_t)])[0]
                 self.spread = self._sample_spread(mid if math.isfinite(mid) else 0.0)
+            # the search's later targets lie within a few percent of its first ones: cover them too
             delta = widen * (4 * self.spread + 1e-4)
-            e_lo, e_hi = self._sample_thresholds([lo_t - delta, hi_t + delta])
-            if lo_t - delta <= 0:
+            t_lo, t_hi = 0.95 * lo_t - delta, 1.05 * hi_t + delta
+            e_lo, e_hi = self._sample_thresholds([t_lo, t_hi])
+            if t_lo <= 0:
                 e_lo = 0.0
-            if hi_t + delta >= 1:
+            if t_hi >= 1:
                 e_hi = float("inf")
             curve = self._curve(e_lo, e_hi)
             for t in todo:
@@ -246,7 +269,7 @@ class _Calibration:
 
     def thresholds(self, targets: Sequence[float], exact: bool = True) -> list[dict[str, float]]:
         """Per-site thresholds of each target: exact on all rows, or (``exact=False``, for the
-        exploration phase) from the 2,048-row subsample of sites with more rows than 4,096."""
+        exploration phase) from the 1,024-row subsample of sites with more rows than 2,048."""
         cache = self.cache if exact else self.rough
         new = sorted({t for t in targets if t not in cache})
         if new:
@@ -367,136 +390,198 @@ def _accepted(delta: float, p: float) -> bool:
     return math.exp(delta) <= 1 + p / 100
 
 
-def _interpolate(a: tuple[float, float], b: tuple[float, float], limit: float) -> float:
-    """Where the line through a and b reaches ``limit``: log-log when both are positive, else linear."""
-    (ta, ga), (tb, gb) = a, b
-    if ta > 0 and ga > 0 and gb > 0 and tb != ta and ga != gb:
-        gamma = (math.log(gb) - math.log(ga)) / (math.log(tb) - math.log(ta))
-        if gamma > 0:
-            return math.exp(math.log(ta) + (math.log(limit) - math.log(ga)) / gamma)
-    if gb != ga:
-        return ta + (limit - ga) * (tb - ta) / (gb - ga)
-    return 0.5 * (ta + tb)
+def _power_law(points: Sequence[tuple[float, float]], t: float) -> float:
+    """Δloss at ``t`` from evaluated ``(target, Δloss)`` points: a piecewise power law (log-log
+    linear) between the two points around ``t``; below the first point, a power law through the
+    origin; beyond the last, the end segment's (or the overall) exponent; linear in ``t`` where a
+    segment is not positive and increasing (Δloss is rough at fine scales)."""
+    pts = sorted((a, g) for a, g in points if a > 0)
+    if not pts:
+        return 0.0
 
-
-def _shifted_crossing(points: dict[float, float], t_a: float, g_a: float, limit: float) -> float | None:
-    """Where the piecewise-linear curve through ``points`` (target -> Δloss on a data subset),
-    shifted by ``g_a - curve(t_a)``, first reaches ``limit`` above ``t_a``; None if it does not."""
-    pts = sorted(points.items())
-    ts = [t for t, _ in pts]
-    if len(pts) < 2 or not ts[0] <= t_a <= ts[-1]:
+    def exponent(a: tuple[float, float], b: tuple[float, float]) -> float | None:
+        (ta, ga), (tb, gb) = a, b
+        if ga > 0 and gb > ga and tb > ta:
+            return min(max(math.log(gb / ga) / math.log(tb / ta), 0.5), 8.0)
         return None
-    j = max(i for i, t in enumerate(ts) if t <= t_a)
-    if j + 1 < len(pts):
-        (t0, g0), (t1, g1) = pts[j], pts[j + 1]
-        g_sub = g0 + (g1 - g0) * (t_a - t0) / (t1 - t0) if t1 > t0 else g0
-    else:
-        g_sub = pts[j][1]
-    shifted = limit - (g_a - g_sub)
-    prev = (t_a, g_sub)
-    for t, g in pts[j + 1:]:
-        if g >= shifted:
-            (t0, g0) = prev
-            return t0 + (shifted - g0) * (t - t0) / (g - g0) if g > g0 else t
-        prev = (t, g)
-    return None
+
+    first, last = pts[0], pts[-1]
+    overall = exponent(first, last) if len(pts) > 1 else None
+    if t <= first[0]:
+        gamma = (exponent(pts[0], pts[1]) if len(pts) > 1 else None) or overall or 2.0
+        return max(first[1], 0.0) * (t / first[0]) ** gamma if t > 0 else 0.0
+    if t >= last[0]:
+        gamma = (exponent(pts[-2], pts[-1]) if len(pts) > 1 else None) or overall or 2.0
+        return last[1] * (t / last[0]) ** gamma if last[1] > 0 else last[1] + (t - last[0]) * 1e-9
+    j = next(i for i, (a, _) in enumerate(pts) if a >= t)
+    a, b = pts[j - 1], pts[j]
+    gamma = exponent(a, b)
+    if gamma is not None:
+        return a[1] * (t / a[0]) ** gamma
+    return a[1] + (b[1] - a[1]) * (t - a[0]) / (b[0] - a[0])
+
+
+def _solve(model: Callable[[float], float], limit: float, lo: float, hi: float) -> float:
+    """The t in [lo, hi] where the increasing model first reaches ``limit`` (bisection on the model)."""
+    if model(hi) <= limit:
+        return hi
+    if model(lo) >= limit:
+        return lo
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if model(mid) < limit else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 class _Search:
-    """Bracketing search for the largest target with Δloss <= limit, on one data set.
+    """Bracketing search for the largest target with Δloss <= limit on one data set (module
+    docstring, step 3).
 
-    ``evaluate(targets) -> [Δloss]`` is one data pass. Each round places ``k`` candidates:
-    around the crossing interpolated between the bracket ends (a window of spacing 0.9 tol);
-    without a rejected point yet, upwards from the largest accepted one. ``narrow(lo, hi)`` is an
-    extra stopping condition (the sparsity bracket); while it fails, the window shrinks with the
-    bracket.
+    ``evaluate(targets) -> [Δloss]`` is one data pass with ``len(targets)`` replicas. Each round
+    predicts the crossing: a piecewise power law through the evaluated points, or, given
+    ``shape`` (the ``(target, Δloss)`` points of an exploration on a data subset), that curve
+    scaled to pass through the evaluated points next to the crossing (the subset's Δloss is
+    nearly proportional to the whole data's). Then it places:
+
+    - one target just past a bracket end that already lies within the final width of the
+      prediction (one pass closes the bracket);
+    - two targets at the prediction ± half the final width, once the prediction has settled
+      (moved by less than a third of that width in the last round);
+    - otherwise one target at the prediction.
+
+    The final width is ``tol`` in target, and, when ``sparsity`` (target -> dropped fraction,
+    for evaluated targets) is given, the target width over which the dropped fraction grows by
+    ``sparsity_tol`` (slope from the evaluated points next to the crossing); the search stops
+    when the bracket ``[accepted, rejected]`` is within both.
     """
 
-    def __init__(self, evaluate, p: float, tol: float, k: int,
-                 narrow: Callable[[float, float], bool] | None = None) -> None:
-        self.evaluate, self.p, self.tol, self.k = evaluate, p, tol, k
-        self.narrow = narrow
+    def __init__(self, evaluate: Callable[[list[float]], list[float]], p: float, tol: float, max_k: int = 2,
+                 shape: dict[float, float] | None = None, sparsity: Callable[[float], float] | None = None,
+                 sparsity_tol: float | None = None, start: float = 0.1) -> None:
+        self.evaluate, self.p, self.tol, self.max_k = evaluate, p, tol, max(1, max_k)
         self.limit = math.log1p(p / 100)
+        self.shape = sorted(shape.items()) if shape else None
+        self.sparsity, self.sparsity_tol = sparsity, sparsity_tol
+        self.start = start
         self.points: dict[float, float] = {0.0: 0.0}
         self.rounds = 0
-        self.expansions = 0
-        self.step = 0.5  # first upward step: lo + 0.5·2 (no hint); set smaller after an exploration
-        self.explored: dict[float, float] | None = None  # an exploration's points on a data subset
-        self._last_move = (False, False)
-        self.same_side = 0  # rounds in a row that moved the same bracket end (interpolation stalling)
+        self.last_prediction: float | None = None
+        self.same_end = 0  # rounds in a row that moved the same bracket end
+        self.moved_lo = False
 
     @property
     def lo(self) -> float:
         return max(t for t, g in self.points.items() if _accepted(g, self.p))
 
     @property
-    def hi(self) -> float:
-        rej = [t for t, g in self.points.items() if not _accepted(g, self.p) and t > self.lo]
-        return min(rej) if rej else 1.0
+    def hi(self) -> float | None:
+        rejected = [t for t, g in self.points.items() if not _accepted(g, self.p) and t > self.lo]
+        return min(rejected) if rejected else None
 
-    def _hi_known(self) -> bool:
-        return self.hi in self.points
-
-    def _crossing(self) -> float | None:
-        lo, hi = self.lo, self.hi
-        if not self._hi_known():
+    def _sparsity_slope(self, near: float) -> float | None:
+        """d(dropped fraction)/d(target) between the two evaluated targets nearest ``near``."""
+        evaluated = [t for t in self.points if t > 0]  # (from t = 0 it would be the mean slope)
+        if self.sparsity is None or len(evaluated) < 2:
             return None
-        return _interpolate((lo, self.points[lo]), (hi, self.points[hi]), self.limit)
+        a, b = sorted(sorted(evaluated, key=lambda t: abs(t - near))[:2])
+        slope = (self.sparsity(b) - self.sparsity(a)) / (b - a)
+        return slope if slope > 0 else None
 
-    def candidates(self, hint: float | None) -> list[float]:
-        lo, hi, tol, k = self.lo, self.hi, self.tol, self.k
-        pred = self._crossing() if self._hi_known() else None
-        if pred is not None and self.same_side >= 2 and hi - lo > 4 * tol:
-            # the interpolation keeps landing on one side (a curved Δloss): bisect instead
-            # (geometric midpoint: the crossing's scale is unknown)
-            pred = math.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
-            self.same_side = 0
-        g_lo = self.points[lo]
-        if pred is None and hint is None and self.explored and lo > 0:
-            # accepted points only: the exploration's curve, shifted to agree with this data at lo,
-            # predicts the crossing; lean past it (a rejected point closes the bracket)
-            pred = _shifted_crossing(self.explored, lo, g_lo, self.limit)
-            if pred is not None:
-                hint = pred = min(max(pred + 0.45 * tol, lo + tol), 1.0)
-        if pred is None:
-            pred = hint if hint is not None else min(1.0, max(4 * lo, 0.1))
-            if hint is None and lo > 0:  # everything so far accepted: step up from lo, growing
-                self.expansions += 1
-                pred = min(1.0, lo + self.step * 2 ** self.expansions)
-        pred = min(max(pred, lo), hi)
-        if self._hi_known() or hint is not None:
-            # a window of spacing 0.9 tol around the prediction; one candidate leans towards the
-            # farther bracket end, so both ends keep moving (no one-sided regula falsi)
-            if k > 1:
-                cands = [pred + 0.9 * tol * (i - (k - 1) / 2) for i in range(k)]
+    def width(self, near: float) -> float:
+        """The final bracket width (in target) around ``near``."""
+        slope = self._sparsity_slope(near)
+        if slope is None or self.sparsity_tol is None:
+            return self.tol
+        return min(self.tol, self.sparsity_tol / slope)
+
+    def closed(self) -> bool:
+        lo, hi = self.lo, self.hi
+        if lo >= 1.0:
+            return True
+        if hi is None or hi - lo > self.tol:
+            return False
+        return (self.sparsity is None or self.sparsity_tol is None
+                or self.sparsity(hi) - self.sparsity(lo) <= self.sparsity_tol)
+
+    def predict(self) -> float:
+        """The crossing of Δloss with the limit, predicted from the points (and the shape)."""
+        lo, hi = self.lo, self.hi
+        top = 1.0 if hi is None else hi
+        evaluated = [(t, g) for t, g in self.points.items() if t > 0]
+        if not evaluated and self.shape is None:
+            return min(self.start, top)
+        if self.shape is None:
+            return _solve(lambda t: _power_law(evaluated, t), self.limit, lo, top)
+        shape = self.shape
+
+        def subset(t: float) -> float:
+            return _power_law(shape, t)
+
+        # anchors: the bracket ends (those evaluated), else the points nearest the last prediction
+        reach = 2 * max(t for t, _ in shape)  # anchors far outside the explored range mislead
+        anchors = [t for t in (lo, hi) if t is not None and 0 < t and (t == lo or t <= reach)]
+        if len(anchors) < 2:
+            near = self.last_prediction if self.last_prediction is not None else lo
+            others = sorted((t for t, _ in evaluated if t <= reach and t not in anchors), key=lambda t: abs(t - near))
+            anchors = sorted({*anchors, *others[:2 - len(anchors)]})
+        ratios = [(t, self.points[t] / subset(t)) for t in anchors if subset(t) > 0]
+        if not ratios:
+            return _solve(subset, self.limit, lo, top)
+        if len(ratios) == 1:
+            return _solve(lambda t: ratios[0][1] * subset(t), self.limit, lo, top)
+        (ta, ra), (tb, rb) = ratios[0], ratios[-1]
+
+        def scaled(t: float) -> float:
+            w = min(max((t - ta) / (tb - ta), 0.0), 1.0)
+            return (ra + (rb - ra) * w) * subset(t)
+
+        return _solve(scaled, self.limit, lo, top)
+
+    def candidates(self) -> list[float]:
+        lo, hi = self.lo, self.hi
+        pred = self.predict()
+        w = self.width(pred)
+        moved = abs(pred - self.last_prediction) if self.last_prediction is not None else float("inf")
+        self.last_prediction = pred
+        if hi is None:  # no rejected point yet
+            if lo > 0 and pred - lo < 0.6 * w:
+                cands = [lo + 0.9 * w]  # lo is close below the crossing: one point within the width closes it
+            elif lo > 0:  # lean past the prediction to get a bracket (further while it keeps falling short)
+                cands = [pred + min((pred - lo) * 2 ** max(self.same_end - 1, 0), 0.05 * pred * 2 ** self.same_end)]
             else:
-                cands = [pred + (0.45 * tol if pred - lo < hi - pred else -0.45 * tol)]
-        else:  # no rejected point yet: the prediction, and points up to the top
-            cands = [pred] + [pred + (1.0 - pred) * (i + 1) / k for i in range(k - 1)]
-        eps = min(tol / 8, (hi - lo) / 4)
-        cands = sorted({round(min(max(c, lo + eps), hi - eps if self._hi_known() else hi), 12) for c in cands})
-        cands = [c for c in cands if c not in self.points and lo < c <= hi]
-        return cands[:k] or [round(0.5 * (lo + hi), 12)]
+                cands = [pred]
+        else:
+            span = hi - lo
+            if span <= 2 * w:  # one point closes it: both halves within the width
+                cands = [min(max(pred, hi - 0.95 * w), lo + 0.95 * w)]
+            elif lo > 0 and pred - lo < 0.6 * w:
+                cands = [lo + 0.9 * w]
+            elif hi - pred < 0.6 * w:
+                cands = [hi - 0.9 * w]
+            elif moved < w / 3 and self.max_k >= 2:  # the prediction has settled: close it in one pass
+                cands = [pred - 0.45 * w, pred + 0.45 * w]
+            elif self.same_end >= 2:  # predictions keep landing on one side: step past the crossing
+                step = 2 ** (self.same_end - 2)
+                cands = [pred + step * (pred - lo) if self.moved_lo else pred - step * (hi - pred)]
+            else:
+                cands = [min(max(pred, lo + 0.02 * span), hi - 0.02 * span)]
+        top = 1.0 if hi is None else hi
+        margin = min(w / 8, (top - lo) / 4)
+        cands = sorted({round(min(max(c, lo + margin), top - margin if hi is not None else top), 12) for c in cands})
+        cands = [c for c in cands if c not in self.points and lo < c <= top]
+        return cands or [round(0.5 * (lo + top), 12)]
 
-    def run(self, width: float, max_rounds: int, hint: float | None = None) -> None:
-        while self.rounds < max_rounds:
-            if self.lo >= 1.0:
-                return
-            if self._hi_known() and self.hi - self.lo <= width:
-                if self.narrow is None or self.narrow(self.lo, self.hi):
-                    return
-                self.tol = min(self.tol, (self.hi - self.lo) / 2)
-                if self.hi - self.lo < 1e-9:
-                    return
-            cands = self.candidates(hint)
-            hint = None
-            lo, hi = self.lo, self.hi
+    def run(self, max_rounds: int, until: Callable[[], bool] | None = None) -> None:
+        """Search until the bracket is closed (or ``until()``), at most ``max_rounds`` passes."""
+        while self.rounds < max_rounds and not self.closed() and not (until is not None and until()):
+            lo = self.lo
+            cands = self.candidates()
             for t, g in zip(cands, self.evaluate(cands)):
                 self.points[t] = g
             self.rounds += 1
-            moved = (self.lo != lo, self.hi != hi)
-            self.same_side = self.same_side + 1 if moved[0] != moved[1] and moved == self._last_move else 1
-            self._last_move = moved
+            moved_lo = self.lo != lo
+            self.same_end = self.same_end + 1 if moved_lo == self.moved_lo else 1
+            self.moved_lo = moved_lo
 
 
 @torch.no_grad()
@@ -507,7 +592,7 @@ def ppl_p_sparsity(
     *,
     tol: float = 1e-3,
     sparsity_tol: float | None = 1e-4,
-    candidates: int = 1,
+    candidates: int = 2,
     explore_fraction: float = 0.125,
     calibration_tokens: int | None = None,
     loss_fn: LossFn | None = None,
@@ -528,9 +613,10 @@ def ppl_p_sparsity(
         tol: width of the final bracket on the CETT target.
         sparsity_tol: the final bracket is also at most this wide in dropped fraction (None: no
             such condition), so the returned sparsity is within it of the boundary's.
-        candidates: CETT targets evaluated per truncated pass (batch replicated that many times).
+        candidates: at most this many CETT targets per truncated pass (batch replicated that many
+            times); the search uses two only to close a bracket around a settled prediction.
         explore_fraction: share of the batches (every n-th) on which the crossing is located
-            first, to within a few ``tol``; the final bracket is always on all the data.
+            first, to within ``5·tol``; the final bracket is always on all the data.
             1.0 disables the exploration phase.
         calibration_tokens: None (default, the reference): thresholds from ``x1`` at every real
             token; an int samples that many rows per site (faster, less accurate: about 1e-3 in
@@ -580,8 +666,8 @@ def ppl_p_sparsity(
         n_batches = all_sum(torch.tensor([float(len(per_batch))]))  # the largest shard decides the stride
         stride = max(1, round(1 / explore_fraction)) if float(n_batches) >= 2 * round(1 / explore_fraction) else 1
 
-        # Phase 1: locate the crossing on every `stride`-th batch.
-        hint = explored = None
+        # Phase 1: the shape of Δloss near the crossing, on every `stride`-th batch.
+        shape = None
         if stride > 1:
             sub = [(v, n) for i, (v, n) in enumerate(per_batch) if i % stride == 0]
             g_sub = all_sum(torch.tensor([sum(v for v, _ in sub), float(sum(n for _, n in sub))], dtype=torch.float64))
@@ -593,10 +679,9 @@ def ppl_p_sparsity(
                 cost["forwards"] += len(targets) * sub_tokens / total_tokens
                 return [float(v) / sub_tokens - sub_dense for v in all_sum(loss)]
 
-            explore = _Search(evaluate_sub, p, tol, candidates)
-            explore.run(width=2 * tol, max_rounds=max_passes // 2)
-            hint = explore._crossing() if explore._hi_known() else explore.lo
-            explored = dict(explore.points)
+            explore = _Search(evaluate_sub, p, 5 * tol, max_k=1)
+            explore.run(max_rounds=max_passes // 2)
+            shape = dict(explore.points)
 
         # Phase 2: the bracket on all the data.
         records: dict[float, dict[str, Any]] = {}
@@ -619,16 +704,11 @@ def ppl_p_sparsity(
             g = records[t]["global"]
             return float(g[:, 0].sum() / g[:, 1].sum())
 
-        def narrow(lo: float, hi: float) -> bool:
-            return sparsity_tol is None or (hi in records and sparsity_at(hi) - sparsity_at(lo) <= sparsity_tol)
-
         records[0.0] = {"loss_sum": prep.dense_sum, "local": prep.zero_local,
                         "global": all_sum(prep.zero_local.clone()), "eps": {s.name: 0.0 for s in sites}}
-        search = _Search(evaluate_full, p, tol, candidates, narrow=narrow)
-        if hint is not None:
-            search.step = tol  # the crossing is near the hint: widen by 2, 4, 8 ... tol
-            search.explored = explored
-        search.run(width=tol, max_rounds=max_passes, hint=hint)
+        search = _Search(evaluate_full, p, tol, max_k=candidates, shape=shape, sparsity=sparsity_at,
+                         sparsity_tol=sparsity_tol)
+        search.run(max_rounds=max_passes)
         lo, hi = search.lo, search.hi
         best = records[lo]
         g = best["global"]
@@ -636,7 +716,7 @@ def ppl_p_sparsity(
             p=float(p),
             sparsity=sparsity_at(lo),
             cett=lo,
-            cett_rejected=hi,
+            cett_rejected=1.0 if hi is None else hi,
             thresholds={name: float(e) for name, e in best["eps"].items()},
             site_sparsity={s.name: float(g[i, 0] / g[i, 1]) for i, s in enumerate(sites)},
             ppl_dense=math.exp(dense_loss),
@@ -649,7 +729,7 @@ def ppl_p_sparsity(
             calibration_seconds=calib.seconds,
             local={**local, "truncated_loss_sum": best["loss_sum"], "dropped": float(best["local"][:, 0].sum()),
                    "entries": float(best["local"][:, 1].sum())},
-            sparsity_rejected=sparsity_at(hi) if hi in records else float("nan"),
+            sparsity_rejected=sparsity_at(hi) if hi is not None else float("nan"),
         )
     finally:
         model.train(was_training)
