@@ -10,7 +10,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.recording import MEAN, TrainingRecorder
-from actsparse.metrics.sparsity import ActivationSparsity
 from actsparse.metrics.sparsity import DeadNeuronRate as DeadNeuronRateMetric
 
 
@@ -44,13 +43,25 @@ class DeadNeuronMonitor(TrainingRecorder):
 
     @override
     def _metrics(self, names: list[str]):
-        epoch = [DeadNeuronRateMetric(names)]
-        return epoch + ([ActivationSparsity(names)] if self.every_n_steps else [])
+        return [DeadNeuronRateMetric(names)]
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for metric in self.metrics:
             metric.reset()
+        self._step_base: tuple | None = None  # the epoch metric's totals at the previous step log
+
+    def _step_values(self) -> dict[str, float]:
+        """DNR of the forwards since the previous step log: a window of the epoch metric's counts
+        (each activation is counted once, by the epoch metric)."""
+        metric = self.metrics[0]
+        totals = metric.totals()
+        base = getattr(self, "_step_base", None)
+        inactive, entries = totals if base is None else (totals[0] - base[0], totals[1] - base[1])
+        self._step_base = totals
+        if not bool((entries > 0).any()):
+            return {}
+        return {f"dnr_step/{name}": float(v) for name, v in metric.value_of(inactive, entries).items()}
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -58,9 +69,7 @@ class DeadNeuronMonitor(TrainingRecorder):
             return
         stepped = self._end_batch(trainer)
         if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
-            step_metric = self.metrics[1]
-            values = self._values(step_metric, "dnr_step")
-            step_metric.reset()
+            values = self._step_values()
             if self.log:
                 for key, value in values.items():
                     pl_module.log(key, value, on_step=True, on_epoch=False)

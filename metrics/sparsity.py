@@ -116,11 +116,22 @@ class ActivationSparsity(Metric):
     def compute(self) -> torch.Tensor | dict[str, torch.Tensor]:
         if not bool((self.entries > 0).any()):
             raise RuntimeError(f"{type(self).__name__}.compute() was called before update(): no activations seen yet.")
+        return self.value_of(self.inactive, self.entries)
+
+    def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the ``(inactive, entries)`` counts per stream, summed over processes (under
+        DDP a collective: every process calls it together). The difference of two calls is a
+        window of updates; :meth:`value_of` turns it into this metric's value."""
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            return self.inactive.clone(), self.entries.clone()
+
+    def value_of(self, inactive: torch.Tensor, entries: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The metric's value for counts per stream (``compute()`` on the accumulated ones)."""
         if self.names is None:
-            return self._fractions(self.inactive[0], self.entries[0])
-        seen = self.entries > 0
-        out = {name: self._fractions(self.inactive[i], self.entries[i]) for name, i in self._index.items() if seen[i]}
-        out[MEAN] = self._fractions(self.inactive[seen].sum(), self.entries[seen].sum())
+            return self._fractions(inactive[0], entries[0])
+        seen = entries > 0
+        out = {name: self._fractions(inactive[i], entries[i]) for name, i in self._index.items() if seen[i]}
+        out[MEAN] = self._fractions(inactive[seen].sum(), entries[seen].sum())
         return out
 
 

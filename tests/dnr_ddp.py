@@ -21,6 +21,9 @@ def metric_on(parts):
         metric.update({"a": a, "b": b})
     values = {f"dnr/{k}": float(v) for k, v in metric.compute().items()}
     values.update({f"dead/{k}": float(v) for k, v in metric.dead_neurons().items()})
+    inactive, entries = metric.totals()  # the summed counts a step window is made of
+    values.update({f"window/{k}": float(v) for k, v in metric.value_of(inactive, entries).items()})
+    values.update({"inactive/a": float(inactive[0]), "entries/a": float(entries[0])})
     return values
 
 

@@ -86,10 +86,34 @@ def test_callback_logs_the_hand_counted_epoch_dnr(tmp_path):
         mlp.layers[2].bias -= 0.6  # some neurons die
     task = Classifier(mlp, optimizer="sgd", lr=0.0, momentum=0.0)
     callback = DeadNeuronMonitor(every_n_steps=3)
+
+    class StepWindows(L.Callback):
+        """Hand counts of each batch's zeros; at every logged step, the window since the last log."""
+
+        def __init__(self):
+            self.window, self.checked = [0, 0], []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.window = [0, 0]
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            with torch.no_grad():
+                h1 = torch.relu(mlp.layers[0](batch[0].flatten(1)))
+                h2 = torch.relu(mlp.layers[2](h1))
+            self.window[0] += int((h1 == 0).sum() + (h2 == 0).sum())
+            self.window[1] += h1.numel() + h2.numel()
+            if trainer.global_step % 3 == 0:
+                self.checked.append((trainer.callback_metrics["dnr_step/mean"].item(), self.window[0] / self.window[1]))
+                self.window = [0, 0]
+
+    windows = StepWindows()
     trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[callback], default_root_dir=tmp_path)
+                        num_sanity_val_steps=0, callbacks=[callback, windows], default_root_dir=tmp_path)
     trainer.fit(task, datamodule=dm)
+    assert len(windows.checked) == trainer.global_step // 3 >= 6  # a log every 3 steps
+    for logged, hand in windows.checked:
+        assert logged == pytest.approx(hand, rel=1e-6)  # logged as float32
     x, _ = dm.train_set.tensors
     with torch.no_grad():
         h1 = torch.relu(mlp.layers[0](x))
