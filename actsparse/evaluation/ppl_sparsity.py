@@ -18,11 +18,13 @@ Procedure (and its cost, DESIGN §5):
    A subset's ``Δloss`` is far from the whole data's (batches differ by several times), but
    nearly proportional to it across targets, so the subset's curve is kept as a *shape*.
 4. **Truncated passes on all the data** (a pass evaluates up to ``candidates`` targets, the batch
-   replicated once per target): each round predicts the crossing from the shape scaled through
-   the evaluated points next to it, then places one target at the prediction (leaning past it
-   while no bracket exists, or while predictions keep landing on one side: ``Δloss`` is rough at
-   fine scales), one target just past a bracket end that is already close, or two targets
-   around a settled prediction. It stops when the bracket ``[accepted, rejected]`` is narrower
+   replicated once per target): the first pass brackets the subset's crossing (± 4%); then
+   each round predicts the crossing from the shape scaled through the evaluated points next to
+   it and places one target at the prediction (past it while no bracket exists; Illinois-damped
+   when one end stays, as ``Δloss`` is rough at fine scales, with jumps), one target just past a
+   bracket end that is already close, or two targets around a settled prediction. Typical cost:
+   6.5–10 forwards in all on the tiny LM, about 12 on a small model with a very rough Δloss
+   (``bench/ppl_sparsity_sweep.py``). It stops when the bracket ``[accepted, rejected]`` is narrower
    than ``tol`` in CETT **and** than ``sparsity_tol`` in dropped fraction (the returned sparsity
    is within ``sparsity_tol`` of the boundary's).
 
@@ -441,8 +443,12 @@ class _Search:
     predicts the crossing: a piecewise power law through the evaluated points, or, given
     ``shape`` (the ``(target, Δloss)`` points of an exploration on a data subset), that curve
     scaled to pass through the evaluated points next to the crossing (the subset's Δloss is
-    nearly proportional to the whole data's). Then it places:
+    nearly proportional to the whole data's). While one bracket end stays and the other keeps
+    moving, the staying end counts closer to the limit (Illinois rule), so predictions land past
+    the crossing instead of creeping up on it. Then it places:
 
+    - with a shape and nothing evaluated yet, two targets at the subset's crossing ± 4%;
+    - without a bracket, one target past the prediction (further each round it falls short);
     - one target just past a bracket end that already lies within the final width of the
       prediction (one pass closes the bracket);
     - two targets at the prediction ± half the final width, once the prediction has settled
@@ -463,6 +469,7 @@ class _Search:
         self.shape = sorted(shape.items()) if shape else None
         self.sparsity, self.sparsity_tol = sparsity, sparsity_tol
         self.start = start
+        self.first_spread = 0.04  # relative half-width of the first pass around an explored crossing
         self.points: dict[float, float] = {0.0: 0.0}
         self.rounds = 0
         self.last_prediction: float | None = None
@@ -507,7 +514,13 @@ class _Search:
         """The crossing of Δloss with the limit, predicted from the points (and the shape)."""
         lo, hi = self.lo, self.hi
         top = 1.0 if hi is None else hi
-        evaluated = [(t, g) for t, g in self.points.items() if t > 0]
+        points = dict(self.points)
+        if hi is not None and lo > 0 and self.same_end >= 2:
+            # Illinois: the end that stays while the other keeps moving counts closer to the
+            # limit, so the next prediction lands past the crossing (no one-sided creeping)
+            stale = hi if self.moved_lo else lo
+            points[stale] = self.limit + (points[stale] - self.limit) * 0.5 ** (self.same_end - 1)
+        evaluated = [(t, g) for t, g in points.items() if t > 0]
         if not evaluated and self.shape is None:
             return min(self.start, top)
         if self.shape is None:
@@ -524,7 +537,7 @@ class _Search:
             near = self.last_prediction if self.last_prediction is not None else lo
             others = sorted((t for t, _ in evaluated if t <= reach and t not in anchors), key=lambda t: abs(t - near))
             anchors = sorted({*anchors, *others[:2 - len(anchors)]})
-        ratios = [(t, self.points[t] / subset(t)) for t in anchors if subset(t) > 0]
+        ratios = [(t, points[t] / subset(t)) for t in anchors if subset(t) > 0]
         if not ratios:
             return _solve(subset, self.limit, lo, top)
         if len(ratios) == 1:
@@ -543,26 +556,33 @@ class _Search:
         w = self.width(pred)
         moved = abs(pred - self.last_prediction) if self.last_prediction is not None else float("inf")
         self.last_prediction = pred
-        if hi is None:  # no rejected point yet
-            if lo > 0 and pred - lo < 0.6 * w:
-                cands = [lo + 0.9 * w]  # lo is close below the crossing: one point within the width closes it
-            elif lo > 0:  # lean past the prediction to get a bracket (further while it keeps falling short)
-                cands = [pred + min((pred - lo) * 2 ** max(self.same_end - 1, 0), 0.05 * pred * 2 ** self.same_end)]
+        growth = 2 ** self.same_end  # predictions that keep falling short lean further
+
+        def lean(distance: float) -> float:
+            return min(max(distance, w) * growth, 0.05 * pred * 2 ** self.same_end)
+
+        if lo == 0 and hi is None:  # nothing evaluated near the crossing yet
+            if self.shape is not None and self.max_k >= 2 and len(self.points) == 1:
+                # the subset's crossing misses the data's by a few percent either way: bracket it
+                cands = [pred * (1 - self.first_spread), pred * (1 + self.first_spread)]
             else:
                 cands = [pred]
+        elif hi is None:  # accepted points only: step past the prediction to get a bracket
+            close = pred - lo < 0.6 * w and self.same_end < 2
+            cands = [lo + 0.9 * w] if close else [pred + lean(pred - lo)]
+        elif lo == 0:  # rejected points only
+            close = hi - pred < 0.6 * w and self.same_end < 2
+            cands = [hi - 0.9 * w] if close else [pred - lean(hi - pred)]
         else:
             span = hi - lo
             if span <= 2 * w:  # one point closes it: both halves within the width
                 cands = [min(max(pred, hi - 0.95 * w), lo + 0.95 * w)]
-            elif lo > 0 and pred - lo < 0.6 * w:
+            elif pred - lo < 0.6 * w:
                 cands = [lo + 0.9 * w]
             elif hi - pred < 0.6 * w:
                 cands = [hi - 0.9 * w]
             elif moved < w / 3 and self.max_k >= 2:  # the prediction has settled: close it in one pass
                 cands = [pred - 0.45 * w, pred + 0.45 * w]
-            elif self.same_end >= 2:  # predictions keep landing on one side: step past the crossing
-                step = 2 ** (self.same_end - 2)
-                cands = [pred + step * (pred - lo) if self.moved_lo else pred - step * (hi - pred)]
             else:
                 cands = [min(max(pred, lo + 0.02 * span), hi - 0.02 * span)]
         top = 1.0 if hi is None else hi

@@ -1,0 +1,71 @@
+"""Cost of PPL-p% sparsity across models, data sizes and budgets: forwards (in units of one
+dense pass over the data) of ``ppl_p_sparsity`` at its defaults (brackets 1e-3 in CETT and 1e-4
+in dropped fraction), one row per case, side by side in one run.
+
+Cases: the tiny LM (ReLU and SiLU, 200 steps, cached as in ``bench/ppl_sparsity.py``) on 16 or
+32 validation batches of 2,048 tokens at p = 0.5, 1, 2; the bigram LM of the test suite on 16
+and 40 small batches (its Δloss is rough: it crosses the limit more than once).
+
+    python bench/ppl_sparsity_sweep.py [--json bench/ppl_sparsity_sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ppl_sparsity import trained_lm  # noqa: E402  (bench/ppl_sparsity.py)
+from ppl_sparsity_ddp import bigram_batches  # noqa: E402  (tests/ppl_sparsity_ddp.py)
+from ppl_sparsity_ddp import trained_lm as bigram_lm  # noqa: E402
+
+from actsparse.data.text import TextDataModule  # noqa: E402
+from actsparse.evaluation import ppl_p_sparsity  # noqa: E402
+from actsparse.report import print_table  # noqa: E402
+
+CASES = [("relu", 16, 1.0), ("relu", 16, 0.5), ("relu", 32, 2.0), ("relu", 32, 1.0),
+         ("silu", 16, 0.5), ("silu", 32, 1.0), ("silu", 16, 2.0)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dm = TextDataModule(seq_len=128, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    rows = []
+    for activation, n_batches, p in CASES:
+        model = trained_lm(200, activation, dm).eval()
+        batches = [b for _, b in zip(range(n_batches), dm.val_dataloader())]
+        r = ppl_p_sparsity(model, batches, p)
+        rows.append({"model": f"tiny LM {activation}", "tokens": n_batches * 2048, "p": p, "forwards": r.forwards,
+                     "data passes": r.passes, "sparsity": r.sparsity,
+                     "sparsity bracket": r.sparsity_rejected - r.sparsity})
+        print(rows[-1], flush=True)
+    lm = bigram_lm().double()
+    for seed, n_batches in [(0, 16), (3, 40)]:
+        batches = bigram_batches(n_batches=n_batches, seed=seed)
+        r = ppl_p_sparsity(lm, batches, 1.0, calibration_dtype=torch.float64)
+        rows.append({"model": f"bigram LM (seed {seed})", "tokens": sum(y.numel() for _, y in batches), "p": 1.0,
+                     "forwards": r.forwards, "data passes": r.passes, "sparsity": r.sparsity,
+                     "sparsity bracket": r.sparsity_rejected - r.sparsity})
+    forwards = [row["forwards"] for row in rows]
+    print_table(rows, title="PPL-p% sparsity: forwards per evaluation (dense pass included)")
+    print(f"forwards: mean {statistics.mean(forwards):.2f}, median {statistics.median(forwards):.2f}, "
+          f"min {min(forwards):.2f}, max {max(forwards):.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "mean": statistics.mean(forwards),
+                                               "median": statistics.median(forwards)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
