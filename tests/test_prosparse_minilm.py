@@ -131,3 +131,23 @@ def json_runs(path):
     import json
 
     return json.loads((path / "results.json").read_text())["runs"]
+
+
+def test_latency_is_timed_in_inference_mode():
+    """With autograd on, the sparse front takes its PyTorch path: the timing must not measure that."""
+    from actsparse.experiments.prosparse_minilm import latency_per_sentence
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.modes = []
+
+        def forward(self, input_ids, attention_mask):
+            self.modes.append(torch.is_inference_mode_enabled())
+            return input_ids * self.w
+
+    probe = Probe()
+    batch = {"input_ids": torch.ones(1, 3), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    assert latency_per_sentence(probe, [batch] * 5, repeats=2) > 0
+    assert probe.modes and all(probe.modes)
