@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from actsparse.callbacks.evaluator import SparsityEvaluator  # noqa: E402
@@ -112,6 +113,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator.joint_last = int(s.joint_last) if mode == "joint" else None
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()
                if isinstance(node, DictConfig) and "_target_" in node]
+    if not loggers:
+        rank_zero_warn("sparsing_law: no logger (logger=none), so the zero-based ratio curve, read from the "
+                       "CSV log, is left out of the results; keep the experiment's logger=csv to get it.")
     trainer = study.trainer(cfg, callbacks, logger=loggers or False)
     trainer.fit(task, datamodule=datamodule)
     val_loss = trainer.callback_metrics.get("val/loss")
