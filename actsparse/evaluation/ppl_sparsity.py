@@ -591,9 +591,9 @@ class _Search:
         cands = [c for c in cands if c not in self.points and lo < c <= top]
         return cands or [round(0.5 * (lo + top), 12)]
 
-    def run(self, max_rounds: int, until: Callable[[], bool] | None = None) -> None:
-        """Search until the bracket is closed (or ``until()``), at most ``max_rounds`` passes."""
-        while self.rounds < max_rounds and not self.closed() and not (until is not None and until()):
+    def run(self, max_rounds: int) -> None:
+        """Search until the bracket is closed, at most ``max_rounds`` passes."""
+        while self.rounds < max_rounds and not self.closed():
             lo = self.lo
             cands = self.candidates()
             for t, g in zip(cands, self.evaluate(cands)):
