@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
 
-from actsparse.data.text import TextDataModule
-from actsparse.evaluation.ppl_sparsity import _prepare_model, _truncated_pass, ppl_p_sparsity
-from actsparse.report import print_table
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ppl_sparsity import trained_lm  # bench/ppl_sparsity.py (run from bench/ or with it on the path)
+from ppl_sparsity import trained_lm  # noqa: E402  (bench/ppl_sparsity.py)
+
+from actsparse.data.text import TextDataModule  # noqa: E402
+from actsparse.evaluation.ppl_sparsity import _prepare_model, _truncated_pass, ppl_p_sparsity  # noqa: E402
+from actsparse.report import print_table  # noqa: E402
 
 
 @torch.no_grad()
