@@ -122,8 +122,11 @@ class ActivationSparsity(Metric):
         """Copies of the ``(inactive, entries)`` counts per stream, summed over processes (under
         DDP a collective: every process calls it together). The difference of two calls is a
         window of updates; :meth:`value_of` turns it into this metric's value."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
-            return self.inactive.clone(), self.entries.clone()
+        from actsparse.runtime import all_sum  # only these two vectors, not every state of a subclass
+
+        both = all_sum(torch.stack([self.inactive, self.entries])) if self._to_sync else torch.stack(
+            [self.inactive, self.entries])
+        return both[0].clone(), both[1].clone()
 
     def value_of(self, inactive: torch.Tensor, entries: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """The metric's value for counts per stream (``compute()`` on the accumulated ones)."""

@@ -134,7 +134,7 @@ def json_runs(path):
 
 
 def test_latency_is_timed_in_inference_mode():
-    """With autograd on, the sparse front takes its PyTorch path: the timing must not measure that."""
+    """With autograd on, the sparse front would take its PyTorch path: the timing must not measure that."""
     from actsparse.experiments.prosparse_minilm import latency_per_sentence
 
     class Probe(torch.nn.Module):

@@ -158,7 +158,7 @@ def test_study_runs_end_to_end(tmp_path, mode):
                                          "trainer.limit_val_batches=2"]
                         + (["logger=none"] if mode == "per_checkpoint" else []))
     if mode == "per_checkpoint":  # without the CSV log the zero-based curve is left out, and it says so
-        with pytest.warns(UserWarning, match="logger=none"):
+        with pytest.warns(UserWarning, match="no CSV logger"):
             run(cfg)
     else:
         run(cfg)

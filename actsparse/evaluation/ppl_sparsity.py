@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -66,7 +67,7 @@ class PPLSparsityResult:
     p: float
     sparsity: float  # fraction of dropped (weak or zero) neurons over all sites and real tokens
     cett: float  # the accepted CETT target
-    cett_rejected: float  # the smallest rejected target (cett_rejected - cett <= tol), 1.0 if none
+    cett_rejected: float  # the smallest rejected target (cett_rejected - cett <= tol once closed), 1.0 if none
     thresholds: dict[str, float]  # per-site epsilon at the accepted target
     site_sparsity: dict[str, float]
     ppl_dense: float
@@ -389,7 +390,7 @@ def _truncated_pass(prep: _Prepared, settings: list[dict[str, float]], stride: i
 
 
 def _accepted(delta: float, p: float) -> bool:
-    return math.exp(delta) <= 1 + p / 100
+    return delta <= math.log1p(p / 100)
 
 
 def _power_law(points: Sequence[tuple[float, float]], t: float) -> float:
@@ -596,6 +597,8 @@ class _Search:
         while self.rounds < max_rounds and not self.closed():
             lo = self.lo
             cands = self.candidates()
+            if all(c in self.points for c in cands):
+                return  # the bracket is below the targets' resolution (1e-12): nothing new to evaluate
             for t, g in zip(cands, self.evaluate(cands)):
                 self.points[t] = g
             self.rounds += 1
@@ -648,6 +651,8 @@ def ppl_p_sparsity(
             targets ``!= -100`` of an ``(inputs, targets)`` batch). Pads are neither calibration
             rows nor counted entries.
         sites: restrict to these FFN sites (glob patterns or Site objects).
+        max_passes: at most this many truncated passes on all the data (the exploration adds at
+            most ``max_passes // 2`` on its subset); a bracket still open then gives a warning.
 
     Raises:
         ValueError: ``p <= 0``, ``tol`` outside (0, 1), no tokens.
@@ -683,7 +688,7 @@ def ppl_p_sparsity(
         dense_loss, total_tokens = prep.dense_loss, prep.total_tokens
         local = {"dense_loss_sum": prep.dense_sum, "tokens": float(prep.tokens)}
         cost = {"passes": 1, "forwards": 1.0}
-        n_batches = all_sum(torch.tensor([float(len(per_batch))]))  # the largest shard decides the stride
+        n_batches = all_sum(torch.tensor([float(len(per_batch))]))  # all shards' batches decide the stride
         stride = max(1, round(1 / explore_fraction)) if float(n_batches) >= 2 * round(1 / explore_fraction) else 1
 
         # Phase 1: the shape of Δloss near the crossing, on every `stride`-th batch.
@@ -729,6 +734,10 @@ def ppl_p_sparsity(
         search = _Search(evaluate_full, p, tol, max_k=candidates, shape=shape, sparsity=sparsity_at,
                          sparsity_tol=sparsity_tol)
         search.run(max_rounds=max_passes)
+        if not search.closed():
+            warnings.warn(f"ppl_p_sparsity: the bracket was not closed in max_passes={max_passes} passes; the "
+                          f"result is the largest accepted target found ({search.lo:.6g}), and cett_rejected is "
+                          "1.0 if no target was rejected. Raise max_passes or loosen tol/sparsity_tol.", stacklevel=2)
         lo, hi = search.lo, search.hi
         best = records[lo]
         g = best["global"]

@@ -140,19 +140,16 @@ def train_regime(cfg: DictConfig, dm: SentenceDataModule, targets: dict[str, tor
 
 @torch.inference_mode()
 def latency_per_sentence(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], repeats: int) -> float:
-    """Median over ``repeats`` passes of the mean seconds per sentence (batch 1, no padding), in
-    inference mode (as deployed; with autograd on, the sparse front takes its differentiable
-    PyTorch path instead of the compiled kernels)."""
+    """Median over ``repeats`` passes of the mean seconds per sentence (batch 1, no padding)."""
     model.eval()
-    with torch.inference_mode():
-        for b in batches[:4]:  # warm-up
+    for b in batches[:4]:  # warm-up
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    passes = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for b in batches:
             model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-        passes = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for b in batches:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            passes.append((time.perf_counter() - start) / len(batches))
+        passes.append((time.perf_counter() - start) / len(batches))
     return statistics.median(passes)
 
 

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
@@ -113,15 +114,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     evaluator.joint_last = int(s.joint_last) if mode == "joint" else None
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()
                if isinstance(node, DictConfig) and "_target_" in node]
-    if not loggers:
-        rank_zero_warn("sparsing_law: no logger (logger=none), so the zero-based ratio curve, read from the "
-                       "CSV log, is left out of the results; keep the experiment's logger=csv to get it.")
+    has_csv = any(isinstance(lg, CSVLogger) for lg in loggers)
+    if not has_csv:
+        rank_zero_warn("sparsing_law: no CSV logger (e.g. logger=none), so the zero-based ratio curve, read from "
+                       "the CSV log, is left out of the results; keep the experiment's logger=csv to get it.")
     trainer = study.trainer(cfg, callbacks, logger=loggers or False)
     trainer.fit(task, datamodule=datamodule)
     val_loss = trainer.callback_metrics.get("val/loss")
 
     tokens_per_step = int(cfg.data.batch_size) * int(cfg.data.seq_len) * int(trainer.world_size)
-    zero_tokens, zero_ratio = ratio_curve(run_dir, tokens_per_step) if loggers else ([], [])
+    zero_tokens, zero_ratio = ratio_curve(run_dir, tokens_per_step) if has_csv else ([], [])
     if mode == "joint":
         points = [(step * tokens_per_step, ratio) for step, ratio, _ in evaluator.curve]
     else:
