@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--machine", default="2 CPU cores", help="a note on the machine and its load, kept in the JSON")
     parser.add_argument("--reference-from", help="take the accuracy reference from this earlier JSON of the same "
                         "settings (the cached model is deterministic) instead of recomputing it (slow)")
     args = parser.parse_args()
@@ -164,7 +165,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "dense_pass_seconds": unit, "rows": rows,
                                                "sparsity": r.sparsity, "reference_sparsity": ref.sparsity,
-                                               "history": r.history, "machine": "2 CPU cores shared with other jobs"},
+                                               "history": r.history, "calibration_seconds": r.calibration_seconds,
+                                               "machine": args.machine},
                                               indent=2))
 
 
