@@ -5,6 +5,7 @@ they hold torchmetrics metrics (:mod:`actsparse.metrics`) and feed them from a s
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ from actsparse.metrics.sparsity import MEAN
 from actsparse.plugins.recording import Recording
 
 
-class TrainingRecorder(Callback):
+class TrainingRecorder(Callback, ABC):
     """Attaches a :class:`Recording` of ``sites`` for ``fit``, enabled only inside training
     batches (validation forwards are not counted), whose observer feeds every metric that
     :meth:`_metrics` builds (one stream per site, named by the site).
@@ -46,9 +47,9 @@ class TrainingRecorder(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(sites=self.sites)
 
+    @abstractmethod
     def _metrics(self, names: list[str]) -> list[Metric]:
         """The metrics this monitor feeds, one stream per site name (subclasses define them)."""
-        raise NotImplementedError(f"{type(self).__name__} must define _metrics(names): the metrics it feeds.")
 
     def _observe(self, site, tensor) -> None:
         for metric in self.metrics:

@@ -38,6 +38,7 @@ A new family is one registration::
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
 import torch
@@ -72,7 +73,7 @@ def make_basis(space: str, in_features: int, **options: Any) -> "Basis":
         raise TypeError(f"Bad options for activation space {space!r}: {err}") from None
 
 
-class Basis(nn.Module):
+class Basis(nn.Module, ABC):
     """A family of ``K`` univariate functions, evaluated per input: ``[B, in] -> [B, in, K]``."""
 
     space: str = ""
@@ -86,12 +87,13 @@ class Basis(nn.Module):
         self.in_features = int(in_features)
 
     @property
+    @abstractmethod
     def num_functions(self) -> int:
         """``K``, the functions per edge (each family defines it)."""
-        raise NotImplementedError(f"{type(self).__name__} must define num_functions (K, functions per edge).")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must define forward: [B, in] -> [B, in, K].")
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in] -> [B, in, K]``: every basis function at every input (each family defines it)."""
 
     def select_inputs(self, index: torch.Tensor) -> "Basis":
         """Keep only the inputs ``index`` (pruning with ``select="inputs"``); per-input state
