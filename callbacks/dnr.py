@@ -40,6 +40,7 @@ class DeadNeuronMonitor(TrainingRecorder):
                  heatmap: bool = True, log: bool = True) -> None:
         super().__init__(sites, every_n_steps)
         self.heatmap, self.log = heatmap, log  # history: (epoch, {dnr/..., dead/...})
+        self._step_base: tuple | None = None  # the epoch metric's totals at the previous step log
 
     @override
     def _metrics(self, names: list[str]):
@@ -49,14 +50,14 @@ class DeadNeuronMonitor(TrainingRecorder):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for metric in self.metrics:
             metric.reset()
-        self._step_base: tuple | None = None  # the epoch metric's totals at the previous step log
+        self._step_base = None
 
     def _step_values(self) -> dict[str, float]:
         """DNR of the forwards since the previous step log: a window of the epoch metric's counts
         (each activation is counted once, by the epoch metric)."""
         metric = self.metrics[0]
         totals = metric.totals()
-        base = getattr(self, "_step_base", None)
+        base = self._step_base
         inactive, entries = totals if base is None else (totals[0] - base[0], totals[1] - base[1])
         self._step_base = totals
         if not bool((entries > 0).any()):

@@ -124,9 +124,10 @@ class ActivationSparsity(Metric):
         window of updates; :meth:`value_of` turns it into this metric's value."""
         from actsparse.runtime import all_sum  # only these two vectors, not every state of a subclass
 
-        both = all_sum(torch.stack([self.inactive, self.entries])) if self._to_sync else torch.stack(
-            [self.inactive, self.entries])
-        return both[0].clone(), both[1].clone()
+        both = torch.stack([self.inactive, self.entries])  # a new tensor: the states stay untouched
+        if self._to_sync:
+            both = all_sum(both)
+        return both[0], both[1]
 
     def value_of(self, inactive: torch.Tensor, entries: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """The metric's value for counts per stream (``compute()`` on the accumulated ones)."""

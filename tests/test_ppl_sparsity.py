@@ -59,6 +59,13 @@ def test_search_is_cheaper_than_naive_bisection(lm):
     assert ratio > 1.01  # a real bracket: the rejected end is rejected by the float64 re-evaluation
 
 
+def test_an_open_bracket_is_reported(lm, batches):
+    with pytest.warns(UserWarning, match="bracket was not closed in max_passes=1") as caught:
+        r = ppl_p_sparsity(lm, batches, 1.0, max_passes=1, **OPTIONS)
+    assert caught[0].filename == __file__  # points at the caller, not into the library
+    assert r.passes == 2 and r.ppl_ratio <= 1.01  # the dense pass and one truncated pass, its best point
+
+
 def test_larger_budget_gives_more_sparsity(lm, batches):
     r1 = ppl_p_sparsity(lm, batches, 1.0, **OPTIONS)
     r10 = ppl_p_sparsity(lm, batches, 10.0, **OPTIONS)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -168,9 +167,7 @@ def joint_cett(
                                              / all_sum(pr.zero_local.clone())[:, 1].sum()) for pr in preps]}
         search = _Search(evaluate, p, tol, max_k=candidates)
         search.run(max_rounds=max_passes)
-        if not search.closed():
-            warnings.warn(f"joint_cett: the bracket was not closed in max_passes={max_passes} passes; the result "
-                          f"is the largest accepted target found ({search.lo:.6g}).", stacklevel=2)
+        search.warn_if_open("joint_cett", max_passes)
         lo = search.lo
         rec = records[lo]
         return JointCETTResult(p=float(p), cett=lo, cett_rejected=1.0 if search.hi is None else search.hi,

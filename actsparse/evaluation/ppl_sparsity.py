@@ -557,10 +557,8 @@ class _Search:
         w = self.width(pred)
         moved = abs(pred - self.last_prediction) if self.last_prediction is not None else float("inf")
         self.last_prediction = pred
-        growth = 2 ** self.same_end  # predictions that keep falling short lean further
-
-        def lean(distance: float) -> float:
-            return min(max(distance, w) * growth, 0.05 * pred * 2 ** self.same_end)
+        def lean(distance: float) -> float:  # further each round the predictions keep falling short
+            return min(max(distance, w), 0.05 * pred) * 2 ** self.same_end
 
         if lo == 0 and hi is None:  # nothing evaluated near the crossing yet
             if self.shape is not None and self.max_k >= 2 and len(self.points) == 1:
@@ -591,6 +589,14 @@ class _Search:
         cands = sorted({round(min(max(c, lo + margin), top - margin if hi is not None else top), 12) for c in cands})
         cands = [c for c in cands if c not in self.points and lo < c <= top]
         return cands or [round(0.5 * (lo + top), 12)]
+
+    def warn_if_open(self, caller: str, max_rounds: int) -> None:
+        """A warning when the bracket is still open after the search (its passes ran out), pointing at
+        the caller of ``caller`` (both callers are wrapped in ``torch.no_grad``)."""
+        if not self.closed():
+            warnings.warn(f"{caller}: the bracket was not closed in max_passes={max_rounds} passes; the result is "
+                          f"the largest accepted target found ({self.lo:.6g}), and cett_rejected is 1.0 if no "
+                          "target was rejected. Raise max_passes or loosen the tolerances.", stacklevel=4)
 
     def run(self, max_rounds: int) -> None:
         """Search until the bracket is closed, at most ``max_rounds`` passes."""
@@ -734,10 +740,7 @@ def ppl_p_sparsity(
         search = _Search(evaluate_full, p, tol, max_k=candidates, shape=shape, sparsity=sparsity_at,
                          sparsity_tol=sparsity_tol)
         search.run(max_rounds=max_passes)
-        if not search.closed():
-            warnings.warn(f"ppl_p_sparsity: the bracket was not closed in max_passes={max_passes} passes; the "
-                          f"result is the largest accepted target found ({search.lo:.6g}), and cett_rejected is "
-                          "1.0 if no target was rejected. Raise max_passes or loosen tol/sparsity_tol.", stacklevel=2)
+        search.warn_if_open("ppl_p_sparsity", max_passes)
         lo, hi = search.lo, search.hi
         best = records[lo]
         g = best["global"]
