@@ -62,6 +62,19 @@ def trained_lm(steps: int, activation: str, dm: TextDataModule, seed: int = 0) -
     return model
 
 
+def corpus() -> TextDataModule:
+    """The benchmarks' data: the stdlib docstring corpus in 16 × 128-byte batches, set up."""
+    dm = TextDataModule(seq_len=128, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def val_batches(dm: TextDataModule, n: int) -> list:
+    """The first ``n`` validation batches (the same ones every time)."""
+    return [b for _, b in zip(range(n), dm.val_dataloader())]
+
+
 @torch.no_grad()
 def dense_pass_seconds(model, batches, repeats: int = 3) -> float:
     times = []
@@ -119,11 +132,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    dm = TextDataModule(seq_len=128, batch_size=16)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = corpus()
     model = trained_lm(args.steps, "relu", dm).eval()
-    batches = [b for _, b in zip(range(args.val_batches), dm.val_dataloader())]
+    batches = val_batches(dm, args.val_batches)
     unit = dense_pass_seconds(model, batches)
     r = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates)
     cett_only = ppl_p_sparsity(model, batches, args.p, tol=args.tol, candidates=args.candidates, sparsity_tol=None)

@@ -23,11 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ppl_sparsity import trained_lm  # noqa: E402  (bench/ppl_sparsity.py)
+from ppl_sparsity import corpus, trained_lm, val_batches  # noqa: E402  (bench/ppl_sparsity.py)
 from ppl_sparsity_ddp import bigram_batches  # noqa: E402  (tests/ppl_sparsity_ddp.py)
 from ppl_sparsity_ddp import trained_lm as bigram_lm  # noqa: E402
 
-from actsparse.data.text import TextDataModule  # noqa: E402
 from actsparse.evaluation import ppl_p_sparsity  # noqa: E402
 from actsparse.report import print_table  # noqa: E402
 
@@ -35,34 +34,33 @@ CASES = [("relu", 16, 1.0), ("relu", 16, 0.5), ("relu", 32, 2.0), ("relu", 32, 1
          ("silu", 16, 0.5), ("silu", 32, 1.0), ("silu", 16, 2.0)]
 
 
+def case_row(model: str, tokens: int, p: float, r, loose) -> dict:
+    """One table row: the defaults' result ``r`` and the CETT-bracket-only result ``loose``."""
+    return {"model": model, "tokens": tokens, "p": p, "forwards": r.forwards, "data passes": r.passes,
+            "sparsity": r.sparsity, "sparsity bracket": r.sparsity_rejected - r.sparsity,
+            "forwards, CETT 1e-3 only": loose.forwards, "its sparsity bracket": loose.sparsity_rejected - loose.sparsity}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dm = TextDataModule(seq_len=128, batch_size=16)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = corpus()
     rows = []
     for activation, n_batches, p in CASES:
         model = trained_lm(200, activation, dm).eval()
-        batches = [b for _, b in zip(range(n_batches), dm.val_dataloader())]
-        r = ppl_p_sparsity(model, batches, p)
-        loose = ppl_p_sparsity(model, batches, p, sparsity_tol=None)
-        rows.append({"model": f"tiny LM {activation}", "tokens": n_batches * 2048, "p": p, "forwards": r.forwards,
-                     "data passes": r.passes, "sparsity": r.sparsity,
-                     "sparsity bracket": r.sparsity_rejected - r.sparsity, "forwards, CETT 1e-3 only": loose.forwards,
-                     "its sparsity bracket": loose.sparsity_rejected - loose.sparsity})
+        batches = val_batches(dm, n_batches)
+        rows.append(case_row(f"tiny LM {activation}", n_batches * 2048, p, ppl_p_sparsity(model, batches, p),
+                        ppl_p_sparsity(model, batches, p, sparsity_tol=None)))
         print(rows[-1], flush=True)
     lm = bigram_lm().double()
     for seed, n_batches in [(0, 16), (3, 40)]:
         batches = bigram_batches(n_batches=n_batches, seed=seed)
-        r = ppl_p_sparsity(lm, batches, 1.0, calibration_dtype=torch.float64)
-        loose = ppl_p_sparsity(lm, batches, 1.0, calibration_dtype=torch.float64, sparsity_tol=None)
-        rows.append({"model": f"bigram LM (seed {seed})", "tokens": sum(y.numel() for _, y in batches), "p": 1.0,
-                     "forwards": r.forwards, "data passes": r.passes, "sparsity": r.sparsity,
-                     "sparsity bracket": r.sparsity_rejected - r.sparsity, "forwards, CETT 1e-3 only": loose.forwards,
-                     "its sparsity bracket": loose.sparsity_rejected - loose.sparsity})
+        options = {"calibration_dtype": torch.float64}
+        rows.append(case_row(f"bigram LM (seed {seed})", sum(y.numel() for _, y in batches), 1.0,
+                        ppl_p_sparsity(lm, batches, 1.0, **options),
+                        ppl_p_sparsity(lm, batches, 1.0, sparsity_tol=None, **options)))
     print_table(rows, title="PPL-p% sparsity: forwards per evaluation (dense pass included)")
     summary = {}
     for key in ("forwards", "forwards, CETT 1e-3 only"):

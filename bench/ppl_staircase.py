@@ -19,9 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ppl_sparsity import trained_lm  # noqa: E402  (bench/ppl_sparsity.py)
+from ppl_sparsity import corpus, trained_lm, val_batches  # noqa: E402  (bench/ppl_sparsity.py)
 
-from actsparse.data.text import TextDataModule  # noqa: E402
 from actsparse.evaluation.ppl_sparsity import _prepare_model, _truncated_pass, ppl_p_sparsity  # noqa: E402
 from actsparse.report import print_table  # noqa: E402
 
@@ -36,11 +35,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("ppl_staircase.png")))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dm = TextDataModule(seq_len=128, batch_size=16)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = corpus()
     model = trained_lm(200, "relu", dm).eval()
-    batches = [b for _, b in zip(range(args.val_batches), dm.val_dataloader())]
+    batches = val_batches(dm, args.val_batches)
     found = ppl_p_sparsity(model, batches, args.p)
     centre = 0.5 * (found.cett + found.cett_rejected)
     grid = [centre + args.half_width * (2 * i / (args.points - 1) - 1) for i in range(args.points)]
