@@ -156,6 +156,21 @@ def _cett_curve(x: torch.Tensor, w: torch.Tensor, imp: torch.Tensor, y: torch.Te
     return c_lo, u.cpu(), (c_lo + cum[torch.cumsum(ucounts, 0) - 1]).cpu()
 
 
+class _Bisection:
+    """``threshold_for_cett``'s bisection on one set of rows, its candidate values computed once
+    and its evaluations memoized across calls (later targets start from the tightest bracket)."""
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor, imp: torch.Tensor, y: torch.Tensor) -> None:
+        self.data = (x, w, imp, y)
+        self.values: torch.Tensor | None = None
+        self.memo: dict[int, float] = {}
+
+    def __call__(self, targets: Sequence[float]) -> list[float]:
+        if self.values is None:
+            self.values = candidate_values(self.data[2])
+        return _bisect_thresholds(*self.data, _check_targets(targets), values=self.values, memo=self.memo).tolist()
+
+
 class _SiteThresholds:
     """Exact per-site thresholds for CETT targets on all calibration rows (module docstring, step 2)."""
 
@@ -164,25 +179,19 @@ class _SiteThresholds:
         self.x, self.w, self.imp, self.y = _prepare(rows, w_down, dtype)
         self.n = self.x.shape[0]
         self.chunk_pairs = chunk_pairs
-        self.values: torch.Tensor | None = None  # all candidate values (direct bisection only)
-        self.memo: dict[int, float] = {}
+        self.bisect_all = _Bisection(self.x, self.w, self.imp, self.y)  # few rows, or a bracket missed
         self.curves: list[tuple[float, float, float, torch.Tensor, torch.Tensor]] = []
         self.sample = None
         self.spread: float | None = None
         if self.n > 2 * sample_rows:
             idx = torch.randperm(self.n, generator=generator)[:sample_rows].sort().values.to(self.x.device)
-            s = (self.x[idx], self.w, self.imp[idx], self.y[idx])
-            self.sample = s
-            self.sample_values: torch.Tensor | None = None
-            self.sample_memo: dict[int, float] = {}
+            self.sample = (self.x[idx], self.w, self.imp[idx], self.y[idx])
+            self.bisect_sample = _Bisection(*self.sample)
             self.fpc = math.sqrt(1 - sample_rows / self.n) / math.sqrt(sample_rows)
 
     # -- the subsample: brackets -------------------------------------------------------------
     def _sample_thresholds(self, targets: list[float]) -> list[float]:
-        t = _check_targets([min(max(v, 0.0), 1.0) for v in targets])
-        if self.sample_values is None:
-            self.sample_values = candidate_values(self.sample[2])
-        return _bisect_thresholds(*self.sample, t, values=self.sample_values, memo=self.sample_memo).tolist()
+        return self.bisect_sample([min(max(v, 0.0), 1.0) for v in targets])
 
     def _sample_spread(self, eps: float) -> float:
         """Standard error of the subsample's mean CETT at ``eps`` (per-token spread / sqrt(n))."""
@@ -214,10 +223,7 @@ class _SiteThresholds:
         if not exact and self.sample is not None:  # the subsample's own thresholds (exploration)
             return self._sample_thresholds(targets)
         if self.sample is None:  # few rows: the bisection of threshold_for_cett on all of them
-            if self.values is None:
-                self.values = candidate_values(self.imp)
-            return _bisect_thresholds(self.x, self.w, self.imp, self.y, _check_targets(targets),
-                                      values=self.values, memo=self.memo).tolist()
+            return self.bisect_all(targets)
         out: dict[float, float] = {}
         for t in targets:
             for curve in reversed(self.curves):
@@ -250,11 +256,7 @@ class _SiteThresholds:
             todo = [t for t in todo if t not in out]
             widen *= 3
         if todo:  # never seen in practice: fall back on the bisection over all rows
-            if self.values is None:
-                self.values = candidate_values(self.imp)
-            for t, e in zip(todo, _bisect_thresholds(self.x, self.w, self.imp, self.y, _check_targets(todo),
-                                                     values=self.values, memo=self.memo).tolist()):
-                out[t] = e
+            out.update(zip(todo, self.bisect_all(todo)))
         return [out[t] for t in targets]
 
 
