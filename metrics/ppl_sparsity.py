@@ -23,8 +23,9 @@ class PPLSparsity(Metric):
     sums (dropped neurons, entries, dense and truncated loss sums, tokens); under DDP every
     process calls it with its shard (the search synchronizes its decisions), and ``compute()``
     reduces the sums. Several updates pool their data (e.g. several evaluation sets).
-    ``compute()`` returns a dict: ``sparsity``, ``cett`` (token-weighted), ``ppl_dense``,
-    ``ppl_truncated``; ``last`` holds the last :class:`PPLSparsityResult`. ``**options`` go to
+    ``compute()`` returns a dict: ``sparsity`` (the midpoint of the brackets' ends, as the search
+    returns it), ``cett`` (token-weighted), ``ppl_dense``, ``ppl_truncated`` (at the accepted
+    ends); ``last`` holds the last :class:`PPLSparsityResult`. ``**options`` go to
     the search (defaults: thresholds exact on all real tokens, CETT bracket ``tol=1e-3`` and
     sparsity bracket ``sparsity_tol=1e-4``; pads are skipped through ``mask_fn``).
 
@@ -50,7 +51,8 @@ class PPLSparsity(Metric):
             raise ValueError(f"p must be > 0 (the allowed perplexity increase in percent), got {p}.")
         self.p, self.options = float(p), options
         self.last: PPLSparsityResult | None = None
-        for name in ("dropped", "entries", "dense_loss_sum", "truncated_loss_sum", "tokens", "cett_sum"):
+        for name in ("dropped", "entries", "dropped_rejected", "entries_rejected", "dense_loss_sum",
+                     "truncated_loss_sum", "tokens", "cett_sum"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, model: nn.Module, dataloader: Iterable) -> None:
@@ -59,6 +61,8 @@ class PPLSparsity(Metric):
         loc = r.local
         self.dropped += loc["dropped"]
         self.entries += loc["entries"]
+        self.dropped_rejected += loc["dropped_rejected"]
+        self.entries_rejected += loc["entries_rejected"]
         self.dense_loss_sum += loc["dense_loss_sum"]
         self.truncated_loss_sum += loc["truncated_loss_sum"]
         self.tokens += loc["tokens"]
@@ -68,7 +72,7 @@ class PPLSparsity(Metric):
         if float(self.tokens) == 0:
             raise RuntimeError("PPLSparsity.compute() before any update(model, dataloader).")
         return {
-            "sparsity": self.dropped / self.entries,
+            "sparsity": 0.5 * (self.dropped / self.entries + self.dropped_rejected / self.entries_rejected),
             "cett": self.cett_sum / self.tokens,
             "ppl_dense": torch.exp(self.dense_loss_sum / self.tokens),
             "ppl_truncated": torch.exp(self.truncated_loss_sum / self.tokens),
