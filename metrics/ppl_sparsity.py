@@ -26,8 +26,8 @@ class PPLSparsity(Metric):
     ``compute()`` returns a dict: ``sparsity`` (the midpoint of the brackets' ends, as the search
     returns it), ``cett`` (token-weighted), ``ppl_dense``, ``ppl_truncated`` (at the accepted
     ends); ``last`` holds the last :class:`PPLSparsityResult`. ``**options`` go to
-    the search (defaults: thresholds exact on all real tokens, CETT bracket ``tol=1e-3`` and
-    sparsity bracket ``sparsity_tol=1e-4``; pads are skipped through ``mask_fn``).
+    the search (defaults: thresholds exact on all real tokens, CETT bracket ``tol=1e-3``, sparsity
+    within ``sparsity_tol=1e-4`` of the boundary's; pads are skipped through ``mask_fn``).
 
     Example:
         >>> from actsparse.models import TinyLM
