@@ -65,6 +65,10 @@ def test_an_open_bracket_is_reported(lm, batches):
         r = ppl_p_sparsity(lm, batches, 1.0, max_passes=1, **OPTIONS)
     assert caught[0].filename == __file__  # points at the caller, not into the library
     assert r.passes == 2 and r.ppl_ratio <= 1.01  # the dense pass and one truncated pass, its best point
+    with pytest.warns(UserWarning, match="bracket was not closed"):
+        r = ppl_p_sparsity(lm, batches, 0.2, max_passes=1, **OPTIONS)  # its one target is rejected
+    assert r.cett_rejected < 1 and r.sparsity_rejected > r.sparsity_accepted
+    assert r.sparsity == r.sparsity_accepted  # not the midpoint of a bracket that was never closed
 
 
 def test_larger_budget_gives_more_sparsity(lm, batches):

@@ -25,7 +25,8 @@ Procedure (and its cost, DESIGN §5):
    fine scales, with jumps), one target just past a bracket end that is already close, or (K >= 2)
    two targets around a settled prediction. It stops when the bracket ``[accepted, rejected]`` is
    narrower than ``tol`` in CETT **and** than ``2·sparsity_tol`` in dropped fraction. The dropped
-   fraction grows with the target, so the boundary's lies between the ends' and their midpoint,
+   fraction grows with the target (up to wiggles below 1e-5: a later site's inputs depend on the
+   truncation before it), so the boundary's lies between the ends' and their midpoint,
    which is returned as ``sparsity``, is within ``sparsity_tol`` of it (the accepted end's
    fraction is ``sparsity_accepted``; a bracket half as wide would guarantee the same of the
    accepted end for about one more pass). Cost over the nine cases of
