@@ -90,15 +90,16 @@ def dense_pass_seconds(model, batches, repeats: int = 3) -> float:
 
 
 @torch.no_grad()
-def naive(model, batches, p: float, tol: float) -> dict:
-    """Bisection on the CETT target, one data pass per step (the reference procedure)."""
+def naive(model, batches, p: float, tol: float, lo: float = 0.0, hi: float = 1.0,
+          calibration_dtype: torch.dtype = torch.float32) -> dict:
+    """Bisection on the CETT target between ``lo`` (accepted) and ``hi`` (rejected), one data pass
+    per step (the reference procedure, from [0, 1]); thresholds exact on all tokens."""
     start = time.perf_counter()
     sites = ffn_sites(model)
     gen = torch.Generator().manual_seed(0)
     dense, tokens, rows, zeros, _ = _dense_pass(model, sites, batches, causal_lm_loss, None, None, gen)
-    calib = _Calibration(sites, rows, torch.float32, gen)
+    calib = _Calibration(sites, rows, calibration_dtype, gen)
     dense_loss, passes = float(dense) / tokens, 1
-    lo, hi = 0.0, 1.0
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
         eps = calib.thresholds([mid])[0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -28,33 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ppl_sparsity import corpus, trained_lm, val_batches  # noqa: E402  (bench/ppl_sparsity.py)
+from ppl_sparsity import corpus, naive, trained_lm, val_batches  # noqa: E402  (bench/ppl_sparsity.py)
 from ppl_sparsity_ddp import bigram_batches  # noqa: E402  (tests/ppl_sparsity_ddp.py)
 from ppl_sparsity_ddp import trained_lm as bigram_lm  # noqa: E402
 
 from actsparse.evaluation import ppl_p_sparsity  # noqa: E402
-from actsparse.evaluation.ppl_sparsity import _prepare_model, _truncated_pass  # noqa: E402
 from actsparse.report import print_table  # noqa: E402
 
 CASES = [("relu", 16, 1.0), ("relu", 16, 0.5), ("relu", 32, 2.0), ("relu", 32, 1.0),
          ("silu", 16, 0.5), ("silu", 32, 1.0), ("silu", 16, 2.0)]
-
-
-@torch.no_grad()
-def boundary_inside(model, batches, p: float, lo: float, hi: float, tol: float = 1e-6, **options) -> float:
-    """The dropped fraction at the boundary inside ``[lo, hi]`` (``lo`` accepted, ``hi``
-    rejected), by bisection on all the data with the same exact thresholds."""
-    prep = _prepare_model(model, batches, **options)
-
-    def evaluate(t: float):
-        loss, counts = _truncated_pass(prep, prep.calib.thresholds([t]))
-        dropped = sum(float(c[0, 0]) for c in counts.values()) / sum(float(c[1, 0]) for c in counts.values())
-        return float(loss[0]) / prep.total_tokens - prep.dense_loss <= math.log1p(p / 100), dropped
-
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if evaluate(mid)[0] else (lo, mid)
-    return evaluate(lo)[1]
 
 
 def case_row(model_name: str, tokens: int, p: float, model, batches, **options) -> dict:
@@ -63,7 +44,7 @@ def case_row(model_name: str, tokens: int, p: float, model, batches, **options) 
     previous = ppl_p_sparsity(model, batches, p, sparsity_tol=5e-5, candidates=2, **options)
     pairs = ppl_p_sparsity(model, batches, p, candidates=2, **options)
     loose = ppl_p_sparsity(model, batches, p, sparsity_tol=None, **options)
-    boundary = boundary_inside(model, batches, p, r.cett, r.cett_rejected, **options)
+    boundary = naive(model, batches, p, 1e-6, r.cett, r.cett_rejected, **options)["sparsity"]  # inside the bracket
     return {"model": model_name, "tokens": tokens, "p": p, "forwards": r.forwards, "data passes": r.passes,
             "sparsity": r.sparsity, "sparsity bracket": r.sparsity_rejected - r.sparsity_accepted,
             "error vs boundary in bracket": abs(r.sparsity - boundary),

@@ -51,8 +51,8 @@ class PPLSparsity(Metric):
             raise ValueError(f"p must be > 0 (the allowed perplexity increase in percent), got {p}.")
         self.p, self.options = float(p), options
         self.last: PPLSparsityResult | None = None
-        for name in ("dropped", "entries", "dropped_rejected", "entries_rejected", "dense_loss_sum",
-                     "truncated_loss_sum", "tokens", "cett_sum"):
+        for name in ("dropped", "dropped_rejected", "entries", "dense_loss_sum", "truncated_loss_sum", "tokens",
+                     "cett_sum"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, model: nn.Module, dataloader: Iterable) -> None:
@@ -62,7 +62,6 @@ class PPLSparsity(Metric):
         self.dropped += loc["dropped"]
         self.entries += loc["entries"]
         self.dropped_rejected += loc["dropped_rejected"]
-        self.entries_rejected += loc["entries_rejected"]
         self.dense_loss_sum += loc["dense_loss_sum"]
         self.truncated_loss_sum += loc["truncated_loss_sum"]
         self.tokens += loc["tokens"]
@@ -72,7 +71,7 @@ class PPLSparsity(Metric):
         if float(self.tokens) == 0:
             raise RuntimeError("PPLSparsity.compute() before any update(model, dataloader).")
         return {
-            "sparsity": 0.5 * (self.dropped / self.entries + self.dropped_rejected / self.entries_rejected),
+            "sparsity": (self.dropped + self.dropped_rejected) / (2 * self.entries),  # both ends count the same entries
             "cett": self.cett_sum / self.tokens,
             "ppl_dense": torch.exp(self.dense_loss_sum / self.tokens),
             "ppl_truncated": torch.exp(self.truncated_loss_sum / self.tokens),

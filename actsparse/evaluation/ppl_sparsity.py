@@ -774,8 +774,7 @@ def ppl_p_sparsity(
             history=sorted((t, math.exp(g_)) for t, g_ in search.points.items()),
             calibration_seconds=calib.seconds,
             local={**local, "truncated_loss_sum": best["loss_sum"], "dropped": float(best["local"][:, 0].sum()),
-                   "entries": float(best["local"][:, 1].sum()), "dropped_rejected": float(rejected[:, 0].sum()),
-                   "entries_rejected": float(rejected[:, 1].sum())},
+                   "entries": float(best["local"][:, 1].sum()), "dropped_rejected": float(rejected[:, 0].sum())},
             sparsity_rejected=sparsity_at(hi) if hi is not None else float("nan"),
             sparsity_accepted=sparsity_at(lo),
         )
