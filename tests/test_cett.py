@@ -129,6 +129,28 @@ def test_truncate_equals_a_hand_masked_ffn_and_counts_dropped_neurons():
     assert 0 < dropped["blocks.0.ffn"][0] < dropped["blocks.0.ffn"][1]
 
 
+def test_truncate_takes_a_float_threshold_at_float64_precision():
+    """A threshold that is one of the importance values drops exactly the entries at or below it
+    (the float64 counting rule), also when passed as a Python float to a float64 model."""
+    torch.manual_seed(0)
+    lm = TinyLM(d_model=16, n_layers=1, n_heads=2, activation="relu").double()
+    x = torch.randint(0, 256, (2, 8))
+    site = find_sites(lm)[0]
+    rows = []
+    handle = site.register_hook(lambda s, t: rows.append(t.detach().reshape(-1, t.shape[-1])))
+    lm(x)
+    handle.remove()
+    imp = rows[0].abs() * site.w_down.detach().norm(dim=0)
+    values = imp[imp > 0].sort().values
+    eps = next(float(v) for v in values if float(v) != float(v.float()))  # not a float32 number
+    want = int((imp <= eps).sum())
+    for given in (eps, torch.tensor([eps], dtype=torch.float64)):
+        counts = {}
+        with truncate(lm, {site.name: given}, counts=counts):
+            lm(x)
+        assert int(counts[site.name][0][0]) == want
+
+
 def test_truncate_with_k_thresholds_runs_k_replicas():
     torch.manual_seed(0)
     lm = TinyLM(d_model=16, n_layers=1, n_heads=2, activation="relu")

@@ -71,7 +71,8 @@ def truncate(model: nn.Module, thresholds: Mapping[str, float | torch.Tensor],
     norms = {s.name: neuron_norms(s.w_down.detach()) for s in sites if s.name in thresholds}
 
     def hook(site: Site, x1: torch.Tensor) -> torch.Tensor:
-        eps = torch.as_tensor(thresholds[site.name], device=x1.device).reshape(-1)
+        eps = thresholds[site.name]  # a Python float is float64: as_tensor would round it to float32 first
+        eps = (eps if torch.is_tensor(eps) else torch.tensor(eps, dtype=torch.float64)).to(x1.device).reshape(-1)
         k = eps.numel()
         if x1.shape[0] % k:
             raise ValueError(f"{k} thresholds need a batch replicated {k} times; got batch {x1.shape[0]}.")
