@@ -196,18 +196,20 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
         fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
         for k in ("dense", "actsparse", "actsparse_det"):
             fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
+        # Eager dense (launch latency included) beside its graph replay: a cross-check of the
+        # per-call arithmetic (the replay must be a bit faster, never several times off).
+        fns["dense_eager"] = over_sets(dense_ffn)
         got_det = actsparse_deterministic_ffn(x, layers[0])
         rel_det = float((got_det.double() - ref).norm() / ref.norm().clamp_min(1e-30))
     else:
         fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
     med = {k: statistics.median(v) / weight_sets / calls.get(k, 1) for k, v in times.items()}
-    med = {k: statistics.median(v) / weight_sets for k, v in times.items()}
     elt = torch.finfo(dtype).bits // 8
     useful = (f * d + 2 * union * d) * elt
     extra = {}
     if device == "cuda":
-        extra = {"actsparse_det_ms": med["actsparse_det"] * 1e3, "speedup_det_vs_dense": med["dense"] / med["actsparse_det"],
+        extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "actsparse_det_ms": med["actsparse_det"] * 1e3, "speedup_det_vs_dense": med["dense"] / med["actsparse_det"],
                  "max_rel_err_det": rel_det, "graph_calls": calls["actsparse"] * weight_sets}
     return {**extra,
         "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
@@ -245,6 +247,62 @@ def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4
                 if log:
                     log(format_row(row))
     return rows
+
+
+def tune_cuda_variants(shape: str = "7b", configs=((1, 0), (1, 50), (1, 90), (1, 95), (4, 90), (8, 90)),
+                       variants=range(7), repeats: int = 10, graph_calls: int = 100, seed: int = 0) -> list[dict]:
+    """Time the CUDA fused kernel's block configurations (``torch.ops.actsparse._set_cuda_variant``)
+    beside dense cuBLAS, each captured in its own CUDA graph and timed interleaved in one run;
+    one row per (batch, sparsity) with ``v{i}_us`` and ``v{i}_err`` (relative to float64)."""
+    from actsparse import ext
+
+    if not ext.supports("cuda"):
+        raise SystemExit(f"actsparse-bench: no compiled CUDA kernels: {ext.load().reason}")
+    d, f = SHAPES[shape]
+    dt = torch.bfloat16
+    gen = torch.Generator().manual_seed(seed)
+    sets = weight_sets_for(4 * d * f * 2, "cuda")
+    set_variant = torch.ops.actsparse._set_cuda_variant
+    rows = []
+    try:
+        for batch, sparsity in configs:
+            masks = make_masks("random", batch, f, sparsity, gen)
+            x = torch.zeros(batch, d)
+            x[torch.arange(batch), torch.arange(batch)] = 1.0
+            x = x.to(dt).cuda()
+            layers = [make_layer(d, f, masks, dt, "cuda", gen) for _ in range(sets)]
+            ref = dense_ffn(x.double(), {k: v.double() for k, v in layers[0].items()})
+            iters = max(1, graph_calls // sets)
+            fns, row = {}, {"shape": shape, "batch": batch, "sparsity": sparsity,
+                            "union_active": float(masks.any(0).float().mean())}
+            fns["dense"], _ = _graph(lambda: [dense_ffn(x, w) for w in layers], iters)
+            for v in variants:
+                set_variant(v)  # read at launch, so the graph keeps this variant's kernel
+                got = actsparse_ffn(x, layers[0])
+                row[f"v{v}_err"] = float((got.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+                fns[f"v{v}"], _ = _graph(lambda: [actsparse_ffn(x, w) for w in layers], iters)
+            set_variant(0)
+            times = time_interleaved(fns, "cuda", repeats)
+            for k, t in times.items():
+                row[f"{k}_us"] = statistics.median(t) / sets / iters * 1e6
+            rows.append(row)
+            del layers, fns
+            torch.cuda.empty_cache()
+    finally:
+        set_variant(0)
+    return rows
+
+
+def format_tuning(rows: list[dict]) -> str:
+    keys = [k[:-3] for k in rows[0] if k.endswith("_us")]
+    head = "| batch | sparsity % | union % | " + " | ".join(f"{k} µs" for k in keys) + " | best | max rel err |"
+    lines = [head, "|---" * 3 + "|---:" * len(keys) + "|---|---:|"]
+    for r in rows:
+        best = min((k for k in keys if k != "dense"), key=lambda k: r[f"{k}_us"])
+        err = max(r[f"{k}_err"] for k in keys if k != "dense")
+        lines.append(f"| {r['batch']} | {r['sparsity']:g} | {100 * r['union_active']:.1f} | "
+                     + " | ".join(f"{r[f'{k}_us']:.1f}" for k in keys) + f" | {best} | {err:.1e} |")
+    return "\n".join(lines)
 
 
 COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms", "actsparse_ms",

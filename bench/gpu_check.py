@@ -217,6 +217,20 @@ def step_bench(out: Path, device: str, quick: bool) -> dict:
     return result
 
 
+def step_tune(out: Path, device: str, quick: bool) -> dict:
+    """CUDA only: the fused kernel's block configurations side by side (actsparse.bench.tune_cuda_variants)."""
+    if device != "cuda":
+        return {"rows": [], "note": "CUDA only"}
+    from actsparse import bench
+
+    rows = []
+    for shape, configs in (("7b", ((1, 0), (1, 50), (1, 90), (1, 95), (2, 0), (2, 90), (4, 0), (4, 90), (8, 0),
+                                   (8, 90))),
+                           ("70b", ((1, 90),))):
+        rows += bench.tune_cuda_variants(shape, configs, repeats=5 if quick else 10)
+    return {"rows": rows}
+
+
 def step_decode(out: Path, device: str, quick: bool) -> dict:
     sys.path.insert(1, str(REPO / "bench"))
     import decode  # bench/decode.py
@@ -225,7 +239,7 @@ def step_decode(out: Path, device: str, quick: bool) -> dict:
 
 
 STEPS = {"preflight": step_preflight, "build": step_build, "tests": step_tests, "bench": step_bench,
-         "decode": step_decode}
+         "tune": step_tune, "decode": step_decode}
 
 
 # -- the report ------------------------------------------------------------------------------------------
@@ -247,6 +261,12 @@ def summarize(results: dict) -> dict:
                                    "meets_2.5x": headline[0]["speedup_vs_dense"] >= TARGET_SPEEDUP_7B_B1_90}
         # Where the sparse kernel stops paying at 0% sparsity: the CUDA batch crossover for
         # plugins/sparse_ffn.py's _CUDA_MAX_SPARSE_BATCH.
+        eager = [r for r in grid if r.get("dense_eager_ms")]
+        if eager:  # graph replay per call vs eager per call (host latency included, so often far
+            # slower): a replay several times SLOWER than eager means the per-call division is off.
+            ratios = [r["dense_ms"] / r["dense_eager_ms"] for r in eager]
+            verdict["dense_graph_over_eager"] = [round(min(ratios), 2), round(max(ratios), 2)]
+            verdict["timing_consistent"] = all(q <= 1.1 for q in ratios)
         dense_wins = sorted({r["batch"] for r in grid if r["sparsity"] == 0 and r["speedup_vs_dense"] < 1.0})
         verdict["batches_where_dense_wins_at_0pct"] = dense_wins
     tests = results.get("tests", {})
@@ -264,7 +284,7 @@ def markdown(results: dict) -> str:
              f"nvcc: {pre.get('nvcc_version') or pre.get('nvcc')}, ninja: {pre.get('ninja')}", ""]
     lines.append("| step | ok | seconds | note |")
     lines.append("|---|---|---:|---|")
-    for name in ("preflight", "build", "tests", "bench", "decode"):
+    for name in STEPS:
         r = results.get(name)
         if r is None:
             continue
@@ -286,6 +306,13 @@ def markdown(results: dict) -> str:
         lines += ["", f"## Benchmark: {name}", "", format_header(results["device"]), *map(format_row, rows)]
     if results.get("bench", {}).get("copy_gbs"):
         lines.append(f"\nCopy bandwidth (read + write) measured in the same run: {results['bench']['copy_gbs']:.0f} GB/s.")
+    tune = results.get("tune", {}).get("rows")
+    if tune:
+        from actsparse.bench import format_tuning
+
+        lines += ["", "## Fused-kernel configurations (bf16; v0 = the default)", ""]
+        for shape in dict.fromkeys(r["shape"] for r in tune):
+            lines += [f"{shape}:", "", format_tuning([r for r in tune if r["shape"] == shape]), ""]
     dec = results.get("decode", {}).get("rows")
     if dec:
         sys.path.insert(1, str(REPO / "bench"))
@@ -296,6 +323,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: Path, results: dict) -> str:
+    results["verdict"] = summarize(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    md = markdown(results)
+    (out / "results.md").write_text(md)
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="sparse-FFN GPU check (see the module docstring)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -304,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tests", nargs="*", default=["tests/test_sparse_ffn.py"])
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one shell-quoted string")
     p.add_argument("--skip", nargs="*", default=[], choices=list(STEPS), help="steps to leave out")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds for the whole check: each step gets what is left (a lease-bound GPU run)")
     p.add_argument("--step", default=None, help=argparse.SUPPRESS)  # internal: run one step
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
@@ -314,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         activate(out / "shim")
         fn = STEPS[args.step]
         kw = {"device": args.device}
-        if args.step in ("bench", "decode"):
+        if args.step in ("bench", "tune", "decode"):
             kw["quick"] = args.quick
         if args.step == "tests":
             kw.update(tests=args.tests, pytest_args=shlex.split(args.pytest_args))
@@ -325,17 +362,24 @@ def main(argv: list[str] | None = None) -> int:
     make_importable(out)
     for stale in out.glob("step_*.json"):
         stale.unlink()
-    limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "decode": 900}
+    limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "tune": 900, "decode": 900}
     results = {"device": args.device, "quick": args.quick, "repo": str(REPO), "out": str(out)}
+    t_start = time.time()
     for name in STEPS:
         if name in args.skip:
             continue
+        limit = limits[name]
+        if args.time_limit is not None:
+            limit = min(limit, args.time_limit - (time.time() - t_start))
+            if limit < 5:
+                results[name] = {"step": name, "ok": False, "rc": None, "seconds": 0, "tail": "no time left (--time-limit)"}
+                continue
         extra = ["--device", args.device, *(["--quick"] if args.quick else [])]
         if name == "tests":
             extra += ["--tests", *args.tests, f"--pytest-args={args.pytest_args}"]
         print(f"== {name}", flush=True)
         log = out / ("tests.txt" if name == "tests" else f"{name}.log")
-        results[name] = step_process(out, name, extra, limits[name], log)
+        results[name] = step_process(out, name, extra, limit, log)
         r = results[name]
         if name == "tests":  # pytest's rc 1 = some tests failed: the step ran, the verdict says so
             r["ok"] = r["rc"] in (0, 1) and r.get("pytest_rc", 1) == 0
@@ -345,10 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "build" and not r.get("ok_for_device", False):
             print(f"   the extension is not usable on {args.device}: {r.get('reason', r.get('tail', ''))[-500:]}",
                   flush=True)
-    results["verdict"] = summarize(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    md = markdown(results)
-    (out / "results.md").write_text(md)
+        write_report(out, results)  # after every step: a run cut short still leaves its report
+    md = write_report(out, results)
     print(md, flush=True)
     print(f"== done: {out}/results.md, results.json", flush=True)
     steps_ok = all(results[n].get("ok") for n in STEPS if n in results)

@@ -39,6 +39,8 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace actsparse {
 namespace {
 
@@ -47,7 +49,12 @@ constexpr int kWarp = 32;
 constexpr int kGateWarps = 8;   // rows per gate block
 constexpr int kDownWarps = 4;   // warps sharing one column tile in the down kernel
 constexpr int kDownBatch = 4;   // active neurons whose loads a warp issues together
-constexpr int kFusedWarps = 8;  // warps per fused block
+// What torch.ops.actsparse._set_cuda_variant selects (the GPU check times them side by side):
+// the three-kernel path with its default gate (0), the fused kernel in three block shapes, and
+// three other gate shapes of the three-kernel path.
+enum Variant : int64_t { kThreeKernel = 0, kFused64 = 1, kFused16 = 2, kFused32 = 3, kGateUnroll16 = 4,
+                         kGateRows2 = 5, kGateRows4 = 6 };
+constexpr int kFusedWarps = 8;  // warps per fused block (the default configuration)
 constexpr int kFusedRows = 64;  // neurons per fused block (8 per warp)
 
 __device__ __forceinline__ float to_f(float v) { return v; }
@@ -143,40 +150,125 @@ __device__ __forceinline__ void warp_dot(const T* __restrict__ w, const T* __res
   for (int b = 0; b < NB; ++b) acc[b] = warp_sum(acc[b]);
 }
 
-template <typename T, int NB, bool VEC>
+// Gate kernel shapes: R neuron rows per warp (their loads issued together, each x load shared by
+// R rows), UNROLL loads in flight per row. GateDefault is what the three-kernel path runs; the
+// others are instantiated for bf16 with aligned rows only, for the GPU check to time.
+template <int R_, int U1, int U2, int U8>
+struct GateShape {
+  static constexpr int R = R_;
+  template <int NB> static constexpr int unroll() { return NB == 1 ? U1 : NB == 2 ? U2 : U8; }
+};
+using GateDefault = GateShape<1, 4, 4, 4>;
+
+// acc[r][b] = dot(w[j0 + r], x[b]) for the rows r set in `rows` (others stay 0, their bytes are
+// never read), summed over the warp. Weight loads of all rows and unroll steps go out before
+// any FMA; each x vector is loaded once and used by every row.
+template <typename T, int NB, bool VEC, int R, int UNROLL>
+__device__ __forceinline__ void warp_dot_rows(const T* __restrict__ w, int64_t j0, unsigned rows,
+                                              const T* __restrict__ x, int nb, int64_t d, int lane,
+                                              float (&acc)[R][NB]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int b = 0; b < NB; ++b) acc[r][b] = 0.f;
+  if constexpr (VEC) {
+    constexpr int N = Vec<T>::N;
+    const int64_t step = int64_t(kWarp) * N;
+    int64_t k = int64_t(lane) * N;
+    auto chunk = [&](auto unroll_tag) {
+      constexpr int U = decltype(unroll_tag)::value;
+      uint4 raw[R][U];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          raw[r][u] = (rows >> r) & 1u ? Vec<T>::load_raw_stream(w + (j0 + r) * d + k + u * step)
+                                       : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        Vec<T> wv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) wv[r].unpack(raw[r][u]);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          if (b >= nb) break;
+          Vec<T> xv;
+          xv.load(x + b * d + k + u * step);
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int i = 0; i < N; ++i) acc[r][b] = fmaf(wv[r].v[i], xv.v[i], acc[r][b]);
+        }
+      }
+    };
+    for (; k + (UNROLL - 1) * step < d; k += UNROLL * step) chunk(std::integral_constant<int, UNROLL>{});
+    for (; k < d; k += step) chunk(std::integral_constant<int, 1>{});
+  } else {  // odd shapes: element-wise, still coalesced across the warp
+    for (int64_t k = lane; k < d; k += kWarp) {
+      float wk[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) wk[r] = (rows >> r) & 1u ? to_f(w[(j0 + r) * d + k]) : 0.f;
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        if (b >= nb) break;
+        const float xk = to_f(x[b * d + k]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][b] = fmaf(wk[r], xk, acc[r][b]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int b = 0; b < NB; ++b) acc[r][b] = warp_sum(acc[r][b]);
+}
+
+template <typename T, int NB, bool VEC, typename S = GateDefault>
 __global__ void __launch_bounds__(kGateWarps * kWarp)
 gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
                const T* __restrict__ b_in, const T* __restrict__ b_up, float threshold, int nb,
                int64_t f, int64_t d, float* __restrict__ h) {
+  constexpr int R = S::R, U = S::template unroll<NB>();
   const int lane = threadIdx.x % kWarp;
-  const int64_t j = int64_t(blockIdx.x) * kGateWarps + threadIdx.x / kWarp;
-  if (j >= f) return;
-  float z[NB];
-  warp_dot<T, NB, VEC>(w_in + j * d, x, nb, d, lane, z);
-  bool any = false;
+  const int64_t j0 = (int64_t(blockIdx.x) * kGateWarps + threadIdx.x / kWarp) * R;
+  if (j0 >= f) return;
+  const unsigned rows = f - j0 >= R ? (1u << R) - 1u : (1u << (f - j0)) - 1u;
+  float z[R][NB];
+  warp_dot_rows<T, NB, VEC, R, U>(w_in, j0, rows, x, nb, d, lane, z);
+  unsigned active = 0;  // rows active for some batch row
 #pragma unroll
-  for (int b = 0; b < NB; ++b) {
-    if (b < nb) {
-      z[b] += b_in ? to_f(b_in[j]) : 0.f;
-      z[b] = z[b] >= threshold ? z[b] : 0.f;  // FATReLU
-      any |= z[b] != 0.f;
+  for (int r = 0; r < R; ++r) {
+    bool any = false;
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      if (b < nb) {
+        z[r][b] += (b_in && (rows >> r) & 1u) ? to_f(b_in[j0 + r]) : 0.f;
+        z[r][b] = z[r][b] >= threshold ? z[r][b] : 0.f;  // FATReLU
+        any |= z[r][b] != 0.f;  // a pre-activation of exactly 0 contributes 0 either way
+      }
     }
+    active |= (any && (rows >> r) & 1u) ? 1u << r : 0u;
   }
-  // `any` must mean ">= threshold for some row"; a pre-activation equal to 0 with threshold 0
-  // contributes 0 either way, so testing the activated value is exact.
-  if (any && w_up) {
-    float u[NB];
-    warp_dot<T, NB, VEC>(w_up + j * d, x, nb, d, lane, u);
+  // Up only for the active rows (the warp agrees on `active`: z is warp-uniform after warp_sum).
+  if (active && w_up) {
+    float u[R][NB];
+    warp_dot_rows<T, NB, VEC, R, U>(w_up, j0, active, x, nb, d, lane, u);
 #pragma unroll
-    for (int b = 0; b < NB; ++b)
-      if (b < nb) z[b] *= u[b] + (b_up ? to_f(b_up[j]) : 0.f);
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int b = 0; b < NB; ++b)
+        if (b < nb && (active >> r) & 1u) z[r][b] *= u[r][b] + (b_up ? to_f(b_up[j0 + r]) : 0.f);
   }
   if (lane < nb) {
-    float v = 0.f;
 #pragma unroll
-    for (int b = 0; b < NB; ++b)
-      if (b == lane) v = z[b];
-    h[int64_t(lane) * f + j] = v;  // inactive neurons get an exact 0: h is never assumed zeroed
+    for (int r = 0; r < R; ++r) {
+      if (!((rows >> r) & 1u)) continue;
+      float v = 0.f;
+#pragma unroll
+      for (int b = 0; b < NB; ++b)
+        if (b == lane) v = (active >> r) & 1u ? z[r][b] : 0.f;
+      h[int64_t(lane) * f + j0 + r] = v;  // inactive neurons get an exact 0: h is never assumed zeroed
+    }
   }
 }
 
@@ -289,29 +381,40 @@ __device__ __forceinline__ void atomic_add_vec(float* out, const float (&v)[N]) 
 }
 
 // Loads in flight per warp in the gate: more for small batches, where the registers are free.
-template <int NB> constexpr int gate_unroll() { return NB == 1 ? 8 : 4; }
+template <int NB, int UNROLL1> constexpr int gate_unroll() { return NB == 1 ? UNROLL1 : 4; }
 
-template <typename T, int NB, bool VEC_IN, bool VEC_OUT>
-__global__ void __launch_bounds__(kFusedWarps * kWarp)
+// Block shapes of the fused kernel: ROWS neurons per block, WARPS warps, UNROLL1 gate loads in
+// flight per warp at batch 1. Configuration 0 is the default; the others are instantiated for
+// bf16 with aligned rows only, so the GPU check can time them side by side
+// (torch.ops.actsparse._set_cuda_variant) and the best becomes the default.
+template <int ROWS_, int WARPS_, int UNROLL1_>
+struct FusedShape {
+  static constexpr int ROWS = ROWS_, WARPS = WARPS_, UNROLL1 = UNROLL1_;
+};
+using FusedDefault = FusedShape<kFusedRows, kFusedWarps, 8>;
+
+template <typename T, int NB, bool VEC_IN, bool VEC_OUT, typename S = FusedDefault>
+__global__ void __launch_bounds__(S::WARPS * kWarp)
 fused_ffn_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
                  const T* __restrict__ w_out_t, const T* __restrict__ b_in, const T* __restrict__ b_up,
                  const T* __restrict__ b_out, float threshold, int nb, int64_t f, int64_t d, int64_t d_out,
                  float* __restrict__ ws, unsigned* __restrict__ done, T* __restrict__ y) {
-  __shared__ float sh_h[kFusedRows][NB];
-  __shared__ int sh_idx[kFusedRows];
+  constexpr int kRows = S::ROWS, kWarps = S::WARPS;
+  __shared__ float sh_h[kRows][NB];
+  __shared__ int sh_idx[kRows];
   __shared__ int sh_n;
   __shared__ bool sh_last;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t r0 = int64_t(blockIdx.x) * kFusedRows;
+  const int64_t r0 = int64_t(blockIdx.x) * kRows;
 
   // 1. gate (+ up for active neurons). Warps interleave rows so that neighbouring warps stream
   //    neighbouring rows.
-  for (int r = warp; r < kFusedRows; r += kFusedWarps) {
+  for (int r = warp; r < kRows; r += kWarps) {
     const int64_t j = r0 + r;
     float z[NB];
     bool any = false;
     if (j < f) {
-      warp_dot<T, NB, VEC_IN, gate_unroll<NB>()>(w_in + j * d, x, nb, d, lane, z);
+      warp_dot<T, NB, VEC_IN, gate_unroll<NB, S::UNROLL1>()>(w_in + j * d, x, nb, d, lane, z);
 #pragma unroll
       for (int b = 0; b < NB; ++b) {
         if (b < nb) {
@@ -322,7 +425,7 @@ fused_ffn_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* _
       }
       if (any && w_up) {
         float u[NB];
-        warp_dot<T, NB, VEC_IN, gate_unroll<NB>()>(w_up + j * d, x, nb, d, lane, u);
+        warp_dot<T, NB, VEC_IN, gate_unroll<NB, S::UNROLL1>()>(w_up + j * d, x, nb, d, lane, u);
 #pragma unroll
         for (int b = 0; b < NB; ++b)
           if (b < nb) z[b] *= u[b] + (b_up ? to_f(b_up[j]) : 0.f);
@@ -335,14 +438,14 @@ fused_ffn_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* _
   }
   __syncthreads();
 
-  // 2. compact the block's active neurons (warp 0, two ballots of 32).
+  // 2. compact the block's active neurons (warp 0, one ballot per 32 rows).
   if (warp == 0) {
     int n = 0;
 #pragma unroll
-    for (int base = 0; base < kFusedRows; base += kWarp) {
+    for (int base = 0; base < kRows; base += kWarp) {
       bool act = false;
 #pragma unroll
-      for (int b = 0; b < NB; ++b) act |= sh_h[base + lane][b] != 0.f;
+      for (int b = 0; b < NB; ++b) act |= base + lane < kRows && sh_h[base + lane][b] != 0.f;
       const unsigned mask = __ballot_sync(0xffffffffu, act);
       if (act) sh_idx[n + __popc(mask & ((1u << lane) - 1u))] = base + lane;
       n += __popc(mask);
@@ -440,7 +543,7 @@ void with_bool(bool v, Fn&& fn) {
 }
 
 template <typename AT>
-at::Tensor fused_ffn_cuda(const FfnArgs& a) {
+at::Tensor fused_ffn_cuda(const FfnArgs& a, int64_t variant) {
   using T = typename Native<AT>::type;
   const int nb = int(a.x.size(0));
   const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
@@ -457,18 +560,28 @@ at::Tensor fused_ffn_cuda(const FfnArgs& a) {
   if (debug_poison()) y.fill_(NAN);
   float* acc = ws.data_ptr<float>();
   unsigned* done = reinterpret_cast<unsigned*>(acc + acc_floats);
-  const dim3 grid(unsigned((f + kFusedRows - 1) / kFusedRows));
+  auto launch = [&](auto nb_tag, auto vin, auto vout, auto shape) {
+    using S = decltype(shape);
+    const dim3 grid(unsigned((f + S::ROWS - 1) / S::ROWS));
+    fused_ffn_kernel<T, decltype(nb_tag)::value, decltype(vin)::value, decltype(vout)::value, S>
+        <<<grid, S::WARPS * kWarp, 0, stream>>>(
+            reinterpret_cast<const T*>(a.x.data_ptr()), reinterpret_cast<const T*>(a.w_in.data_ptr()),
+            a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr,
+            reinterpret_cast<const T*>(a.w_out_t.data_ptr()), opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
+            opt_ptr<T>(a.b_out), float(a.threshold), nb, f, d, d_out, acc, done,
+            reinterpret_cast<T*>(y.data_ptr()));
+  };
   with_nb(nb, [&](auto nb_tag) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      // The other block shapes (see FusedShape): aligned bf16 only.
+      if (vec_in && vec_out && (variant == kFused16 || variant == kFused32)) {
+        const std::true_type v;
+        if (variant == kFused16) return launch(nb_tag, v, v, FusedShape<16, 8, 16>{});
+        return launch(nb_tag, v, v, FusedShape<32, 8, 16>{});
+      }
+    }
     with_bool(vec_in, [&](auto vin) {
-      with_bool(vec_out, [&](auto vout) {
-        fused_ffn_kernel<T, decltype(nb_tag)::value, decltype(vin)::value, decltype(vout)::value>
-            <<<grid, kFusedWarps * kWarp, 0, stream>>>(
-                reinterpret_cast<const T*>(a.x.data_ptr()), reinterpret_cast<const T*>(a.w_in.data_ptr()),
-                a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr,
-                reinterpret_cast<const T*>(a.w_out_t.data_ptr()), opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
-                opt_ptr<T>(a.b_out), float(a.threshold), nb, f, d, d_out, acc, done,
-                reinterpret_cast<T*>(y.data_ptr()));
-      });
+      with_bool(vec_out, [&](auto vout) { launch(nb_tag, vin, vout, FusedDefault{}); });
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -476,7 +589,7 @@ at::Tensor fused_ffn_cuda(const FfnArgs& a) {
 }
 
 template <typename AT>
-at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
+at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a, int64_t variant) {
   using T = typename Native<AT>::type;
   const int nb = int(a.x.size(0));
   const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
@@ -490,11 +603,13 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   at::Tensor h = new_scratch({nb, f}, f32);
   const T* x = reinterpret_cast<const T*>(a.x.data_ptr());
   const T* w_up = a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr;
-  const dim3 gate_grid(unsigned((f + kGateWarps - 1) / kGateWarps));
-  auto launch_gate = [&](auto nb_tag, auto vec_tag) {
+  auto launch_gate = [&](auto nb_tag, auto vec_tag, auto shape) {
     constexpr int NB = decltype(nb_tag)::value;
     constexpr bool V = decltype(vec_tag)::value;
-    gate_up_kernel<T, NB, V><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
+    using S = decltype(shape);
+    const int64_t rows_per_block = int64_t(kGateWarps) * S::R;
+    const dim3 gate_grid(unsigned((f + rows_per_block - 1) / rows_per_block));
+    gate_up_kernel<T, NB, V, S><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
         x, reinterpret_cast<const T*>(a.w_in.data_ptr()), w_up, opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
         float(a.threshold), nb, f, d, h.data_ptr<float>());
   };
@@ -512,7 +627,18 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
         reinterpret_cast<const T*>(a.w_out_t.data_ptr()), h.data_ptr<float>(), nb, f, d_out, slice,
         partial.data_ptr<float>());
   };
-  with_nb(nb, [&](auto nb_tag) { with_bool(vec_in, [&](auto v) { launch_gate(nb_tag, v); }); });
+  with_nb(nb, [&](auto nb_tag) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      // The other gate shapes (see GateShape): aligned bf16 only.
+      if (vec_in) {
+        const std::true_type v;
+        if (variant == kGateUnroll16) return launch_gate(nb_tag, v, GateShape<1, 16, 8, 4>{});
+        if (variant == kGateRows2) return launch_gate(nb_tag, v, GateShape<2, 8, 4, 2>{});
+        if (variant == kGateRows4) return launch_gate(nb_tag, v, GateShape<4, 4, 2, 2>{});
+      }
+    }
+    with_bool(vec_in, [&](auto v) { launch_gate(nb_tag, v, GateDefault{}); });
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   with_nb(nb, [&](auto nb_tag) { with_bool(vec_out, [&](auto v) { launch_down(nb_tag, v); }); });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -535,14 +661,16 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& a) {
               ": the CUDA kernels support float32, float16 and bfloat16, got ", dt, ".");
   const c10::cuda::CUDAGuard guard(a.x.device());
   if (a.dense_above <= 0.0 || a.x.size(0) > kMaxSparseBatch) return dense_ffn(a);
-  if (!at::globalContext().deterministicAlgorithms()) {
-    if (dt == at::kFloat) return fused_ffn_cuda<float>(a);
-    if (dt == at::kHalf) return fused_ffn_cuda<at::Half>(a);
-    return fused_ffn_cuda<at::BFloat16>(a);
+  const int64_t variant = cuda_variant();
+  const bool fused = variant == kFused64 || variant == kFused16 || variant == kFused32;
+  if (fused && !at::globalContext().deterministicAlgorithms()) {
+    if (dt == at::kFloat) return fused_ffn_cuda<float>(a, variant);
+    if (dt == at::kHalf) return fused_ffn_cuda<at::Half>(a, variant);
+    return fused_ffn_cuda<at::BFloat16>(a, variant);
   }
-  if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
-  if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
-  return sparse_ffn_cuda_impl<at::BFloat16>(a);
+  if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a, variant);
+  if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a, variant);
+  return sparse_ffn_cuda_impl<at::BFloat16>(a, variant);
 }
 
 at::Tensor sparse_gated_ffn_cuda(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,

@@ -190,6 +190,8 @@ def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
         raise ValueError(f"backend must be 'auto', 'ext' or 'reference', got {backend!r}.")
     if backend == "reference":
         return False
+    if any(t is not None and t.device != x.device for t in tensors):
+        return False  # the reference path's checks name the misplaced tensor
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         if backend == "ext":
             raise RuntimeError("The compiled sparse-FFN kernels are inference-only; call under torch.no_grad() "

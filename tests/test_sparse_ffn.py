@@ -458,6 +458,29 @@ def test_cuda_fused_matches_deterministic(ops, dtype):
 
 
 @cuda_only
+@pytest.mark.parametrize("variant", range(7))
+@pytest.mark.parametrize("active", ["none", "some", "all"])
+def test_cuda_fused_configurations_match_float64(ops, poison, variant, active):
+    """Every block configuration the GPU check times (bf16, aligned rows) is correct, at sizes
+    that leave partial blocks (f not a multiple of any ROWS) and every batch template."""
+    need("cuda", torch.bfloat16)
+    previous = ops._set_cuda_variant(variant)
+    try:
+        for batch in (1, 2, 3, 8):
+            p = make(batch, 512, 1000, torch.bfloat16, "cuda", bias=True, seed=20 + batch)
+            t = threshold_for(p, active)
+            assert rel_err(call(p, t, backend="ext"), ref_of(p, t)) < TOL[torch.bfloat16]
+    finally:
+        ops._set_cuda_variant(previous)
+
+
+def test_cuda_variant_out_of_range_is_named(ops):
+    with pytest.raises(RuntimeError, match="variant must be in 0..6"):
+        ops._set_cuda_variant(7)
+    assert ops._set_cuda_variant(0) == 0  # returns the previous setting
+
+
+@cuda_only
 @pytest.mark.parametrize("batch", [1, 4, 16])
 def test_cuda_graph_capture(ops, batch):
     need("cuda", torch.bfloat16)
