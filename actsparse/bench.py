@@ -14,10 +14,10 @@ sparsity (the worst case for batch unions); ``recorded`` replays masks recorded 
 model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, e.g. stacked
 ``Recording`` codes), tiled to the layer width, so batch unions are realistic.
 
-GPU timings exclude host submission latency: each capturable variant (dense cuBLAS, actsparse's
-fused kernel and its deterministic three-kernel path) is captured as ``graph_iters`` calls in ONE
-CUDA graph, and one event pair brackets several replays of it, so a call's time is the elapsed
-time divided by the number of calls. Weight sets are rotated call by call, enough of them that
+GPU timings exclude host submission latency: each capturable variant (dense cuBLAS and
+actsparse's kernels) is captured as ``graph_calls`` layer calls in ONE CUDA graph, and one event
+pair brackets each replay, so a call's time is the elapsed time divided by the number of calls
+(cross-checked against eager dense, ``dense_eager_ms``). Weight sets are rotated call by call, enough of them that
 they do not fit in L2 together (a 7B layer is larger than L2 on its own; a tiny one is not).
 The dense baseline is timed the same way in the same run. The naive gather syncs with the host
 (``nonzero``) and cannot be captured; it is timed eagerly with events.
@@ -97,18 +97,7 @@ def actsparse_ffn(x, w):
     return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, backend="ext")
 
 
-def actsparse_deterministic_ffn(x, w):
-    """The deterministic path (on CUDA: gate/up, down, reduce kernels instead of the fused one)."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        return actsparse_ffn(x, w)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "naive": naive_gather_ffn, "actsparse": actsparse_ffn}
-CUDA_VARIANTS = {**VARIANTS, "actsparse_det": actsparse_deterministic_ffn}
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
@@ -193,14 +182,12 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
 
     calls = {k: 1 for k in VARIANTS}
     if device == "cuda":  # graphs for the capturable variants, ~graph_calls layer calls per replay
-        fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
-        for k in ("dense", "actsparse", "actsparse_det"):
+        fns = {k: over_sets(v) for k, v in VARIANTS.items()}
+        for k in ("dense", "actsparse"):
             fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
         # Eager dense (launch latency included) beside its graph replay: a cross-check of the
         # per-call arithmetic (the replay must be a bit faster, never several times off).
         fns["dense_eager"] = over_sets(dense_ffn)
-        got_det = actsparse_deterministic_ffn(x, layers[0])
-        rel_det = float((got_det.double() - ref).norm() / ref.norm().clamp_min(1e-30))
     else:
         fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
@@ -209,8 +196,7 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     useful = (f * d + 2 * union * d) * elt
     extra = {}
     if device == "cuda":
-        extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "actsparse_det_ms": med["actsparse_det"] * 1e3, "speedup_det_vs_dense": med["dense"] / med["actsparse_det"],
-                 "max_rel_err_det": rel_det, "graph_calls": calls["actsparse"] * weight_sets}
+        extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "graph_calls": calls["actsparse"] * weight_sets}
     return {**extra,
         "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
         "device": device, "union_active": union / f, "weight_sets": weight_sets,
@@ -249,82 +235,25 @@ def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4
     return rows
 
 
-def tune_cuda_variants(shape: str = "7b", configs=((1, 0), (1, 50), (1, 90), (1, 95), (4, 90), (8, 90)),
-                       variants=range(7), repeats: int = 10, graph_calls: int = 100, seed: int = 0) -> list[dict]:
-    """Time the CUDA fused kernel's block configurations (``torch.ops.actsparse._set_cuda_variant``)
-    beside dense cuBLAS, each captured in its own CUDA graph and timed interleaved in one run;
-    one row per (batch, sparsity) with ``v{i}_us`` and ``v{i}_err`` (relative to float64)."""
-    from actsparse import ext
-
-    if not ext.supports("cuda"):
-        raise SystemExit(f"actsparse-bench: no compiled CUDA kernels: {ext.load().reason}")
-    d, f = SHAPES[shape]
-    dt = torch.bfloat16
-    gen = torch.Generator().manual_seed(seed)
-    sets = weight_sets_for(4 * d * f * 2, "cuda")
-    set_variant = torch.ops.actsparse._set_cuda_variant
-    rows = []
-    try:
-        for batch, sparsity in configs:
-            masks = make_masks("random", batch, f, sparsity, gen)
-            x = torch.zeros(batch, d)
-            x[torch.arange(batch), torch.arange(batch)] = 1.0
-            x = x.to(dt).cuda()
-            layers = [make_layer(d, f, masks, dt, "cuda", gen) for _ in range(sets)]
-            ref = dense_ffn(x.double(), {k: v.double() for k, v in layers[0].items()})
-            iters = max(1, graph_calls // sets)
-            fns, row = {}, {"shape": shape, "batch": batch, "sparsity": sparsity,
-                            "union_active": float(masks.any(0).float().mean())}
-            fns["dense"], _ = _graph(lambda: [dense_ffn(x, w) for w in layers], iters)
-            for v in variants:
-                set_variant(v)  # read at launch, so the graph keeps this variant's kernel
-                got = actsparse_ffn(x, layers[0])
-                row[f"v{v}_err"] = float((got.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-                fns[f"v{v}"], _ = _graph(lambda: [actsparse_ffn(x, w) for w in layers], iters)
-            set_variant(0)
-            times = time_interleaved(fns, "cuda", repeats)
-            for k, t in times.items():
-                row[f"{k}_us"] = statistics.median(t) / sets / iters * 1e6
-            rows.append(row)
-            del layers, fns
-            torch.cuda.empty_cache()
-    finally:
-        set_variant(0)
-    return rows
-
-
-def format_tuning(rows: list[dict]) -> str:
-    keys = [k[:-3] for k in rows[0] if k.endswith("_us")]
-    head = "| batch | sparsity % | union % | " + " | ".join(f"{k} µs" for k in keys) + " | best | max rel err |"
-    lines = [head, "|---" * 3 + "|---:" * len(keys) + "|---|---:|"]
-    for r in rows:
-        best = min((k for k in keys if k != "dense"), key=lambda k: r[f"{k}_us"])
-        err = max(r[f"{k}_err"] for k in keys if k != "dense")
-        lines.append(f"| {r['batch']} | {r['sparsity']:g} | {100 * r['union_active']:.1f} | "
-                     + " | ".join(f"{r[f'{k}_us']:.1f}" for k in keys) + f" | {best} | {err:.1e} |")
-    return "\n".join(lines)
-
-
 COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms", "actsparse_ms",
            "speedup_vs_dense", "speedup_vs_naive", "useful_gbs", "pct_of_copy", "max_rel_err"]
 
 
 def format_header(device: str = "cpu") -> str:
     if device == "cuda":  # µs: a 7B layer is tens of microseconds there
-        return ("| shape | batch | sparsity % | union active % | dense µs | naive gather µs | actsparse µs | "
-                "vs dense | deterministic µs | det. vs dense | useful GB/s | % of copy BW | rel err |\n"
-                + "|---" * 4 + "|---:" * 9 + "|")
+        return ("| shape | batch | sparsity % | union active % | dense µs | eager dense µs | naive gather µs | "
+                "actsparse µs | vs dense | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
     return ("| shape | batch | sparsity % | union active % | dense ms | naive gather ms | actsparse ms | "
             "vs dense | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
 
 
 def format_row(r: dict) -> str:
     sp = "rec" if r["sparsity"] < 0 else f"{r['sparsity']:g}"
-    if "actsparse_det_ms" in r:
+    if "dense_eager_ms" in r:  # CUDA: µs
         return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {1e3 * r['dense_ms']:.1f} | "
-                f"{1e3 * r['naive_ms']:.1f} | {1e3 * r['actsparse_ms']:.1f} | {r['speedup_vs_dense']:.2f}x | "
-                f"{1e3 * r['actsparse_det_ms']:.1f} | {r['speedup_det_vs_dense']:.2f}x | {r['useful_gbs']:.0f} | "
-                f"{r['pct_of_copy']:.0f}% | {max(r['max_rel_err'], r['max_rel_err_det']):.1e} |")
+                f"{1e3 * r['dense_eager_ms']:.1f} | {1e3 * r['naive_ms']:.1f} | {1e3 * r['actsparse_ms']:.1f} | "
+                f"{r['speedup_vs_dense']:.2f}x | {r['useful_gbs']:.0f} | {r['pct_of_copy']:.0f}% | "
+                f"{r['max_rel_err']:.1e} |")
     return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {r['dense_ms']:.3f} | "
             f"{r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
             f"{r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | {r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")

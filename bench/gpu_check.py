@@ -175,6 +175,12 @@ def step_tests(out: Path, device: str, tests: list[str], pytest_args: list[str])
             "-p", "no:hydra_pytest",
             "-o", "addopts=", "-m", "not slow", "-q", "-rs", f"--rootdir={REPO}", f"--junitxml={junit}",
             *pytest_args]
+    try:  # crash isolation: a test that kills its interpreter (a segfault) fails alone, the rest run on
+        import xdist  # noqa: F401
+
+        args += ["-n", "4"]
+    except ImportError:
+        pass
     rc = pytest.main(args)
     counts = _junit_counts(junit)
     return {"pytest_rc": int(rc), **counts}
@@ -217,20 +223,6 @@ def step_bench(out: Path, device: str, quick: bool) -> dict:
     return result
 
 
-def step_tune(out: Path, device: str, quick: bool) -> dict:
-    """CUDA only: the fused kernel's block configurations side by side (actsparse.bench.tune_cuda_variants)."""
-    if device != "cuda":
-        return {"rows": [], "note": "CUDA only"}
-    from actsparse import bench
-
-    rows = []
-    for shape, configs in (("7b", ((1, 0), (1, 50), (1, 90), (1, 95), (2, 0), (2, 90), (4, 0), (4, 90), (8, 0),
-                                   (8, 90))),
-                           ("70b", ((1, 90),))):
-        rows += bench.tune_cuda_variants(shape, configs, repeats=5 if quick else 10)
-    return {"rows": rows}
-
-
 def step_decode(out: Path, device: str, quick: bool) -> dict:
     sys.path.insert(1, str(REPO / "bench"))
     import decode  # bench/decode.py
@@ -239,7 +231,7 @@ def step_decode(out: Path, device: str, quick: bool) -> dict:
 
 
 STEPS = {"preflight": step_preflight, "build": step_build, "tests": step_tests, "bench": step_bench,
-         "tune": step_tune, "decode": step_decode}
+         "decode": step_decode}
 
 
 # -- the report ------------------------------------------------------------------------------------------
@@ -306,13 +298,6 @@ def markdown(results: dict) -> str:
         lines += ["", f"## Benchmark: {name}", "", format_header(results["device"]), *map(format_row, rows)]
     if results.get("bench", {}).get("copy_gbs"):
         lines.append(f"\nCopy bandwidth (read + write) measured in the same run: {results['bench']['copy_gbs']:.0f} GB/s.")
-    tune = results.get("tune", {}).get("rows")
-    if tune:
-        from actsparse.bench import format_tuning
-
-        lines += ["", "## Fused-kernel configurations (bf16; v0 = the default)", ""]
-        for shape in dict.fromkeys(r["shape"] for r in tune):
-            lines += [f"{shape}:", "", format_tuning([r for r in tune if r["shape"] == shape]), ""]
     dec = results.get("decode", {}).get("rows")
     if dec:
         sys.path.insert(1, str(REPO / "bench"))
@@ -351,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         activate(out / "shim")
         fn = STEPS[args.step]
         kw = {"device": args.device}
-        if args.step in ("bench", "tune", "decode"):
+        if args.step in ("bench", "decode"):
             kw["quick"] = args.quick
         if args.step == "tests":
             kw.update(tests=args.tests, pytest_args=shlex.split(args.pytest_args))
@@ -362,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     make_importable(out)
     for stale in out.glob("step_*.json"):
         stale.unlink()
-    limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "tune": 900, "decode": 900}
+    limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "decode": 900}
     results = {"device": args.device, "quick": args.quick, "repo": str(REPO), "out": str(out)}
     t_start = time.time()
     for name in STEPS:

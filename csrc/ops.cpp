@@ -15,13 +15,6 @@ std::atomic<bool> g_poison{false};
 
 bool set_debug_poison(bool on) { return g_poison.exchange(on); }
 
-std::atomic<int64_t> g_cuda_variant{0};
-
-int64_t set_cuda_variant(int64_t variant) {
-  TORCH_CHECK(variant >= 0 && variant <= 6, "actsparse._set_cuda_variant: variant must be in 0..6, got ", variant, ".");
-  return g_cuda_variant.exchange(variant);
-}
-
 std::string describe(const at::Tensor& t) {
   std::ostringstream s;
   s << t.scalar_type() << " " << t.sizes() << " on " << t.device();
@@ -53,7 +46,6 @@ void check_bias(const char* op, const char* name, const OptTensor& b, const at::
 }  // namespace
 
 bool debug_poison() { return g_poison.load(std::memory_order_relaxed); }
-int64_t cuda_variant() { return g_cuda_variant.load(std::memory_order_relaxed); }
 
 at::Tensor new_scratch(at::IntArrayRef size, const at::TensorOptions& opts) {
   if (debug_poison()) return at::full(size, NAN, opts);
@@ -109,7 +101,4 @@ TORCH_LIBRARY(actsparse, m) {
         "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1.) -> Tensor");
   // Tests only: NaN-fill outputs and scratch before kernels run. Returns the previous setting.
   m.def("_set_debug_poison(bool on) -> bool", &actsparse::set_debug_poison);
-  // GPU check only: the CUDA fused kernel's block configuration (0 = default; see
-  // sparse_ffn_cuda.cu's FusedShape). Returns the previous setting.
-  m.def("_set_cuda_variant(int variant) -> int", &actsparse::set_cuda_variant);
 }

@@ -29,9 +29,6 @@ void check_ffn_args(const char* op, const FfnArgs& a);
 // Debug mode for tests: outputs and scratch buffers are filled with NaN before the kernels run,
 // so a kernel that skips an element or relies on zeroed memory is caught.
 bool debug_poison();
-
-// Tuning (GPU check only): which block configuration the CUDA fused kernel uses; 0 = default.
-int64_t cuda_variant();
 at::Tensor new_scratch(at::IntArrayRef size, const at::TensorOptions& opts);
 
 // Dense remainder of the FFN given the input-projection pre-activation `z` [batch, f], which it

@@ -1,37 +1,29 @@
 // CUDA kernels of the sparse FFN (bf16, fp16, fp32) for small batches (decoding).
 //
 // Batch-1 decoding is bound by weight bytes, so every kernel is built around wide coalesced
-// loads and enough loads in flight, never around flops. Two paths:
-//
-// The fused path (default): ONE kernel, fused_ffn_kernel. Each block owns kFusedRows
-// consecutive neurons: its warps compute gate (+ FATReLU) and, for active neurons only, up,
-// into shared memory; the block compacts its active neurons and streams their rows of w_out_t
-// (whole rows, 16-byte loads, kDownBatch rows in flight), adding its [batch, d_out] partial into
-// an fp32 workspace with vector atomics. The last block to finish (a counter) adds the bias,
-// casts and writes y. No h round trip through global memory and no second or third launch; the
-// workspace is zeroed by one memset node. fp32 atomics make the summation order vary between
-// runs (last-bit differences), so under torch.use_deterministic_algorithms(True) the
-// deterministic three-kernel path below runs instead.
-//
-// The deterministic path (three kernels):
+// loads and enough loads in flight, never around flops. Three kernels, no host read-back:
 //   1. gate_up_kernel: one warp per neuron row. The warp streams w_in[j] with 16-byte loads
-//      (8 bf16 per lane), reduces with shuffles, applies FATReLU and, only when the neuron is
-//      active for some batch row, streams w_up[j] the same way. Writes h [batch, f] in fp32
-//      (exact zeros for inactive neurons). Divergence is per warp, never inside one.
+//      (8 bf16 per lane, kGateUnroll loads in flight), reduces with shuffles, applies FATReLU
+//      and, only when the neuron is active for some batch row, streams w_up[j] the same way.
+//      Writes h [batch, f] in fp32 (exact zeros for inactive neurons). Divergence is per warp,
+//      never inside one.
 //   2. down_kernel: grid (column tiles of w_out_t, slices of the neuron range). Each warp scans
 //      32 neurons of its slice with one ballot on h, then for each active neuron reads one
 //      512-byte coalesced segment of w_out_t[j] (one 16-byte load per lane), several neurons
 //      at once for memory-level parallelism. Warps reduce in shared memory; each block writes
 //      fp32 partial sums for its slice.
 //   3. reduce_kernel: sums the slices (+ bias) in a fixed order and casts to the output dtype.
-// No step reads anything back to the host: the ops are CUDA-graph capturable and sparse for
-// any union size; batches above kMaxSparseBatch rows go to the dense cuBLAS path (their union
-// is large and tensor cores win), as does dense_above <= 0 (the Python front picks it per batch
-// size, actsparse.plugins.sparse_ffn.default_dense_above: the host cannot see the union without
-// a synchronizing read-back).
+// Every summation order is fixed, so results are bitwise reproducible. Measured on the H200
+// (bench/h200/2026-11-29-run2.md, seven configurations side by side): this beat a single fused
+// kernel (gate, up and down per block of neurons, fp32 atomics, last-block epilogue) in three
+// block shapes by 15-35% at batch 1, and beat gates with 2 or 4 rows per warp or 16 loads in
+// flight by 1-15%. No step reads anything back to the host: the ops are CUDA-graph capturable
+// and sparse for any union size; batches above kMaxSparseBatch rows go to the dense cuBLAS path,
+// as does dense_above <= 0 (the Python front picks it per batch size,
+// actsparse.plugins.sparse_ffn.default_dense_above: the host cannot see the union without a
+// synchronizing read-back).
 #include "sparse_ffn.h"
 
-#include <ATen/Context.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -49,13 +41,8 @@ constexpr int kWarp = 32;
 constexpr int kGateWarps = 8;   // rows per gate block
 constexpr int kDownWarps = 4;   // warps sharing one column tile in the down kernel
 constexpr int kDownBatch = 4;   // active neurons whose loads a warp issues together
-// What torch.ops.actsparse._set_cuda_variant selects (the GPU check times them side by side):
-// the three-kernel path with its default gate (0), the fused kernel in three block shapes, and
-// three other gate shapes of the three-kernel path.
-enum Variant : int64_t { kThreeKernel = 0, kFused64 = 1, kFused16 = 2, kFused32 = 3, kGateUnroll16 = 4,
-                         kGateRows2 = 5, kGateRows4 = 6 };
-constexpr int kFusedWarps = 8;  // warps per fused block (the default configuration)
-constexpr int kFusedRows = 64;  // neurons per fused block (8 per warp)
+constexpr int kGateRows = 1;    // neuron rows per gate warp (2 and 4 measured slower, see above)
+constexpr int kGateUnroll = 4;  // 16-byte loads in flight per gate row (8 and 16 measured no faster)
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
@@ -96,69 +83,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-
-// acc[b] = dot(w[0:d], x[b][0:d]) summed over the warp (every lane gets the total).
-// VEC: rows are 16-byte aligned and d is a multiple of the vector width.
-template <typename T, int NB, bool VEC, int kUnroll = 4>
-__device__ __forceinline__ void warp_dot(const T* __restrict__ w, const T* __restrict__ x, int nb,
-                                         int64_t d, int lane, float (&acc)[NB]) {
-#pragma unroll
-  for (int b = 0; b < NB; ++b) acc[b] = 0.f;
-  if constexpr (VEC) {
-    constexpr int N = Vec<T>::N;
-    const int64_t step = int64_t(kWarp) * N;
-    int64_t k = int64_t(lane) * N;
-    for (; k + (kUnroll - 1) * step < d; k += kUnroll * step) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) raw[u] = Vec<T>::load_raw_stream(w + k + u * step);  // loads first: MLP
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        Vec<T> wv;
-        wv.unpack(raw[u]);
-#pragma unroll
-        for (int b = 0; b < NB; ++b) {
-          if (b >= nb) break;
-          Vec<T> xv;
-          xv.load(x + b * d + k + u * step);
-#pragma unroll
-          for (int i = 0; i < N; ++i) acc[b] = fmaf(wv.v[i], xv.v[i], acc[b]);
-        }
-      }
-    }
-    for (; k < d; k += step) {
-      Vec<T> wv;
-      wv.load_stream(w + k);
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        if (b >= nb) break;
-        Vec<T> xv;
-        xv.load(x + b * d + k);
-#pragma unroll
-        for (int i = 0; i < N; ++i) acc[b] = fmaf(wv.v[i], xv.v[i], acc[b]);
-      }
-    }
-  } else {  // odd shapes: element-wise, still coalesced across the warp
-    for (int64_t k = lane; k < d; k += kWarp) {
-      const float wk = to_f(w[k]);
-#pragma unroll
-      for (int b = 0; b < NB; ++b)
-        if (b < nb) acc[b] = fmaf(wk, to_f(x[b * d + k]), acc[b]);
-    }
-  }
-#pragma unroll
-  for (int b = 0; b < NB; ++b) acc[b] = warp_sum(acc[b]);
-}
-
-// Gate kernel shapes: R neuron rows per warp (their loads issued together, each x load shared by
-// R rows), UNROLL loads in flight per row. GateDefault is what the three-kernel path runs; the
-// others are instantiated for bf16 with aligned rows only, for the GPU check to time.
-template <int R_, int U1, int U2, int U8>
-struct GateShape {
-  static constexpr int R = R_;
-  template <int NB> static constexpr int unroll() { return NB == 1 ? U1 : NB == 2 ? U2 : U8; }
-};
-using GateDefault = GateShape<1, 4, 4, 4>;
 
 // acc[r][b] = dot(w[j0 + r], x[b]) for the rows r set in `rows` (others stay 0, their bytes are
 // never read), summed over the warp. Weight loads of all rows and unroll steps go out before
@@ -223,12 +147,12 @@ __device__ __forceinline__ void warp_dot_rows(const T* __restrict__ w, int64_t j
     for (int b = 0; b < NB; ++b) acc[r][b] = warp_sum(acc[r][b]);
 }
 
-template <typename T, int NB, bool VEC, typename S = GateDefault>
+template <typename T, int NB, bool VEC>
 __global__ void __launch_bounds__(kGateWarps * kWarp)
 gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
                const T* __restrict__ b_in, const T* __restrict__ b_up, float threshold, int nb,
                int64_t f, int64_t d, float* __restrict__ h) {
-  constexpr int R = S::R, U = S::template unroll<NB>();
+  constexpr int R = kGateRows, U = kGateUnroll;
   const int lane = threadIdx.x % kWarp;
   const int64_t j0 = (int64_t(blockIdx.x) * kGateWarps + threadIdx.x / kWarp) * R;
   if (j0 >= f) return;
@@ -363,159 +287,6 @@ __global__ void reduce_kernel(const float* __restrict__ partial, const T* __rest
 }
 
 
-// ---- the fused path ---------------------------------------------------------------------------
-
-// out[0:N] += v[0:N] into fp32 global memory; one 16-byte vector atomic where the hardware has it.
-template <int N>
-__device__ __forceinline__ void atomic_add_vec(float* out, const float (&v)[N]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (N % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < N; i += 4)
-      atomicAdd(reinterpret_cast<float4*>(out + i), make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
-    return;
-  }
-#endif
-#pragma unroll
-  for (int i = 0; i < N; ++i) atomicAdd(out + i, v[i]);
-}
-
-// Loads in flight per warp in the gate: more for small batches, where the registers are free.
-template <int NB, int UNROLL1> constexpr int gate_unroll() { return NB == 1 ? UNROLL1 : 4; }
-
-// Block shapes of the fused kernel: ROWS neurons per block, WARPS warps, UNROLL1 gate loads in
-// flight per warp at batch 1. Configuration 0 is the default; the others are instantiated for
-// bf16 with aligned rows only, so the GPU check can time them side by side
-// (torch.ops.actsparse._set_cuda_variant) and the best becomes the default.
-template <int ROWS_, int WARPS_, int UNROLL1_>
-struct FusedShape {
-  static constexpr int ROWS = ROWS_, WARPS = WARPS_, UNROLL1 = UNROLL1_;
-};
-using FusedDefault = FusedShape<kFusedRows, kFusedWarps, 8>;
-
-template <typename T, int NB, bool VEC_IN, bool VEC_OUT, typename S = FusedDefault>
-__global__ void __launch_bounds__(S::WARPS * kWarp)
-fused_ffn_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
-                 const T* __restrict__ w_out_t, const T* __restrict__ b_in, const T* __restrict__ b_up,
-                 const T* __restrict__ b_out, float threshold, int nb, int64_t f, int64_t d, int64_t d_out,
-                 float* __restrict__ ws, unsigned* __restrict__ done, T* __restrict__ y) {
-  constexpr int kRows = S::ROWS, kWarps = S::WARPS;
-  __shared__ float sh_h[kRows][NB];
-  __shared__ int sh_idx[kRows];
-  __shared__ int sh_n;
-  __shared__ bool sh_last;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t r0 = int64_t(blockIdx.x) * kRows;
-
-  // 1. gate (+ up for active neurons). Warps interleave rows so that neighbouring warps stream
-  //    neighbouring rows.
-  for (int r = warp; r < kRows; r += kWarps) {
-    const int64_t j = r0 + r;
-    float z[NB];
-    bool any = false;
-    if (j < f) {
-      warp_dot<T, NB, VEC_IN, gate_unroll<NB, S::UNROLL1>()>(w_in + j * d, x, nb, d, lane, z);
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        if (b < nb) {
-          z[b] += b_in ? to_f(b_in[j]) : 0.f;
-          z[b] = z[b] >= threshold ? z[b] : 0.f;  // FATReLU
-          any |= z[b] != 0.f;  // a pre-activation of exactly 0 contributes 0 either way
-        }
-      }
-      if (any && w_up) {
-        float u[NB];
-        warp_dot<T, NB, VEC_IN, gate_unroll<NB, S::UNROLL1>()>(w_up + j * d, x, nb, d, lane, u);
-#pragma unroll
-        for (int b = 0; b < NB; ++b)
-          if (b < nb) z[b] *= u[b] + (b_up ? to_f(b_up[j]) : 0.f);
-      }
-    }
-    if (lane == 0) {
-#pragma unroll
-      for (int b = 0; b < NB; ++b) sh_h[r][b] = (any && b < nb) ? z[b] : 0.f;
-    }
-  }
-  __syncthreads();
-
-  // 2. compact the block's active neurons (warp 0, one ballot per 32 rows).
-  if (warp == 0) {
-    int n = 0;
-#pragma unroll
-    for (int base = 0; base < kRows; base += kWarp) {
-      bool act = false;
-#pragma unroll
-      for (int b = 0; b < NB; ++b) act |= base + lane < kRows && sh_h[base + lane][b] != 0.f;
-      const unsigned mask = __ballot_sync(0xffffffffu, act);
-      if (act) sh_idx[n + __popc(mask & ((1u << lane) - 1u))] = base + lane;
-      n += __popc(mask);
-    }
-    if (lane == 0) sh_n = n;
-  }
-  __syncthreads();
-  const int n = sh_n;
-
-  // 3. down: every thread owns N consecutive columns per pass; kDownBatch rows' loads first.
-  if (n > 0) {
-    constexpr int N = VEC_OUT ? Vec<T>::N : 1;
-    const int64_t per_pass = int64_t(blockDim.x) * N;
-    for (int64_t c0 = 0; c0 < d_out; c0 += per_pass) {
-      const int64_t col = c0 + int64_t(threadIdx.x) * N;
-      if (col >= d_out) break;  // no barrier below: threads may leave early
-      float acc[NB][N];
-#pragma unroll
-      for (int b = 0; b < NB; ++b)
-#pragma unroll
-        for (int i = 0; i < N; ++i) acc[b][i] = 0.f;
-      for (int q0 = 0; q0 < n; q0 += kDownBatch) {
-        const int cnt = min(kDownBatch, n - q0);
-        uint4 raw[kDownBatch];
-        float ws1[kDownBatch];
-#pragma unroll
-        for (int q = 0; q < kDownBatch; ++q) {
-          if (q < cnt) {
-            const T* row = w_out_t + (r0 + sh_idx[q0 + q]) * d_out;
-            if constexpr (VEC_OUT) raw[q] = Vec<T>::load_raw_stream(row + col);
-            else ws1[q] = to_f(row[col]);
-          }
-        }
-#pragma unroll
-        for (int q = 0; q < kDownBatch; ++q) {
-          if (q < cnt) {
-            const int r = sh_idx[q0 + q];
-            Vec<T> wv;
-            if constexpr (VEC_OUT) wv.unpack(raw[q]);
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-              const float hb = sh_h[r][b];
-#pragma unroll
-              for (int i = 0; i < N; ++i) {
-                if constexpr (VEC_OUT) acc[b][i] = fmaf(hb, wv.v[i], acc[b][i]);
-                else acc[b][i] = fmaf(hb, ws1[q], acc[b][i]);
-              }
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < NB; ++b)
-        if (b < nb) atomic_add_vec<N>(ws + int64_t(b) * d_out + col, acc[b]);
-    }
-  }
-
-  // 4. the last block to finish writes y = ws + b_out in the output dtype.
-  __threadfence();  // this block's atomics are visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) sh_last = atomicAdd(done, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!sh_last) return;
-  __threadfence();
-  for (int64_t i = threadIdx.x; i < int64_t(nb) * d_out; i += blockDim.x) {
-    const float v = __ldcg(ws + i) + (b_out ? to_f(b_out[i % d_out]) : 0.f);  // L2, not a stale L1
-    y[i] = from_f<T>(v);
-  }
-}
-
 template <typename T> struct Native { using type = T; };
 template <> struct Native<at::Half> { using type = __half; };
 template <> struct Native<at::BFloat16> { using type = __nv_bfloat16; };
@@ -543,53 +314,7 @@ void with_bool(bool v, Fn&& fn) {
 }
 
 template <typename AT>
-at::Tensor fused_ffn_cuda(const FfnArgs& a, int64_t variant) {
-  using T = typename Native<AT>::type;
-  const int nb = int(a.x.size(0));
-  const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
-  constexpr int N = Vec<T>::N;
-  const bool vec_in = d % N == 0 && aligned16(a.x) && aligned16(a.w_in) && (!a.w_up || aligned16(*a.w_up));
-  const bool vec_out = d_out % N == 0 && aligned16(a.w_out_t);
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  // fp32 accumulator [nb, d_out] followed by the finished-block counter; zeroed by one memset
-  // (a memset node under CUDA graphs). The accumulator is 16-byte aligned for float4 atomics.
-  const int64_t acc_floats = (int64_t(nb) * d_out + 3) / 4 * 4;
-  at::Tensor ws = at::empty({acc_floats + 4}, a.x.options().dtype(at::kFloat));
-  C10_CUDA_CHECK(cudaMemsetAsync(ws.data_ptr(), 0, ws.nbytes(), stream));
-  at::Tensor y = at::empty({nb, d_out}, a.x.options());
-  if (debug_poison()) y.fill_(NAN);
-  float* acc = ws.data_ptr<float>();
-  unsigned* done = reinterpret_cast<unsigned*>(acc + acc_floats);
-  auto launch = [&](auto nb_tag, auto vin, auto vout, auto shape) {
-    using S = decltype(shape);
-    const dim3 grid(unsigned((f + S::ROWS - 1) / S::ROWS));
-    fused_ffn_kernel<T, decltype(nb_tag)::value, decltype(vin)::value, decltype(vout)::value, S>
-        <<<grid, S::WARPS * kWarp, 0, stream>>>(
-            reinterpret_cast<const T*>(a.x.data_ptr()), reinterpret_cast<const T*>(a.w_in.data_ptr()),
-            a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr,
-            reinterpret_cast<const T*>(a.w_out_t.data_ptr()), opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
-            opt_ptr<T>(a.b_out), float(a.threshold), nb, f, d, d_out, acc, done,
-            reinterpret_cast<T*>(y.data_ptr()));
-  };
-  with_nb(nb, [&](auto nb_tag) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      // The other block shapes (see FusedShape): aligned bf16 only.
-      if (vec_in && vec_out && (variant == kFused16 || variant == kFused32)) {
-        const std::true_type v;
-        if (variant == kFused16) return launch(nb_tag, v, v, FusedShape<16, 8, 16>{});
-        return launch(nb_tag, v, v, FusedShape<32, 8, 16>{});
-      }
-    }
-    with_bool(vec_in, [&](auto vin) {
-      with_bool(vec_out, [&](auto vout) { launch(nb_tag, vin, vout, FusedDefault{}); });
-    });
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return y;
-}
-
-template <typename AT>
-at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a, int64_t variant) {
+at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   using T = typename Native<AT>::type;
   const int nb = int(a.x.size(0));
   const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
@@ -603,13 +328,12 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a, int64_t variant) {
   at::Tensor h = new_scratch({nb, f}, f32);
   const T* x = reinterpret_cast<const T*>(a.x.data_ptr());
   const T* w_up = a.w_up ? reinterpret_cast<const T*>(a.w_up->data_ptr()) : nullptr;
-  auto launch_gate = [&](auto nb_tag, auto vec_tag, auto shape) {
+  const int64_t gate_rows_per_block = int64_t(kGateWarps) * kGateRows;
+  const dim3 gate_grid(unsigned((f + gate_rows_per_block - 1) / gate_rows_per_block));
+  auto launch_gate = [&](auto nb_tag, auto vec_tag) {
     constexpr int NB = decltype(nb_tag)::value;
     constexpr bool V = decltype(vec_tag)::value;
-    using S = decltype(shape);
-    const int64_t rows_per_block = int64_t(kGateWarps) * S::R;
-    const dim3 gate_grid(unsigned((f + rows_per_block - 1) / rows_per_block));
-    gate_up_kernel<T, NB, V, S><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
+    gate_up_kernel<T, NB, V><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
         x, reinterpret_cast<const T*>(a.w_in.data_ptr()), w_up, opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
         float(a.threshold), nb, f, d, h.data_ptr<float>());
   };
@@ -627,18 +351,7 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a, int64_t variant) {
         reinterpret_cast<const T*>(a.w_out_t.data_ptr()), h.data_ptr<float>(), nb, f, d_out, slice,
         partial.data_ptr<float>());
   };
-  with_nb(nb, [&](auto nb_tag) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      // The other gate shapes (see GateShape): aligned bf16 only.
-      if (vec_in) {
-        const std::true_type v;
-        if (variant == kGateUnroll16) return launch_gate(nb_tag, v, GateShape<1, 16, 8, 4>{});
-        if (variant == kGateRows2) return launch_gate(nb_tag, v, GateShape<2, 8, 4, 2>{});
-        if (variant == kGateRows4) return launch_gate(nb_tag, v, GateShape<4, 4, 2, 2>{});
-      }
-    }
-    with_bool(vec_in, [&](auto v) { launch_gate(nb_tag, v, GateDefault{}); });
-  });
+  with_nb(nb, [&](auto nb_tag) { with_bool(vec_in, [&](auto v) { launch_gate(nb_tag, v); }); });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   with_nb(nb, [&](auto nb_tag) { with_bool(vec_out, [&](auto v) { launch_down(nb_tag, v); }); });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -661,16 +374,9 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& a) {
               ": the CUDA kernels support float32, float16 and bfloat16, got ", dt, ".");
   const c10::cuda::CUDAGuard guard(a.x.device());
   if (a.dense_above <= 0.0 || a.x.size(0) > kMaxSparseBatch) return dense_ffn(a);
-  const int64_t variant = cuda_variant();
-  const bool fused = variant == kFused64 || variant == kFused16 || variant == kFused32;
-  if (fused && !at::globalContext().deterministicAlgorithms()) {
-    if (dt == at::kFloat) return fused_ffn_cuda<float>(a, variant);
-    if (dt == at::kHalf) return fused_ffn_cuda<at::Half>(a, variant);
-    return fused_ffn_cuda<at::BFloat16>(a, variant);
-  }
-  if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a, variant);
-  if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a, variant);
-  return sparse_ffn_cuda_impl<at::BFloat16>(a, variant);
+  if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
+  if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
+  return sparse_ffn_cuda_impl<at::BFloat16>(a);
 }
 
 at::Tensor sparse_gated_ffn_cuda(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,

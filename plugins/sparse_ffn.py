@@ -56,12 +56,15 @@ __all__ = [
 # on the union of random-ish patterns is nearly everything and MKL's GEMM wins, so the op goes
 # straight to dense (no mask pass, no compaction: never slower than dense). CUDA: the kernels
 # never read the union back to the host (that would synchronize and break CUDA graphs), so the
-# choice is made here from the batch size alone: up to _CUDA_MAX_SPARSE_BATCH rows run the fused
-# sparse kernel, larger batches go to cuBLAS (bench/gpu_check.py measures where the crossover is).
+# choice is made here from the batch size alone. On the H200 (bench/h200/2026-11-29-run*.md, bf16,
+# LLaMA-2-7B FFN) one row runs sparse faster than cuBLAS at every sparsity (1.07x at 0%, 2.05x at
+# 90%), while two rows lose at low sparsity (0.86x at 0%, though 1.58x at 90%) and 4-8 rows lose
+# everywhere; so one row runs sparse and more go to cuBLAS. Pass dense_above=1 to keep 2-8 rows
+# sparse when the model's sparsity is known to be high.
 _CPU_SMALL_BATCH = 8
 _CPU_DENSE_BATCH = 16
 _CPU_MID_BATCH_DENSE_ABOVE = 0.5
-_CUDA_MAX_SPARSE_BATCH = 8
+_CUDA_MAX_SPARSE_BATCH = 1
 
 
 def default_dense_above(device: torch.device | str, batch: int) -> float:
@@ -72,7 +75,7 @@ def default_dense_above(device: torch.device | str, batch: int) -> float:
     Example:
         >>> default_dense_above("cpu", 1), default_dense_above("cpu", 12), default_dense_above("cpu", 32)
         (1.0, 0.5, 0.0)
-        >>> default_dense_above("cuda", 4), default_dense_above("cuda", 16)
+        >>> default_dense_above("cuda", 1), default_dense_above("cuda", 2)
         (1.0, 0.0)
     """
     kind = torch.device(device).type
