@@ -97,7 +97,16 @@ def actsparse_ffn(x, w):
     return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, backend="ext")
 
 
+def actsparse_kernel_ffn(x, w):
+    """The sparse kernels at any batch size (``dense_above=1``): on CUDA the default sends 2+ rows
+    to cuBLAS, so this column shows what the kernels themselves would do there."""
+    from actsparse.plugins.sparse_ffn import sparse_gated_ffn
+
+    return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, dense_above=1.0, backend="ext")
+
+
 VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "naive": naive_gather_ffn, "actsparse": actsparse_ffn}
+CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn}
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
@@ -182,12 +191,14 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
 
     calls = {k: 1 for k in VARIANTS}
     if device == "cuda":  # graphs for the capturable variants, ~graph_calls layer calls per replay
-        fns = {k: over_sets(v) for k, v in VARIANTS.items()}
-        for k in ("dense", "actsparse"):
+        fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
+        for k in ("dense", "actsparse", "kernel"):
             fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
         # Eager dense (launch latency included) beside its graph replay: a cross-check of the
         # per-call arithmetic (the replay must be a bit faster, never several times off).
         fns["dense_eager"] = over_sets(dense_ffn)
+        got_kernel = actsparse_kernel_ffn(x, layers[0])
+        rel_kernel = float((got_kernel.double() - ref).norm() / ref.norm().clamp_min(1e-30))
     else:
         fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
@@ -196,7 +207,9 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     useful = (f * d + 2 * union * d) * elt
     extra = {}
     if device == "cuda":
-        extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "graph_calls": calls["actsparse"] * weight_sets}
+        extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "kernel_ms": med["kernel"] * 1e3,
+                 "speedup_kernel_vs_dense": med["dense"] / med["kernel"], "max_rel_err_kernel": rel_kernel,
+                 "graph_calls": calls["actsparse"] * weight_sets}
     return {**extra,
         "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
         "device": device, "union_active": union / f, "weight_sets": weight_sets,
@@ -242,7 +255,8 @@ COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms",
 def format_header(device: str = "cpu") -> str:
     if device == "cuda":  # µs: a 7B layer is tens of microseconds there
         return ("| shape | batch | sparsity % | union active % | dense µs | eager dense µs | naive gather µs | "
-                "actsparse µs | vs dense | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
+                "actsparse µs | vs dense | kernels forced µs | forced vs dense | useful GB/s | % of copy BW | "
+                "rel err |\n" + "|---" * 4 + "|---:" * 10 + "|")
     return ("| shape | batch | sparsity % | union active % | dense ms | naive gather ms | actsparse ms | "
             "vs dense | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
 
@@ -252,8 +266,8 @@ def format_row(r: dict) -> str:
     if "dense_eager_ms" in r:  # CUDA: µs
         return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {1e3 * r['dense_ms']:.1f} | "
                 f"{1e3 * r['dense_eager_ms']:.1f} | {1e3 * r['naive_ms']:.1f} | {1e3 * r['actsparse_ms']:.1f} | "
-                f"{r['speedup_vs_dense']:.2f}x | {r['useful_gbs']:.0f} | {r['pct_of_copy']:.0f}% | "
-                f"{r['max_rel_err']:.1e} |")
+                f"{r['speedup_vs_dense']:.2f}x | {1e3 * r['kernel_ms']:.1f} | {r['speedup_kernel_vs_dense']:.2f}x | "
+                f"{r['useful_gbs']:.0f} | {r['pct_of_copy']:.0f}% | {max(r['max_rel_err'], r['max_rel_err_kernel']):.1e} |")
     return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {r['dense_ms']:.3f} | "
             f"{r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
             f"{r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | {r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")
