@@ -14,11 +14,12 @@ sparsity (the worst case for batch unions); ``recorded`` replays masks recorded 
 model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, e.g. stacked
 ``Recording`` codes), tiled to the layer width, so batch unions are realistic.
 
-GPU timings exclude host submission latency: each capturable variant (dense cuBLAS and
-actsparse's kernels) is captured as ``graph_calls`` layer calls in ONE CUDA graph, and one event
-pair brackets each replay, so a call's time is the elapsed time divided by the number of calls
-(cross-checked against eager dense, ``dense_eager_ms``). Weight sets are rotated call by call, enough of them that
-they do not fit in L2 together (a 7B layer is larger than L2 on its own; a tiny one is not).
+GPU timings exclude host submission latency: each capturable variant (dense cuBLAS, actsparse as
+dispatched, and its kernels forced at every batch size) is captured as ``graph_calls`` layer calls
+in ONE CUDA graph, and one event pair brackets each replay, so a call's time is the elapsed time
+divided by the number of calls (cross-checked against eager dense, ``dense_eager_ms``). Weight sets
+are rotated call by call, enough of them that they do not fit in L2 together (a 7B layer is larger
+than L2 on its own; a tiny one is not).
 The dense baseline is timed the same way in the same run. The naive gather syncs with the host
 (``nonzero``) and cannot be captured; it is timed eagerly with events.
 

@@ -107,6 +107,12 @@ def call(p, t, dense_above=None, backend="auto"):
                       dense_above=dense_above, backend=backend)
 
 
+def kernels_on(device: str) -> float | None:
+    """The dense_above that runs the sparse kernels: CUDA's default sends 2+ rows to cuBLAS, so
+    CUDA tests force the kernels (up to their 8-row limit); CPU tests keep the default dispatch."""
+    return 1.0 if device == "cuda" else None
+
+
 def ref_of(p, t):
     return ref64(p["x"], p["w_in"], p["w_out_t"], t, p["w_up"], p.get("b_in"), p.get("b_up"), p.get("b_out"))
 
@@ -125,7 +131,7 @@ def test_matches_float64_reference(poison, device, dtype, shape, batch, gated):
     # Low-precision gates at batch > 8 run through at::mm with a rounded output; threshold 0
     # keeps a rounding flip harmless (a flipped neuron contributes ~0).
     t = 0.0 if (dtype != torch.float32 and batch > 8) else threshold_for(p, "some")
-    y = call(p, t, backend="ext")
+    y = call(p, t, dense_above=kernels_on(device), backend="ext")
     assert y.shape == (batch, d_out) and y.dtype == dtype and y.device.type == device
     assert rel_err(y, ref_of(p, t)) < TOL[dtype]
 
@@ -139,7 +145,7 @@ def test_zero_and_all_active(poison, device, dtype, active, batch):
     for gated, bias in ((True, False), (True, True), (False, True)):
         p = make(batch, 97, 211, dtype, device, gated=gated, bias=bias, seed=batch)
         t = threshold_for(p, active)
-        y = call(p, t, backend="ext")
+        y = call(p, t, dense_above=kernels_on(device), backend="ext")
         ref = ref_of(p, t)
         if active == "none" and not bias:
             assert torch.equal(y.cpu(), torch.zeros_like(y.cpu())), "no neuron active: the output is exactly 0"
@@ -435,7 +441,7 @@ def test_cuda_is_bitwise_reproducible(ops, dtype):
     for batch in (1, 2, 3, 8):
         p = make(batch, 512, 1000, dtype, "cuda", bias=True, seed=batch)
         t = threshold_for(p, "some")
-        first, second = call(p, t, backend="ext"), call(p, t, backend="ext")
+        first, second = (call(p, t, dense_above=kernels_on("cuda"), backend="ext") for _ in range(2))
         assert torch.equal(first, second), "the CUDA path must be bitwise reproducible"
         assert rel_err(first, ref_of(p, t)) < TOL[dtype]
 
@@ -446,15 +452,15 @@ def test_cuda_graph_capture(ops, batch):
     need("cuda", torch.bfloat16)
     p = make(batch, 256, 704, torch.bfloat16, "cuda", seed=batch)
     static_x = p["x"].clone()
-    eager = call({**p, "x": static_x}, 0.0, backend="ext")
+    eager = call({**p, "x": static_x}, 0.0, dense_above=kernels_on("cuda"), backend="ext")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        call({**p, "x": static_x}, 0.0, backend="ext")
+        call({**p, "x": static_x}, 0.0, dense_above=kernels_on("cuda"), backend="ext")
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = call({**p, "x": static_x}, 0.0, backend="ext")
+        out = call({**p, "x": static_x}, 0.0, dense_above=kernels_on("cuda"), backend="ext")
     fresh = make(batch, 256, 704, torch.bfloat16, "cuda", seed=100 + batch)["x"]
     static_x.copy_(fresh)
     graph.replay()
