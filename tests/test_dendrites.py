@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from actsparse.data.permuted_digits import PermutedDigitsDataModule, task_permutations
-from actsparse.models.dendritic import DendriticMLP, effective_parameters, matched_mlp
+from actsparse.data.dendrites_permuted_digits import PermutedDigitsDataModule, task_permutations
+from actsparse.models.dendrites import DendriticMLP, effective_parameters, matched_mlp
 from actsparse.plugins import find_sites, record, unpack_codes
 from actsparse.plugins.dendrites import DendriticLayer, KWinners, KWinners2d, dendritic_gate
-from actsparse.tasks.continual import ContextClassifier, evaluate_accuracy
+from actsparse.tasks.dendrites_continual import ContextClassifier, evaluate_accuracy
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,14 +199,14 @@ def test_model_configs_instantiate():
     from hydra.utils import instantiate
 
     from actsparse.experiments import study
-    from actsparse.models.dendritic import ContextFree
+    from actsparse.models.dendrites import ContextFree
 
-    mlp = instantiate(compose_config(["model=dendritic_matched_mlp"]).model, _convert_="all")
+    mlp = instantiate(compose_config(["model=dendrites_matched_mlp"]).model, _convert_="all")
     assert isinstance(mlp, ContextFree) and mlp.model.widths == [136, 136]
     assert mlp.config_dict()["kind"] == "dendritic_matched_mlp"
     dendritic = instantiate(study.compose("dendrites", ["data.num_tasks=4"]).model, _convert_="all")
     assert isinstance(dendritic, DendriticMLP) and dendritic.context_dim == 4
-    dendritic = instantiate(compose_config(["model=dendritic"]).model, _convert_="all")
+    dendritic = instantiate(compose_config(["model=dendrites"]).model, _convert_="all")
     assert abs(mlp.num_parameters() - dendritic.num_parameters()) / dendritic.num_parameters() < 0.01
 
 

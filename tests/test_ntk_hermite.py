@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from actsparse.models.hermite_mlp import HermiteMLP
+from actsparse.models.ntk_hermite_mlp import HermiteMLP
 from actsparse.plugins import find_sites, record
 from actsparse.plugins.ntk.hermite import HermiteActivation, hermite_series
 from actsparse.plugins.ntk.kernels import nngp_kernel, ntk_kernel, sphere_gram

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import dirichlet
 
-from actsparse.data.sphere import DirichletSphere
+from actsparse.data.ntk_sphere import DirichletSphere
 from actsparse.plugins.ntk.classifiers import (
     SingularKernelError,
     kernel_regression,

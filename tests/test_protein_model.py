@@ -11,11 +11,11 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from actsparse.callbacks import DeadNeuronMonitor, SparsityMonitor
-from actsparse.data.protein.datamodule import ProteinDataModule
-from actsparse.data.protein.synthetic import synthetic_dataset
+from actsparse.data.protein_rpn.datamodule import ProteinDataModule
+from actsparse.data.protein_rpn.synthetic import synthetic_dataset
 from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN, anchor_regions
 from actsparse.plugins import find_sites
-from actsparse.tasks.protein import ProteinFunction, info_nce_loss, supervised_contrastive_loss
+from actsparse.tasks.protein_rpn import ProteinFunction, info_nce_loss, supervised_contrastive_loss
 
 from conftest import PDB_DIR  # noqa: E402
 

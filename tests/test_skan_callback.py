@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from actsparse.callbacks.skan import SKANTraining
-from actsparse.data.functions import FunctionDataModule
-from actsparse.models.kan import KAN
+from actsparse.data.skan_functions import FunctionDataModule
+from actsparse.models.skan import KAN
 from actsparse.plugins.kan import skan_layers
-from actsparse.tasks.regress import Regressor
+from actsparse.tasks.skan_regress import Regressor
 
 SPACES = ["bspline", "chebyshev", "rbf"]
 

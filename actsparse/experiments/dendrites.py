@@ -1,7 +1,7 @@
 """Active dendrites + k-WTA against a plain MLP in context-dependent continual learning
 (issue 14): ``actsparse-train experiment=dendrites``.
 
-For every seed, each model in ``dendrites.models`` (by default ``model=dendritic``, the plain
+For every seed, each model in ``dendrites.models`` (by default ``model=dendrites``, the plain
 MLP with the same number of effective parameters and, as an ablation, that MLP with k-WTA in
 place of ReLU) is trained on the permuted-digits tasks one
 after the other (``dendrites.epochs_per_task`` epochs each, a fresh optimizer per task, no
@@ -24,9 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from actsparse.experiments import study
-from actsparse.models.dendritic import effective_parameters
+from actsparse.models.dendrites import effective_parameters
 from actsparse.plugins import record
-from actsparse.tasks.continual import ContextClassifier, evaluate_accuracy
+from actsparse.tasks.dendrites_continual import ContextClassifier, evaluate_accuracy
 
 
 def train_sequentially(cfg: DictConfig, model_cfg: DictConfig, seed: int) -> dict[str, Any]:

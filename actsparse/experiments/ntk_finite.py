@@ -1,7 +1,7 @@
 """Finite networks with the optimal activations, trained under Lightning (issue 15).
 
-``actsparse-train experiment=ntk_finite``: on the Dirichlet sphere data of ``data=sphere``, MLPs
-(``model=hermite_mlp``: NTK parametrization, no biases) of every width x depth x activation in
+``actsparse-train experiment=ntk_finite``: on the Dirichlet sphere data of ``data=ntk_sphere``, MLPs
+(``model=ntk_hermite_mlp``: NTK parametrization, no biases) of every width x depth x activation in
 ``cfg.ntk_finite`` are trained with the ``Classifier`` task (cross-entropy, ``task.lr``,
 ``trainer.max_steps``) by a Trainer built from ``cfg.trainer``. Each is compared with the
 infinite-width limit of the same architecture — kernel regression with ``ntk_kernel(xi, depth,
@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from actsparse.experiments import study
-from actsparse.models.hermite_mlp import HermiteMLP
+from actsparse.models.ntk_hermite_mlp import HermiteMLP
 from actsparse.plugins.ntk.classifiers import kernel_regression
 from actsparse.plugins.ntk.kernels import LogKernel, kernel_path, sphere_gram
 

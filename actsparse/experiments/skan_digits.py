@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from actsparse.callbacks.skan import SKANTraining
 from actsparse.data.digits import DigitsDataModule
 from actsparse.experiments import study
-from actsparse.models.kan import SConvKAN
+from actsparse.models.skan import SConvKAN
 from actsparse.models.cnn import CNN
 from actsparse.plugins.kan import SPACES, prune_spaces
 from actsparse.plugins.kan.layers import skan_layers

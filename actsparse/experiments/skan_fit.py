@@ -34,12 +34,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from actsparse.callbacks.skan import SKANTraining
-from actsparse.data.functions import FunctionDataModule, get_task
+from actsparse.data.skan_functions import FunctionDataModule, get_task
 from actsparse.experiments import study
-from actsparse.models.kan import KAN, MLPRegressor, PyKAN, mlp_width_for
+from actsparse.models.skan import KAN, MLPRegressor, PyKAN, mlp_width_for
 from actsparse.plugins.kan import SPACES
 from actsparse.plugins.kan.layers import skan_layers
-from actsparse.tasks.regress import Regressor
+from actsparse.tasks.skan_regress import Regressor
 
 
 class _Curve(L.Callback):

@@ -1,23 +1,34 @@
 """Reference models, one idea per file: a tiny LLaMA-style decoder with gated or plain FFNs
-(``llama``), MLP and CNN classifiers (``mlp``, ``cnn``); and the models of each method family —
-KAN/S-KAN regressors and S-ConvKAN (``kan``), dendritic and k-WTA MLPs (``dendritic``), finite MLPs
-with Hermite activations (``hermite_mlp``), ProteinRPN and its GMT baseline (``protein_rpn``).
-The family models load on first use (ProteinRPN needs torch_geometric)."""
+(``llama``), MLP and CNN classifiers (``mlp``, ``cnn``); and the models of each method family,
+each file named after its method: KAN/S-KAN regressors and S-ConvKAN (``skan``), dendritic and
+k-WTA MLPs (``dendrites``), finite MLPs with Hermite activations (``ntk_hermite_mlp``),
+ProteinRPN and its GMT baseline (``protein_rpn``)."""
 
-from actsparse.runtime import lazy_exports
 from actsparse.models.cnn import CNN
+from actsparse.models.dendrites import DendriticMLP, KWinnersMLP, matched_mlp
 from actsparse.models.llama import FFN_KINDS, GatedFFN, LMConfig, PlainFFN, TinyLM
 from actsparse.models.mlp import MLP
+from actsparse.models.ntk_hermite_mlp import HermiteMLP, ScaledLinear
+from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN
+from actsparse.models.skan import KAN, MLPRegressor, PyKAN, SConvKAN
 
-_LAZY = {
-    "KAN": "kan", "MLPRegressor": "kan", "PyKAN": "kan", "SConvKAN": "kan",
-    "DendriticMLP": "dendritic", "KWinnersMLP": "dendritic", "matched_mlp": "dendritic",
-    "HermiteMLP": "hermite_mlp", "ScaledLinear": "hermite_mlp",
-    "ProteinRPN": "protein_rpn", "GMTBaseline": "protein_rpn",
-}
-
-
-__getattr__ = lazy_exports(__name__, _LAZY)
-
-
-__all__ = ["CNN", "FFN_KINDS", "GatedFFN", "LMConfig", "MLP", "PlainFFN", "TinyLM", *_LAZY]
+__all__ = [
+    "CNN",
+    "DendriticMLP",
+    "FFN_KINDS",
+    "GMTBaseline",
+    "GatedFFN",
+    "HermiteMLP",
+    "KAN",
+    "KWinnersMLP",
+    "LMConfig",
+    "MLP",
+    "MLPRegressor",
+    "PlainFFN",
+    "ProteinRPN",
+    "PyKAN",
+    "SConvKAN",
+    "ScaledLinear",
+    "TinyLM",
+    "matched_mlp",
+]

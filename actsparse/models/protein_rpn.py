@@ -1,7 +1,7 @@
 """ProteinRPN (Mitra et al. 2024, DESIGN §4) on torch_geometric, and its GMT-only baseline.
 
     model = ProteinRPN(num_terms=9)
-    out = model(batch)            # batch: torch_geometric Batch of residue graphs (actsparse.data.protein)
+    out = model(batch)            # batch: torch_geometric Batch of residue graphs (actsparse.data.protein_rpn)
     out.logits, out.embedding     # [graphs, terms] GO-term logits; [graphs, proj_dim] contrastive embedding
     out.node_scores, out.kept     # per residue: functional score in [0, 1]; kept by the node-drop pooling
 
@@ -43,7 +43,7 @@ from torch_geometric.nn.aggr import GraphMultisetTransformer
 from torch_geometric.nn.pool.select.topk import topk
 from torch_geometric.utils import add_self_loops, k_hop_subgraph, scatter, softmax, subgraph
 
-from actsparse.data.protein.graph import NODE_FEATURES
+from actsparse.data.protein_rpn.graph import NODE_FEATURES
 
 __all__ = ["FunctionalAttention", "GMTBaseline", "ProteinRPN", "ProteinRPNOutput", "anchor_regions"]
 
@@ -106,7 +106,7 @@ class ProteinRPN(nn.Module):
     """ProteinRPN (see the module docstring). ``region_proposal=False`` gives the GMT-only baseline.
 
     Example:
-        >>> from actsparse.data.protein.synthetic import synthetic_dataset
+        >>> from actsparse.data.protein_rpn.synthetic import synthetic_dataset
         >>> from torch_geometric.data import Batch
         >>> graphs, terms = synthetic_dataset(num_proteins=3, num_motifs=2)
         >>> _ = torch.manual_seed(0)

@@ -1,18 +1,12 @@
-"""LightningModules that train actsparse's reference models."""
+"""LightningModules that train actsparse's reference models; a method family's task carries its
+name (``skan_regress``, ``dendrites_continual``, ``minilm_distill``, ``protein_rpn``)."""
 
-from actsparse.runtime import lazy_exports
 from actsparse.tasks.classify import Classifier
+from actsparse.tasks.dendrites_continual import ContextClassifier
 from actsparse.tasks.lm import CausalLM, warmup_cosine
+from actsparse.tasks.minilm_distill import SentenceDistillation
+from actsparse.tasks.protein_rpn import ProteinFunction
+from actsparse.tasks.skan_regress import Regressor
 
-_LAZY = {
-    "Regressor": "regress",
-    "ContextClassifier": "continual",
-    "SentenceDistillation": "distill",
-    "ProteinFunction": "protein",
-}
-
-
-__getattr__ = lazy_exports(__name__, _LAZY)
-
-
-__all__ = ["CausalLM", "Classifier", "warmup_cosine", *_LAZY]
+__all__ = ["CausalLM", "Classifier", "ContextClassifier", "ProteinFunction", "Regressor", "SentenceDistillation",
+           "warmup_cosine"]

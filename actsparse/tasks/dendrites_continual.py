@@ -20,7 +20,7 @@ class ContextClassifier(L.LightningModule):
     training epoch (k-WTA boost decay) when the model has that method.
 
     Example:
-        >>> from actsparse.models.dendritic import DendriticMLP
+        >>> from actsparse.models.dendrites import DendriticMLP
         >>> task = ContextClassifier(DendriticMLP(context_dim=2, width=16, depth=1, num_segments=2))
         >>> task(torch.randn(3, 64), torch.eye(2)[[0, 1, 0]]).shape
         torch.Size([3, 10])

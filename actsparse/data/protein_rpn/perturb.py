@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch_geometric.data import Data
 
-from actsparse.data.protein.graph import radius_edges
+from actsparse.data.protein_rpn.graph import radius_edges
 
 __all__ = ["coordinate_noise", "edge_dropout", "perturbed_view"]
 

@@ -45,7 +45,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = 
 class SentenceDistillation(L.LightningModule):
     """Distil a frozen teacher's sentence embeddings into ``student``.
 
-    Batches are ``{"input_ids", "attention_mask"}`` (``actsparse.data.sentences``). The teacher's
+    Batches are ``{"input_ids", "attention_mask"}`` (``actsparse.data.minilm_sentences``). The teacher's
     embedding of a batch comes from ``teacher_targets(batch)`` when given (precomputed once:
     the teacher is frozen and deterministic in eval mode, so many runs share one pass), else
     from ``teacher``. The teacher is kept outside the module tree, so activation sites,

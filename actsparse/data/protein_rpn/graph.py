@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from actsparse.data.protein.dssp import SS_CLASSES, secondary_structure
-from actsparse.data.protein.structure import ProteinChain
+from actsparse.data.protein_rpn.dssp import SS_CLASSES, secondary_structure
+from actsparse.data.protein_rpn.structure import ProteinChain
 
 __all__ = ["AMINO_ACIDS", "NODE_FEATURES", "encode_sequence", "load_graph", "node_features", "radius_edges", "residue_graph"]
 
@@ -80,7 +80,7 @@ def residue_graph(chain: ProteinChain, radius: float = 10.0, ss: np.ndarray | No
 
     Example:
         >>> import numpy as np
-        >>> from actsparse.data.protein.structure import ProteinChain
+        >>> from actsparse.data.protein_rpn.structure import ProteinChain
         >>> ca = np.array([[0, 0, 0], [3.8, 0, 0], [7.6, 0, 0], [20, 0, 0]], dtype=np.float32)
         >>> bb = np.repeat(ca[:, None], 4, axis=1)  # a toy backbone (DSSP: all coil)
         >>> g = residue_graph(ProteinChain("toy", "A", "ACDX", bb), radius=5.0)
@@ -105,11 +105,11 @@ def residue_graph(chain: ProteinChain, radius: float = 10.0, ss: np.ndarray | No
 
 def load_graph(path, chain: str | None = None, radius: float = 10.0, cache=True, missing_ca: str = "error") -> Data:
     """The residue graph of a PDB/mmCIF file's chain, through the on-disk cache (``cache``: True
-    for the default :class:`~actsparse.data.protein.cache.GraphCache`, a ``GraphCache``, or
-    False). A file that fails to parse raises :class:`~actsparse.data.protein.structure.StructureError`
+    for the default :class:`~actsparse.data.protein_rpn.cache.GraphCache`, a ``GraphCache``, or
+    False). A file that fails to parse raises :class:`~actsparse.data.protein_rpn.structure.StructureError`
     and leaves nothing in the cache."""
-    from actsparse.data.protein.cache import GraphCache
-    from actsparse.data.protein.structure import read_chain
+    from actsparse.data.protein_rpn.cache import GraphCache
+    from actsparse.data.protein_rpn.structure import read_chain
 
     def build() -> Data:
         return residue_graph(read_chain(path, chain=chain, missing_ca=missing_ca), radius=radius)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from actsparse.data.protein.graph import AMINO_ACIDS, residue_graph
-from actsparse.data.protein.structure import ProteinChain
+from actsparse.data.protein_rpn.graph import AMINO_ACIDS, residue_graph
+from actsparse.data.protein_rpn.structure import ProteinChain
 
 __all__ = ["Motif", "SyntheticChain", "build_backbone", "make_motifs", "synthetic_dataset", "synthetic_chain"]
 

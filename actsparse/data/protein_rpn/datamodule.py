@@ -3,7 +3,7 @@
     ProteinDataModule()                                               # synthetic motif chains (default, no download)
     ProteinDataModule(source="pdb", pdb_dir="structures/", annotations="nrPDB-GO_annot.tsv", ontology="mf")
 
-Synthetic: ``num_proteins`` chains from :mod:`actsparse.data.protein.synthetic` (cached on disk
+Synthetic: ``num_proteins`` chains from :mod:`actsparse.data.protein_rpn.synthetic` (cached on disk
 by their settings). PDB: every chain listed in the DeepFRI/HEAL annotation TSV is read from
 ``<pdb_dir>/<chain>.pdb`` (or ``.cif``…) through the content-keyed graph cache; annotated
 chains without a file are an error (``missing="skip"`` drops them). Without ``annotations``,
@@ -26,10 +26,10 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from actsparse.data.protein.annotations import STRUCTURE_SUFFIXES, load_annotations, pair_with_structures
-from actsparse.data.protein.cache import GraphCache
-from actsparse.data.protein.graph import NODE_FEATURES, load_graph
-from actsparse.data.protein.synthetic import synthetic_dataset
+from actsparse.data.protein_rpn.annotations import STRUCTURE_SUFFIXES, load_annotations, pair_with_structures
+from actsparse.data.protein_rpn.cache import GraphCache
+from actsparse.data.protein_rpn.graph import NODE_FEATURES, load_graph
+from actsparse.data.protein_rpn.synthetic import synthetic_dataset
 from actsparse.metrics.functional.go_terms import information_content
 from actsparse.runtime import cache_dir
 

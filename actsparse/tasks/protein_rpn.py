@@ -28,7 +28,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryPrecision, BinaryRecall
 
-from actsparse.data.protein.perturb import perturbed_view
+from actsparse.data.protein_rpn.perturb import perturbed_view
 from actsparse.metrics.go_terms import AUPR, Fmax, Smin
 
 __all__ = ["ProteinFunction", "info_nce_loss", "supervised_contrastive_loss"]

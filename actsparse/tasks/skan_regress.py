@@ -16,7 +16,7 @@ class Regressor(L.LightningModule):
     ``val/rmse`` (also ``val/loss``) and ``test/rmse``.
 
     Args:
-        model: any module ``[N, d] -> [N, 1]`` (e.g. :class:`actsparse.models.kan.KAN`).
+        model: any module ``[N, d] -> [N, 1]`` (e.g. :class:`actsparse.models.skan.KAN`).
         optimizer: ``adam``, ``adamw`` or ``lbfgs`` (full-batch, strong-Wolfe line search, as
             pykan fits its toy functions).
         reg_l1, reg_entropy: KAN regularization (L1 + entropy of the edge functions, KAN
