@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 Curve = Sequence[tuple[int, float]]
 
 
+def figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.5, 4.0), dpi: int = 120, **kwargs):
+    """A new figure and its axes (``plt.subplots``' arguments) in the one backend this module sets
+    (Agg, files only): every plot of actsparse starts here and ends in :func:`save_figure`."""
+    return plt.subplots(nrows, ncols, figsize=figsize, dpi=dpi, **kwargs)
+
+
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Lay out, write (creating folders) and close a figure."""
     fig.tight_layout()

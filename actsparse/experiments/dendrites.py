@@ -79,12 +79,11 @@ def summarize(runs: dict[str, list[dict[str, Any]]], num_tasks: int) -> tuple[li
 
 
 def plot(curves: dict, out, num_tasks: int) -> dict[str, Any]:
-    import matplotlib.pyplot as plt
 
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     figures = {}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    fig, axes = figure(1, 2, figsize=(10, 3.8), dpi=120)
     width = 0.8 / max(1, len(curves))
     for i, (name, c) in enumerate(curves.items()):
         x = np.arange(num_tasks)
@@ -102,7 +101,7 @@ def plot(curves: dict, out, num_tasks: int) -> dict[str, Any]:
         ax.grid(alpha=0.3)
         ax.legend()
     figures["dendrites/accuracy_after_last"] = save_figure(fig, out / "accuracy_after_last.png")
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), dpi=120, squeeze=False)
+    fig, axes = figure(1, len(curves), figsize=(4.2 * len(curves), 3.6), dpi=120, squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):
         im = ax.imshow(100 * c["matrix"], vmin=0, vmax=100, cmap="viridis")
         for i in range(num_tasks):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib.pyplot as plt
 
-from actsparse.report import save_figure  # sets the headless backend
+from actsparse.report import figure, save_figure  # sets the headless backend
 
 METHODS = ("kmeans", "knn", "logreg")
 LABELS = {"kmeans": "k-means", "knn": "k-NN (k=9, Hamming)", "logreg": "logistic regression"}
@@ -19,7 +18,7 @@ def _panels(rows: Rows, x: str, xlabel: str, path: Path, title: str, group: str 
     """Redundancy ratio and the three accuracies against ``x``; solid = test codes, dashed = train."""
     groups = sorted({r[group] for r in rows}) if group else [None]
     shown = ("redundancy", *(m for m in METHODS if f"test_{m}" in rows[0]))
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.8), dpi=110, squeeze=False)
+    fig, axes = figure(1, len(shown), figsize=(4 * len(shown), 3.8), dpi=110, squeeze=False)
     axes = axes[0]
     for g in groups:
         sub = sorted((r for r in rows if group is None or r[group] == g), key=lambda r: r[x])

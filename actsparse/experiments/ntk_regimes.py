@@ -154,15 +154,11 @@ def tables(p: DictConfig, summary: dict) -> dict[str, list[dict]]:
 
 
 def plot(summary: dict, out: Path) -> Path:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     dims = list(summary)
-    fig, axes = plt.subplots(1, len(dims), figsize=(5.2 * len(dims), 4.2), squeeze=False)
+    fig, axes = figure(1, len(dims), figsize=(5.2 * len(dims), 4.2), squeeze=False)
     styles = {"bayes": ("k", "-"), "1nn": ("tab:gray", "--"), "majority": ("tab:gray", ":"), "singular": ("tab:brown", "-.")}
     for ax, dim in zip(axes[0], dims):
         s = summary[dim]

@@ -24,10 +24,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning import seed_everything  # noqa: E402
@@ -37,7 +33,7 @@ from actsparse.callbacks.prosparse import paper_stages, validate_stages  # noqa:
 from actsparse.data.corpus import cache_dir  # noqa: E402
 from actsparse.experiments import study  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
-from actsparse.report import print_table, save_figure  # noqa: E402
+from actsparse.report import figure, print_table, save_figure  # noqa: E402
 from actsparse.tasks.lm import CausalLM  # noqa: E402
 from actsparse.train import train  # noqa: E402
 
@@ -177,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def plot_tradeoff(results: dict[str, dict[str, float]], path: Path) -> None:
     # A legend, not text next to the points: close points (ProSparse with and without FATReLU)
     # made annotations overlap.
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    fig, ax = figure(figsize=(6.5, 4), dpi=120)
     markers = "osD^v"
     for i, (regime, v) in enumerate(results.items()):
         ax.scatter(v["sparsity"] * 100, v["val_ppl"], s=55, marker=markers[i % len(markers)], alpha=0.85,
@@ -204,7 +200,7 @@ class FrontierPlot(HydraCallback):
                 points.setdefault(regime, []).append((data["final_lambda"], v["sparsity"], v["val_ppl"]))
         if not points:
             return
-        fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+        fig, ax = figure(figsize=(6.5, 4), dpi=120)
         rows = []
         for k, (regime, pts) in enumerate(points.items()):
             pts.sort()

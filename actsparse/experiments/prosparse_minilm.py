@@ -34,10 +34,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from lightning import seed_everything  # noqa: E402
@@ -49,7 +45,7 @@ from actsparse.data.minilm_sentences import SentenceDataModule, minilm_path  # n
 from actsparse.experiments import study  # noqa: E402
 from actsparse.metrics import ActivationSparsity  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
-from actsparse.report import save_figure  # noqa: E402
+from actsparse.report import figure, save_figure  # noqa: E402
 from actsparse.tasks.minilm_distill import SentenceDistillation, encode  # noqa: E402
 
 REGIMES = ("relu", "relu_fixed", "prosparse")
@@ -319,7 +315,7 @@ def summarize(runs: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
 
 
 def plot_frontier(runs: list[dict[str, Any]], path: Path, k: int) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    fig, axes = figure(1, 2, figsize=(11, 4), dpi=120)
     for ax, key, ylabel in ((axes[0], "cosine", "cosine to the original embedding"),
                             (axes[1], "nn1", "nearest-neighbour agreement (top-1)")):
         for regime, marker in (("relu_fixed", "s"), ("prosparse", "o")):

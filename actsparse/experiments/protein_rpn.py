@@ -198,14 +198,10 @@ def time_500(model, radius: float, pdb_dir: Path | None = None, repeats: int = 5
 def plot_proposals(panels: list[tuple[str, Any, dict]], path: Path) -> Path:
     """Each panel: a chain's Cα trace (PCA projection), contacts in grey, residues coloured by
     the proposal (anchor, region, kept by node drop) and planted motif residues ringed."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from actsparse.report import figure, save_figure
 
-    from actsparse.report import save_figure
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.6), dpi=120, squeeze=False)
+    fig, axes = figure(1, len(panels), figsize=(6.2 * len(panels), 5.6), dpi=120, squeeze=False)
     for ax, (title, graph, proposal) in zip(axes[0], panels):
         pos = graph.pos.numpy()
         centred = pos - pos.mean(0)
@@ -237,16 +233,12 @@ def plot_proposals(panels: list[tuple[str, Any, dict]], path: Path) -> Path:
 
 
 def plot_training(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     if not any(r.get("loss_curve") for r in rows):
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = figure(figsize=(6, 4), dpi=120)
     colours = {"protein_rpn": "tab:red", "protein_rpn_no_site": "tab:orange", "gmt_baseline": "tab:blue"}
     for r in rows:
         curve = np.array(r["loss_curve"])

@@ -145,9 +145,8 @@ def timings(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def plot(fm: dict, union: dict, noise: dict, out) -> dict[str, Any]:
-    import matplotlib.pyplot as plt
 
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     figures = {}
     styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
@@ -160,7 +159,7 @@ def plot(fm: dict, union: dict, noise: dict, out) -> dict[str, Any]:
         ax.errorbar(x, p, yerr=[np.maximum(p - lo, 0), np.maximum(hi - p, 0)], fmt="o", mfc="white",
                     mec=color, ecolor=color, ms=5, capsize=2, label=label)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=130)
+    fig, ax = figure(figsize=(6, 4.5), dpi=130)
     for i, (n, d) in enumerate(fm["curves"].items()):
         ax.semilogy(fm["thetas"], np.maximum(d["theory"], 1e-300), color=greys[i], ls=styles[i], lw=2, label=f"n = {n:,}")
         mc_points(ax, d["mc"], greys[i], "Monte Carlo" if i == 0 else None)
@@ -171,7 +170,7 @@ def plot(fm: dict, union: dict, noise: dict, out) -> dict[str, Any]:
     ax.legend(frameon=False, fontsize=8)
     figures["sdr_theory/false_match_vs_theta"] = save_figure(fig, out / "false_match_vs_theta.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=130)
+    fig, ax = figure(figsize=(6, 4.5), dpi=130)
     for i, (n, d) in enumerate(union["curves"].items()):
         ax.semilogy(union["ms"], np.maximum(d["expected"], 1e-300), color=greys[i], ls="-", lw=2, label=f"n = {n:,}")
         ax.semilogy(union["ms"], np.maximum(d["exact"], 1e-300), color=greys[i], ls=":", lw=1.5)
@@ -184,7 +183,7 @@ def plot(fm: dict, union: dict, noise: dict, out) -> dict[str, Any]:
     ax.legend(frameon=False, fontsize=8)
     figures["sdr_theory/union_capacity"] = save_figure(fig, out / "union_capacity.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=130)
+    fig, axes = figure(1, 2, figsize=(11, 4.5), dpi=130)
     ax = axes[0]
     for i, (theta, d) in enumerate(noise["match"].items()):
         ax.plot(noise["levels"], d["theory"], color=greys[i], ls=styles[i], lw=2, label=f"θ = {theta}")

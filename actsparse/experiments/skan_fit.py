@@ -167,16 +167,12 @@ def summarize(runs: list[dict[str, Any]], tasks: dict[str, list[int]], models: l
 
 
 def plot_curves(runs: list[dict[str, Any]], tasks: dict[str, list[int]], models: list[str], path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     cols = min(4, len(tasks))
     rows = (len(tasks) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
+    fig, axes = figure(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         for model in models:
             curves = [r["curve"] for r in runs if r["task"] == task and r["model"] == model and r["curve"]]
@@ -198,18 +194,14 @@ def plot_curves(runs: list[dict[str, Any]], tasks: dict[str, list[int]], models:
 
 
 def plot_spaces(space_rows: list[dict[str, str]], path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from actsparse.report import save_figure
+    from actsparse.report import figure, save_figure
 
     if not space_rows:
         return
     spaces = list(SPACES)
     data = np.array([[float(r[s].rstrip("%")) for s in spaces] for r in space_rows])
-    fig, ax = plt.subplots(figsize=(1.2 + 1.0 * len(spaces), 0.5 + 0.45 * len(space_rows)), dpi=120)
+    fig, ax = figure(figsize=(1.2 + 1.0 * len(spaces), 0.5 + 0.45 * len(space_rows)), dpi=120)
     im = ax.imshow(data, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(spaces)), spaces, rotation=25, fontsize=8)
     ax.set_yticks(range(len(space_rows)), [r["task"] for r in space_rows], fontsize=8)

@@ -27,23 +27,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, open_dict
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
-
-from actsparse.callbacks.evaluator import SparsityEvaluator  # noqa: E402
-from actsparse.evaluation import ppl_p_sparsity  # noqa: E402
-from actsparse.experiments import study  # noqa: E402
-from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law  # noqa: E402
-from actsparse.report import plot_activation_laws  # noqa: E402
+from actsparse.callbacks.evaluator import SparsityEvaluator
+from actsparse.evaluation import ppl_p_sparsity
+from actsparse.experiments import study
+from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law
+from actsparse.report import figure, plot_activation_laws, save_figure
 
 MODES = ("joint", "per_checkpoint")
 
@@ -196,7 +192,7 @@ def report(run_files: list[Path], out_dir: Path) -> str:
         plot_activation_laws(zero_curves, out_dir / "zero_ratio_vs_tokens.png",
                              title="ReLU: fraction of nonzero activations vs training tokens")
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = figure(figsize=(6, 4), dpi=120)
     for act in sorted({r["activation"] for r in runs}):
         pts = sorted((r["width_depth"], r["final_ratio"]) for r in runs
                      if r["activation"] == act and r.get("final_ratio") is not None)
@@ -207,9 +203,7 @@ def report(run_files: list[Path], out_dir: Path) -> str:
     ax.set_title("Activation ratio vs width/depth (≈ fixed parameters)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "ratio_vs_width_depth.png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "ratio_vs_width_depth.png")
 
     rows = []
     for r in runs:
