@@ -17,11 +17,11 @@ import time
 import pytest
 import torch
 
-from actsparse.plugins import find_sites, record, swap_activation
-from actsparse.evaluation.perplexity import perplexity  # noqa: I001 (after plugins: see the report on the import cycle)
 from actsparse.data.smollm2_text import PretrainedTextDataModule, spread, tokenize_stream
+from actsparse.evaluation.perplexity import perplexity
 from actsparse.models import smollm2
 from actsparse.models.smollm2 import KNOWN_MODELS, PretrainedSpec, cache_path, check_tokenizer, load_pretrained
+from actsparse.plugins import find_sites, record, swap_activation
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from actsparse.evaluation.perplexity import perplexity
 from actsparse.plugins import find_sites, record
-from actsparse.evaluation.perplexity import perplexity  # noqa: I001 (after plugins: see the report on the import cycle)
 from actsparse.plugins.training_free import (
     CATSActivation,
     calibrate_cats,
