@@ -33,9 +33,12 @@ import torch.nn.functional as F
 from actsparse.data.corpus import cache_dir
 from actsparse.data.text import TextDataModule
 from actsparse.evaluation.lm_loss import causal_lm_loss
-from actsparse.evaluation.ppl_sparsity import _Calibration, _dense_pass, ppl_p_sparsity
-from actsparse.evaluation.truncation import ffn_sites, truncate
+from actsparse.evaluation.calibration import Calibration
+from actsparse.evaluation.passes import dense_pass
+from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity
+from actsparse.evaluation.truncation import truncate
 from actsparse.models import TinyLM
+from actsparse.plugins.sites import ffn_sites
 from actsparse.report import print_table
 
 
@@ -97,8 +100,8 @@ def naive(model, batches, p: float, tol: float, lo: float = 0.0, hi: float = 1.0
     start = time.perf_counter()
     sites = ffn_sites(model)
     gen = torch.Generator().manual_seed(0)
-    dense, tokens, rows, zeros, _ = _dense_pass(model, sites, batches, causal_lm_loss, None, None, gen)
-    calib = _Calibration(sites, rows, calibration_dtype, gen)
+    dense, tokens, rows, zeros, _ = dense_pass(model, sites, batches, causal_lm_loss, None, None, gen)
+    calib = Calibration(sites, rows, calibration_dtype, gen)
     dense_loss, passes = float(dense) / tokens, 1
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)

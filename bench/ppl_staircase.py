@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ppl_sparsity import corpus, trained_lm, val_batches  # noqa: E402  (bench/ppl_sparsity.py)
 
-from actsparse.evaluation.ppl_sparsity import _prepare_model, _truncated_pass, ppl_p_sparsity  # noqa: E402
+from actsparse.evaluation.passes import prepare_model, truncated_pass  # noqa: E402
+from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity  # noqa: E402
 from actsparse.report import print_table  # noqa: E402
 
 
@@ -41,11 +42,11 @@ def main() -> None:
     found = ppl_p_sparsity(model, batches, args.p)
     centre = 0.5 * (found.cett + found.cett_rejected)
     grid = [centre + args.half_width * (2 * i / (args.points - 1) - 1) for i in range(args.points)]
-    prep = _prepare_model(model, batches)
+    prep = prepare_model(model, batches)
     rows = []
     for start in range(0, len(grid), 8):
         targets = grid[start:start + 8]
-        loss, counts = _truncated_pass(prep, prep.calib.thresholds(targets))
+        loss, counts = truncated_pass(prep, prep.calib.thresholds(targets))
         for i, t in enumerate(targets):
             dropped = sum(float(c[0, i]) for c in counts.values())
             entries = sum(float(c[1, i]) for c in counts.values())

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from typing_extensions import override
 
-from actsparse.evaluation.codes import neural_codes
+from actsparse.evaluation.hash_codes import neural_codes
 from actsparse.metrics.functional.code_categorization import METHODS
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
 

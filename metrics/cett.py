@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from actsparse.metrics.functional.cett import _prepare, _weak_sums
+from actsparse.metrics.functional.cett import cett_rows, per_token_cett
 
 __all__ = ["CETT"]
 
@@ -39,9 +39,9 @@ class CETT(Metric):
         self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, x1: torch.Tensor, w_down: torch.Tensor) -> None:
-        x, w, importance, y_norm = _prepare(x1.detach(), w_down.detach(), torch.float64)
-        eps = torch.tensor([self.threshold], dtype=torch.float64, device=x.device)
-        per_token = _weak_sums(x, w, importance, eps, y_norm)[0]
+        rows = cett_rows(x1.detach(), w_down.detach(), torch.float64)
+        eps = torch.tensor([self.threshold], dtype=torch.float64, device=rows.x.device)
+        per_token = per_token_cett(rows, eps)[0]
         self.cett_sum += per_token.sum().to(self.cett_sum.device)
         self.tokens += per_token.numel()
 

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
-from actsparse.metrics.functional.sparsity import _check_threshold, as_rows, count_active
+from actsparse.metrics.functional.sparsity import check_threshold, sparsity_counts
+from actsparse.plugins.recording import Recording
+from actsparse.plugins.sites import resolve_sites
+from actsparse.runtime import all_sum
 
 __all__ = ["ActivationRatio", "ActivationSparsity", "DeadNeuronRate"]
 
@@ -56,7 +59,7 @@ class ActivationSparsity(Metric):
             if MEAN in names:
                 raise ValueError(f"{MEAN!r} is the pooled key of the result; rename that stream.")
         self.names = names
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
         self._index = {name: i for i, name in enumerate(names or [None])}
         n = len(self._index)
         self.add_state("inactive", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
@@ -66,15 +69,11 @@ class ActivationSparsity(Metric):
     def for_model(cls, model: nn.Module, sites: str | Sequence[str] | None = None, **kwargs: Any):
         """One stream per activation site of ``model`` selected by ``sites`` (None: all; glob
         patterns on site names, as everywhere in actsparse)."""
-        from actsparse.plugins.sites import resolve_sites
-
         return cls([s.name for s in resolve_sites(model, sites)], **kwargs)
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator["ActivationSparsity"]:
         """Update from every forward of ``model``'s sites: ``with metric.watch(model): model(x)``."""
-        from actsparse.plugins.recording import Recording
-
         recording = Recording(model, [n for n in self._index if n is not None] or None, what=(),
                               observers=[lambda site, x: self.update(x, name=site.name)])
         recording.attach()
@@ -97,9 +96,9 @@ class ActivationSparsity(Metric):
     def _update_one(self, i: int, x: torch.Tensor) -> None:
         if x.numel() == 0:
             raise ValueError(f"{type(self).__name__} got an empty activation tensor.")
-        x = x.detach()
-        self.inactive[i] += x.numel() - count_active(x, self.threshold).to(self.inactive.device)
-        self.entries[i] += x.numel()
+        counts = sparsity_counts(x.detach(), self.threshold)
+        self.inactive[i] += counts.inactive.to(self.inactive.device)
+        self.entries[i] += counts.entries
 
     def update(self, x: torch.Tensor | Mapping[str, torch.Tensor], name: str | None = None) -> None:
         if isinstance(x, Mapping):
@@ -122,8 +121,6 @@ class ActivationSparsity(Metric):
         """Copies of the ``(inactive, entries)`` counts per stream, summed over processes (under
         DDP a collective: every process calls it together). The difference of two calls is a
         window of updates; :meth:`value_of` turns it into this metric's value."""
-        from actsparse.runtime import all_sum  # only these two vectors, not every state of a subclass
-
         both = torch.stack([self.inactive, self.entries])  # a new tensor: the states stay untouched
         if self._to_sync:
             both = all_sum(both)
@@ -184,8 +181,8 @@ class DeadNeuronRate(ActivationSparsity):
     def _update_one(self, i: int, x: torch.Tensor) -> None:
         if x.numel() == 0:
             raise ValueError("DeadNeuronRate got an empty activation tensor.")
-        rows = as_rows(x.detach())
-        counts = count_active(rows, dim=0).to(self.inactive.device)
+        total = sparsity_counts(x.detach(), per_unit=True)
+        counts = total.unit_active.to(self.inactive.device)
         seen = getattr(self, f"unit_active_{i}")
         if seen.numel() and seen.numel() != counts.numel():
             raise ValueError(
@@ -193,8 +190,8 @@ class DeadNeuronRate(ActivationSparsity):
                 f"{seen.numel()} before; every update of a stream must have the same units (reset() between models)."
             )
         setattr(self, f"unit_active_{i}", counts if not seen.numel() else seen + counts)
-        self.inactive[i] += rows.numel() - counts.sum()
-        self.entries[i] += rows.numel()
+        self.inactive[i] += total.inactive.to(self.inactive.device)
+        self.entries[i] += total.entries
 
     def dead_neurons(self) -> torch.Tensor | dict[str, torch.Tensor]:
         """Units zero on every row seen (synchronized over processes): an int64 count, or

@@ -6,6 +6,10 @@ NNGP/NTK kernels (:mod:`.ntk`).
 Kept importable without Hydra or wandb: the GPU machine has neither.
 """
 
+# First, before any module of this package: actsparse.metrics's classes import this package's
+# modules (sites, recording) by their full names, and recording counts with
+# actsparse.metrics.functional; with metrics loaded first, either package can be imported first.
+import actsparse.metrics  # noqa: F401  isort: skip
 from actsparse.plugins.activations import ACTIVATIONS, FATReLU, make_activation
 from actsparse.plugins.recording import STATS, Recording, SiteRecord, pack_codes, record, unpack_codes
 from actsparse.plugins.sites import (
@@ -14,6 +18,7 @@ from actsparse.plugins.sites import (
     PLAIN_FFN,
     NoSitesError,
     Site,
+    ffn_sites,
     find_sites,
     register_activation_type,
     register_ffn,
@@ -93,6 +98,7 @@ __all__ = [
     "SwapReport",
     "activating_prune",
     "convert_to_sparse",
+    "ffn_sites",
     "find_sites",
     "magnitude_prune",
     "make_activation",

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from actsparse.metrics.functional.hash_codes import pack_codes, unpack_codes
-from actsparse.metrics.functional.sparsity import as_rows, count_active
+from actsparse.metrics.functional.sparsity import as_rows, sparsity_counts
 from actsparse.plugins.sites import Site, resolve_sites
 
 STATS = ("zero_fraction", "mean_abs", "l1", "neuron_counts", "histogram", "codes", "outputs")
@@ -81,13 +81,15 @@ class SiteRecord:
         self._rows += rows.shape[0]  # shapes are known on the host: no device work
         self._elements += rows.numel()
         # These run on every forward during training: the cheapest exact reductions measured
-        # on CPU (bench/overhead.py); float32 within a call, float64 across calls.
-        if "zero_fraction" in self.what:
-            self._add("_zeros", rows.numel() - count_active(rows))
+        # on CPU (bench/overhead.py); float32 within a call, float64 across calls. Zeros are
+        # counted by the metrics' own rule (sparsity_counts), in one pass with the per-unit counts.
+        if self.what & {"zero_fraction", "neuron_counts"}:
+            counts = sparsity_counts(rows, per_unit="neuron_counts" in self.what)
+            self._add("_zeros", counts.inactive)
+            if counts.unit_active is not None:
+                self._add("_neuron_nonzero", counts.unit_active)
         if self.what & {"mean_abs", "l1"}:
             self._add("_abs_sum", rows.abs().sum(dtype=torch.float32).double())
-        if "neuron_counts" in self.what:
-            self._add("_neuron_nonzero", count_active(rows, dim=0))
         if "histogram" in self.what:
             lo, hi = self.hist_range
             values = rows.float()

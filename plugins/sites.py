@@ -341,6 +341,36 @@ def find_sites(
     return chosen
 
 
+def ffn_sites(model: nn.Module, sites: Iterable[Site] | str | Sequence[str] | None = None) -> list[Site]:
+    """The FFN sites of ``model`` (gated or plain: those with a down projection, which CETT,
+    truncation and the sparse FFN need), selected by ``sites`` as in :func:`resolve_sites`.
+
+    Raises:
+        NoSitesError: no site at all (naming the module types searched), or none of the
+            selected sites is an FFN block (naming the sites found and how to register a block).
+
+    Example:
+        >>> from actsparse.models import TinyLM
+        >>> [s.name for s in ffn_sites(TinyLM(d_model=16, n_layers=2, n_heads=2), "blocks.1.*")]
+        ['blocks.1.ffn']
+        >>> ffn_sites(nn.Sequential(nn.Linear(4, 8), nn.ReLU()))
+        Traceback (most recent call last):
+        ...
+        actsparse.plugins.sites.NoSitesError: Sequential has no FFN site with a down projection ...
+    """
+    found = resolve_sites(model, sites)
+    ffn = [s for s in found if s.down is not None]
+    if not ffn:
+        raise NoSitesError(
+            f"{type(model).__name__} has no FFN site with a down projection (found only bare activations "
+            f"{[s.name for s in found]}; FFN blocks searched: {', '.join(a.name for a in _ADAPTERS)}). "
+            "Pass the model that holds the FFN blocks, or register its block with "
+            "actsparse.plugins.register_ffn(BlockClass, gate=..., up=..., down=..., act=...) "
+            "(or fc=... and down=... for a plain FFN)."
+        )
+    return ffn
+
+
 def resolve_sites(model: nn.Module, sites: Iterable[Site] | str | Sequence[str] | None) -> list[Site]:
     """``sites`` as given by users: None (all), glob pattern(s) for ``include``, or Site objects."""
     if sites is None or isinstance(sites, str):

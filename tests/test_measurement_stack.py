@@ -127,3 +127,29 @@ def test_callback_logged_values_equal_the_metric_on_the_same_activations(tmp_pat
     for name in names:
         assert float(logged[f"sparsity/{name}"]) == pytest.approx(float(want[name]))
         assert float(logged[f"dnr/{name}"]) == pytest.approx(float(want[name]))
+
+
+def test_sparsity_counts_is_the_one_counting_path():
+    """sparsity_counts against a hand count in numpy; a recording's zero counts and per-unit counts
+    equal the metric classes' on the same forwards (both count with it), for FFN and CNN shapes."""
+    import numpy as np
+
+    from actsparse.metrics.functional import sparsity_counts
+
+    x = _acts(3, (4, 2, 5))
+    arr = np.abs(x.numpy())
+    got = sparsity_counts(x, 0.3, per_unit=True)
+    assert float(got.inactive) == float((arr <= 0.3).sum()) and got.entries == arr.size
+    assert got.unit_active.tolist() == (arr > 0.3).reshape(-1, 5).sum(0).astype(float).tolist()
+    assert sparsity_counts(x).unit_active is None and float(sparsity_counts(x).inactive) == float((arr == 0).sum())
+
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4), nn.ReLU())
+    metric = ActivationSparsity.for_model(cnn)
+    with record(cnn, what=("zero_fraction", "neuron_counts", "outputs")) as rec, metric.watch(cnn):
+        for seed in range(3):
+            cnn(torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(seed)))
+    values = metric.compute()
+    for name in ("1", "4"):
+        assert rec[name].zero_fraction == float(values[name])
+        outputs = rec[name].outputs.numpy()  # rows: samples (CNN) or tokens; units: the rest
+        assert rec[name].neuron_counts.tolist() == (outputs != 0).sum(0).tolist()

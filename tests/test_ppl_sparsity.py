@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.evaluation import ppl_p_sparsity
-from actsparse.evaluation.ppl_sparsity import _SiteThresholds
+from actsparse.evaluation.calibration import SiteCalibration
 from actsparse.metrics import PPLSparsity
 from actsparse.metrics.functional import cett, threshold_for_cett
 from actsparse.plugins.sites import NoSitesError, find_sites
@@ -174,7 +174,7 @@ def test_exact_thresholds_equal_threshold_for_cett_on_all_rows():
     x1 = torch.relu(torch.randn(6000, 40, generator=g, dtype=torch.float64)) * torch.rand(40, generator=g,
                                                                                         dtype=torch.float64)
     w = torch.randn(16, 40, generator=g, dtype=torch.float64)
-    site = _SiteThresholds(x1, w, torch.float64, torch.Generator().manual_seed(1))
+    site = SiteCalibration(x1, w, torch.float64, torch.Generator().manual_seed(1))
     assert site.sample is not None  # 6000 rows: the bracketed path, not the plain bisection
     targets = [0.0, 0.003, 0.05, 0.2, 0.5, 0.9, 0.999]
     got = site.thresholds(targets)

@@ -15,6 +15,7 @@ from actsparse.plugins import (
     PLAIN_FFN,
     FATReLU,
     NoSitesError,
+    ffn_sites,
     find_sites,
     pack_codes,
     record,
@@ -228,6 +229,19 @@ def test_model_without_sites_names_what_was_searched():
     message = str(err.value)
     for name in ("Sequential", "LlamaMLP", "GPT2MLP", "BertLayer", "ReLU", "GELU", "SiLU", "FATReLU"):
         assert name in message
+
+
+def test_ffn_sites_selects_ffn_blocks_and_names_the_fix():
+    model = nn.Sequential(TinyLM(d_model=16, n_layers=2, n_heads=2), nn.ReLU())
+    assert [(s.name, s.kind) for s in ffn_sites(model)] == [("0.blocks.0.ffn", GATED_FFN), ("0.blocks.1.ffn", GATED_FFN)]
+    assert [s.name for s in ffn_sites(model, "*.1.ffn")] == ["0.blocks.1.ffn"]
+    with pytest.raises(NoSitesError) as err:  # only a bare activation selected
+        ffn_sites(model, ["1"])
+    message = str(err.value)
+    for part in ("Sequential", "down projection", "['1']", "LlamaMLP", "register_ffn"):
+        assert part in message
+    with pytest.raises(NoSitesError, match="No activation sites"):  # nothing at all
+        ffn_sites(nn.Sequential(nn.Linear(3, 3), nn.Tanh()))
 
 
 def test_include_exclude_and_empty_selection():

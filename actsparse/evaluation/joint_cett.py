@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from actsparse.evaluation.lm_loss import LossFn, MaskFn
-from actsparse.evaluation.ppl_sparsity import _prepare_model, _Search, _truncated_pass
+from actsparse.evaluation.bracket_search import BracketSearch
+from actsparse.evaluation.passes import prepare_model, truncated_pass
 from actsparse.runtime import all_sum
 
 __all__ = ["ActivationRatioResult", "JointCETTResult", "activation_ratio_at_cett", "joint_cett", "load_lm"]
@@ -143,8 +144,8 @@ def joint_cett(
     for m in mods:
         m.eval()
     try:
-        preps = [_prepare_model(m, dataloader, loss_fn=loss_fn, mask_fn=mask_fn, sites=sites, max_batches=max_batches,
-                                calibration_dtype=calibration_dtype) for m in mods]
+        preps = [prepare_model(m, dataloader, loss_fn=loss_fn, mask_fn=mask_fn, sites=sites, max_batches=max_batches,
+                               calibration_dtype=calibration_dtype) for m in mods]
         cost = {"passes": len(preps)}
         records: dict[float, dict[str, Any]] = {}
 
@@ -152,7 +153,7 @@ def joint_cett(
             ratios = torch.zeros(len(preps), len(targets), dtype=torch.float64)
             sparsity = torch.zeros(len(preps), len(targets), dtype=torch.float64)
             for j, prep in enumerate(preps):
-                loss, counts = _truncated_pass(prep, prep.calib.thresholds(targets))
+                loss, counts = truncated_pass(prep, prep.calib.thresholds(targets))
                 cost["passes"] += 1
                 gloss = all_sum(loss)
                 for i in range(len(targets)):
@@ -165,7 +166,7 @@ def joint_cett(
         records[0.0] = {"ratios": [1.0] * len(preps),
                         "sparsities": [float(all_sum(pr.zero_local.clone())[:, 0].sum()
                                              / all_sum(pr.zero_local.clone())[:, 1].sum()) for pr in preps]}
-        search = _Search(evaluate, p, tol, max_k=candidates)
+        search = BracketSearch(evaluate, p, tol, max_k=candidates)
         search.run(max_rounds=max_passes)
         search.warn_if_open("joint_cett", max_passes)
         lo = search.lo
@@ -210,10 +211,10 @@ def activation_ratio_at_cett(
     mode = mod.training
     mod.eval()
     try:
-        prep = _prepare_model(mod, dataloader, loss_fn=loss_fn, mask_fn=mask_fn, sites=sites, max_batches=max_batches,
-                              calibration_dtype=calibration_dtype)
+        prep = prepare_model(mod, dataloader, loss_fn=loss_fn, mask_fn=mask_fn, sites=sites, max_batches=max_batches,
+                             calibration_dtype=calibration_dtype)
         (setting,) = prep.calib.thresholds([float(cett)])
-        loss, counts = _truncated_pass(prep, [setting])
+        loss, counts = truncated_pass(prep, [setting])
         sparsity, per_site = _counts_sparsity(counts, 0)
         truncated = float(all_sum(loss)[0]) / prep.total_tokens
         return ActivationRatioResult(cett=float(cett), activation_ratio=1.0 - sparsity, sparsity=sparsity,

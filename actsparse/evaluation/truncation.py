@@ -10,22 +10,9 @@ import torch
 from torch import nn
 
 from actsparse.metrics.functional.cett import neuron_norms
-from actsparse.plugins.sites import NoSitesError, Site, resolve_sites
+from actsparse.plugins.sites import Site, ffn_sites
 
-__all__ = ["ffn_sites", "real_rows", "truncate"]
-
-
-def ffn_sites(model: nn.Module, sites: Sequence[Site] | str | Sequence[str] | None = None) -> list[Site]:
-    """The FFN sites (those with a down projection) of ``model``; a clear error when there are none."""
-    found = resolve_sites(model, sites)
-    ffn = [s for s in found if s.down is not None]
-    if not ffn:
-        raise NoSitesError(
-            f"{type(model).__name__} has no FFN site with a down projection (found only "
-            f"{[s.name for s in found]}); CETT needs the down-projection weight. Register the FFN "
-            "block with actsparse.plugins.register_ffn(..., down=...)."
-        )
-    return ffn
+__all__ = ["real_rows", "truncate"]
 
 
 def real_rows(x1: torch.Tensor, mask: torch.Tensor | None, repeats: int = 1) -> torch.Tensor:

@@ -3,12 +3,23 @@ model, no collectives, no plotting. The one counting rule (active ⇔ ``|x| > th
 :mod:`actsparse.metrics.functional.sparsity`.
 
 Procedures that run a model (``ppl_p_sparsity``, ``neural_codes``, ``truncate``,
-``causal_lm_loss``) are in :mod:`actsparse.evaluation`; importing them from here still works
-(forwarded lazily, for code written before the move).
+``causal_lm_loss``) are in :mod:`actsparse.evaluation`. This subpackage imports nothing else of
+actsparse, so plugins and evaluation can count with it while :mod:`actsparse.metrics` loads.
 """
 
-from actsparse.runtime import lazy_exports
-from actsparse.metrics.functional.cett import candidate_values, cett, neuron_norms, threshold_for_cett
+from actsparse.metrics.functional.cett import (
+    CETTCurve,
+    CETTRows,
+    bisect_thresholds,
+    candidate_values,
+    cett,
+    cett_curve,
+    cett_rows,
+    check_cett_targets,
+    neuron_norms,
+    per_token_cett,
+    threshold_for_cett,
+)
 from actsparse.metrics.functional.code_categorization import code_categorization
 from actsparse.metrics.functional.go_terms import (
     aupr,
@@ -30,30 +41,37 @@ from actsparse.metrics.functional.hash_codes import (
 )
 from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law
 from actsparse.metrics.functional.sparsity import (
+    SparsityCounts,
     activation_ratio,
     activation_sparsity,
     active_mask,
     as_rows,
+    check_threshold,
     count_active,
     dead_neuron_rate,
     dead_neurons,
+    sparsity_counts,
 )
-
-_MOVED = ("ppl_p_sparsity", "PPLSparsityResult", "neural_codes", "truncate", "causal_lm_loss")
-__getattr__ = lazy_exports(__name__, dict.fromkeys(_MOVED, "actsparse.evaluation"))
-
 
 __all__ = [
     "ActivationLaw",
+    "CETTCurve",
+    "CETTRows",
     "NeuralCodes",
+    "SparsityCounts",
     "activation_ratio",
     "aupr",
     "average_precision",
     "activation_sparsity",
     "active_mask",
     "as_rows",
+    "bisect_thresholds",
     "candidate_values",
     "cett",
+    "cett_curve",
+    "cett_rows",
+    "check_cett_targets",
+    "check_threshold",
     "code_buckets",
     "code_categorization",
     "drop_constant_units",
@@ -66,9 +84,11 @@ __all__ = [
     "information_content",
     "neuron_norms",
     "pack_codes",
+    "per_token_cett",
     "precision_recall_curve_go",
     "redundancy_ratio",
     "smin",
+    "sparsity_counts",
     "threshold_for_cett",
     "unpack_codes",
     "varying_units",

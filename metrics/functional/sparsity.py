@@ -14,16 +14,21 @@ PPL-p% truncation, so sparsity and activation ratio are exact complements.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 __all__ = [
+    "SparsityCounts",
     "activation_ratio",
     "activation_sparsity",
     "active_mask",
     "as_rows",
+    "check_threshold",
     "count_active",
     "dead_neuron_rate",
     "dead_neurons",
+    "sparsity_counts",
 ]
 
 # float32 sums of 0/1 values are exact below 2**24 (per call); above, count in float64.
@@ -39,7 +44,8 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float; a clear error unless it is a magnitude (``>= 0``, not NaN)."""
     threshold = float(threshold)
     if not threshold >= 0:  # also NaN
         raise ValueError(f"threshold must be >= 0 (a magnitude), got {threshold}.")
@@ -53,7 +59,7 @@ def active_mask(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
         >>> active_mask(torch.tensor([-2.0, -0.5, 0.0, 0.5, 1.0]), threshold=0.5)
         tensor([ True, False, False, False,  True])
     """
-    return x.abs() > _check_threshold(threshold)
+    return x.abs() > check_threshold(threshold)
 
 
 def count_active(x: torch.Tensor, threshold: float = 0.0, dim: int | None = None) -> torch.Tensor:
@@ -69,11 +75,36 @@ def count_active(x: torch.Tensor, threshold: float = 0.0, dim: int | None = None
         >>> count_active(torch.tensor([[0.0, 1.0], [-3.0, 0.0]]), dim=0)
         tensor([1., 1.], dtype=torch.float64)
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     n = x.numel() if dim is None else x.shape[dim]
     dtype = torch.float32 if n < _EXACT_FLOAT32_COUNT else torch.float64
     ones = x.sign().abs_() if threshold == 0 else (x.abs() > threshold).to(dtype)
     return (ones.sum(dtype=dtype) if dim is None else ones.sum(dim, dtype=dtype)).double()
+
+
+class SparsityCounts(NamedTuple):
+    """The sums every sparsity measurement accumulates (:func:`sparsity_counts`); they add exactly
+    across batches and processes."""
+
+    inactive: torch.Tensor  # float64 0-dim: entries with |x| <= threshold
+    entries: int
+    unit_active: torch.Tensor | None  # float64 [units]: rows on which each unit was active (per_unit)
+
+
+def sparsity_counts(x: torch.Tensor, threshold: float = 0.0, per_unit: bool = False) -> SparsityCounts:
+    """Inactive entries of ``x`` and its number of entries, plus (``per_unit``) the active count
+    of each unit over the rows of :func:`as_rows` — from one :func:`count_active` pass. The
+    counting path of the metric classes, the site recordings and the PPL-p% dense pass.
+
+    Example:
+        >>> sparsity_counts(torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]), per_unit=True)
+        SparsityCounts(inactive=tensor(4., dtype=torch.float64), entries=6, unit_active=tensor([1., 1., 0.], dtype=torch.float64))
+    """
+    if not per_unit:
+        return SparsityCounts(x.numel() - count_active(x, threshold), x.numel(), None)
+    rows = as_rows(x)
+    unit_active = count_active(rows, threshold, dim=0)
+    return SparsityCounts(rows.numel() - unit_active.sum(), rows.numel(), unit_active)
 
 
 def activation_sparsity(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
@@ -85,7 +116,8 @@ def activation_sparsity(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor
     """
     if x.numel() == 0:
         raise ValueError("activation_sparsity needs a non-empty tensor of activations.")
-    return (x.numel() - count_active(x, threshold)) / x.numel()
+    counts = sparsity_counts(x, threshold)
+    return counts.inactive / counts.entries
 
 
 def activation_ratio(x: torch.Tensor, threshold: float = 0.0, w_down: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,4 +166,4 @@ def dead_neurons(activations: torch.Tensor) -> torch.Tensor:
     """
     if activations.numel() == 0:
         raise ValueError("dead_neurons needs a non-empty tensor of activations.")
-    return count_active(as_rows(activations), dim=0) == 0
+    return sparsity_counts(activations, per_unit=True).unit_active == 0
