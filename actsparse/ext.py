@@ -6,8 +6,11 @@ the CUDA version, a hash of the sources and build flags, and the CPU's instructi
 code is built with ``-march=native``, so a cache shared between machines must not mix them).
 Later processes load the cached library in well under a second.
 
-``ACTSPARSE_CACHE_DIR`` moves the cache (default ``~/.cache/actsparse``, see
-:func:`actsparse.runtime.cache_dir`); ``ACTSPARSE_NO_EXT=1`` skips the extension entirely. Without a
+The builds live under :func:`build_root`: ``ACTSPARSE_EXT_DIR`` when set, else ``ext/`` in the
+actsparse cache (``ACTSPARSE_CACHE_DIR``, default ``~/.cache/actsparse``, see
+:func:`actsparse.runtime.cache_dir`). One directory per :func:`build_key`, so a changed source,
+flag or torch rebuilds while an unchanged tree loads the cached library (the test suite points
+``ACTSPARSE_EXT_DIR`` at a directory that outlives its per-session cache); ``ACTSPARSE_NO_EXT=1`` skips the extension entirely. Without a
 C++ compiler (or when the build fails) a single warning is emitted and callers fall back to the
 pure PyTorch reference path; without a CUDA toolkit the extension is built for CPU only and CUDA
 tensors take the reference path, with one warning of their own (:func:`warn_no_cuda_kernels`).
@@ -39,7 +42,9 @@ import torch
 from actsparse.runtime import cache_dir
 
 # The sources ship as package data (csrc/ in the repository, actsparse/csrc/ when installed).
-CSRC = Path(str(importlib.resources.files("actsparse.csrc")))
+# Resolved through symlinks (bench/gpu_check.py's shim), so ninja sees the same source paths
+# whichever way the package was imported and does not rebuild a cached tree.
+CSRC = Path(os.path.realpath(str(importlib.resources.files("actsparse.csrc"))))
 CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp")
 CUDA_SOURCES = ("sparse_ffn_cuda.cu",)
 HEADERS = ("sparse_ffn.h",)
@@ -76,15 +81,41 @@ def _cpu_fingerprint() -> str:
     return platform.machine() + hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
-def _build_dir(sources: list[Path], with_cuda: bool) -> Path:
+def build_key(sources: list[Path], with_cuda: bool, flags: tuple | None = None) -> str:
+    """The name of the build directory for these sources: torch, CUDA and Python versions, the
+    CPU's instruction sets (``-march=native``) and a hash of every source and header's name and
+    bytes plus the compiler flags and ``TORCH_CUDA_ARCH_LIST``. Equal keys share one build.
+
+    Example:
+        >>> srcs = [CSRC / s for s in CPU_SOURCES]
+        >>> build_key(srcs, False) == build_key(srcs, False) != build_key(srcs, False, flags=("-O0",))
+        True
+    """
     digest = hashlib.sha1()
-    for path in [*sources, *(CSRC / h for h in HEADERS)]:
+    for path in [*sources, *(CSRC / h for h in HEADERS if CSRC / h not in sources)]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    digest.update(repr((CFLAGS, LDFLAGS, CUDA_FLAGS, os.environ.get("TORCH_CUDA_ARCH_LIST"))).encode())
+    if flags is None:
+        flags = (CFLAGS, LDFLAGS, CUDA_FLAGS)
+    digest.update(repr((flags, os.environ.get("TORCH_CUDA_ARCH_LIST"))).encode())
     cuda_tag = f"cu{torch.version.cuda}" if with_cuda else "cpu"
-    name = f"torch{torch.__version__}-{cuda_tag}-py{sys.version_info[0]}{sys.version_info[1]}-{_cpu_fingerprint()}-{digest.hexdigest()[:12]}"
-    return cache_dir(None, "ext") / name.replace("+", "_")
+    name = (f"torch{torch.__version__}-{cuda_tag}-py{sys.version_info[0]}{sys.version_info[1]}-"
+            f"{_cpu_fingerprint()}-{digest.hexdigest()[:12]}")
+    return name.replace("+", "_")
+
+
+def build_root() -> Path:
+    """Where builds are cached: ``$ACTSPARSE_EXT_DIR``, else ``<actsparse cache>/ext`` (created)."""
+    override = os.environ.get("ACTSPARSE_EXT_DIR")
+    if override:
+        root = Path(override)
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    return cache_dir(None, "ext")
+
+
+def _build_dir(sources: list[Path], with_cuda: bool) -> Path:
+    return build_root() / build_key(sources, with_cuda)
 
 
 def _want_cuda() -> tuple[bool, str]:
@@ -101,12 +132,13 @@ def _compile(with_cuda: bool, verbose: bool) -> str:
     from torch.utils.cpp_extension import is_ninja_available, load as cpp_load
 
     sources = [CSRC / s for s in CPU_SOURCES] + ([CSRC / s for s in CUDA_SOURCES] if with_cuda else [])
-    build = _build_dir(sources, with_cuda)
-    build.mkdir(parents=True, exist_ok=True)
     if with_cuda and "TORCH_CUDA_ARCH_LIST" not in os.environ:
-        # Only the visible GPU's architecture: a fat build for every arch takes minutes.
+        # Only the visible GPU's architecture: a fat build for every arch takes minutes. Set
+        # before the key, so a cache shared by two GPU models keeps one build per architecture.
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    build = _build_dir(sources, with_cuda)
+    build.mkdir(parents=True, exist_ok=True)
     if not is_ninja_available() or os.environ.get("ACTSPARSE_BUILD_WITHOUT_NINJA", "") not in ("", "0"):
         return _compile_direct(sources, build, with_cuda, verbose)
     return cpp_load(
