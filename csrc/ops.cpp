@@ -69,6 +69,21 @@ void check_ffn_args(const char* op, const FfnArgs& a) {
   TORCH_CHECK(std::isfinite(a.threshold), op, ": threshold must be finite, got ", a.threshold, ".");
 }
 
+float threshold_f32(double t) {
+  float f = static_cast<float>(t);
+  if (static_cast<double>(f) < t) f = std::nextafter(f, INFINITY);
+  return f;
+}
+
+double threshold_in(double t, at::ScalarType dt) {
+  if (dt == at::kDouble) return t;
+  if (dt == at::kFloat) return threshold_f32(t);
+  // bf16 / fp16: round on the CPU and step up one representable value when rounding went down.
+  at::Tensor v = at::scalar_tensor(t, at::kDouble).to(dt);
+  if (v.to(at::kDouble).item<double>() < t) v = at::nextafter(v, at::scalar_tensor(INFINITY, v.options()));
+  return v.to(at::kDouble).item<double>();
+}
+
 at::Tensor dense_tail(const FfnArgs& a, const at::Tensor& z_in) {
   // In place on a private copy of z: one elementwise kernel for the activation and one for the
   // gating product, the same as the dense F.linear path (no compare + zeros + where).
@@ -76,7 +91,9 @@ at::Tensor dense_tail(const FfnArgs& a, const at::Tensor& z_in) {
   if (a.threshold == 0.0) {
     h.relu_();  // FATReLU_0 == ReLU: relu(z) and z >= 0 ? z : 0 agree everywhere
   } else {
-    h.masked_fill_(h < a.threshold, 0);  // FATReLU: keep z >= t, exact zeros elsewhere
+    // FATReLU: keep z >= t (and NaN, which propagates as in relu), exact zeros elsewhere; the
+    // threshold rounded up to h's dtype, so the comparison is exact (see threshold_in).
+    h.masked_fill_(h < threshold_in(a.threshold, h.scalar_type()), 0);
   }
   if (a.w_up) h.mul_(a.b_up ? at::addmm(*a.b_up, a.x, a.w_up->t()) : at::mm(a.x, a.w_up->t()));
   return a.b_out ? at::addmm(*a.b_out, h, a.w_out_t) : at::mm(h, a.w_out_t);

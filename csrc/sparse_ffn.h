@@ -22,6 +22,31 @@ struct FfnArgs {
   double dense_above;          // union fraction of active neurons above which up/down run dense
 };
 
+// The FATReLU test every path shares: a neuron is active where NOT (z < t). A NaN pre-activation
+// is therefore active and propagates into the output, as in the dense path (relu(NaN) = NaN,
+// NaN * up = NaN); counting it as inactive made the sparse and dense paths disagree.
+#ifdef __CUDACC__
+#define ACTSPARSE_HOST_DEVICE __host__ __device__
+#else
+#define ACTSPARSE_HOST_DEVICE
+#endif
+ACTSPARSE_HOST_DEVICE inline bool fatrelu_active(float z, float t) { return !(z < t); }
+
+// The threshold as the smallest float >= t: for every float z, z >= t (in double) exactly when
+// z >= threshold_f32(t). A plain float(t) rounds to nearest, so a z between t and float(t) could
+// flip (the bug fixed in the PyTorch reference path).
+float threshold_f32(double t);
+
+// The same for tensors of dtype `dt` (the dense path compares z in the input dtype): the
+// smallest value representable in `dt` that is >= t, returned as a double (exact).
+double threshold_in(double t, at::ScalarType dt);
+
+// Whether `n_active` neurons of `f` (the union over the batch) exceed `dense_above` of them, so up
+// and down run dense: the one rule both backends apply to a dense_above between 0 and 1.
+inline bool union_runs_dense(int64_t n_active, int64_t f, double dense_above) {
+  return double(n_active) > dense_above * double(f);
+}
+
 // Checks shared by every backend so the error text is the same on CPU and CUDA; names the
 // argument, what was expected, what was given, and how to fix it.
 void check_ffn_args(const char* op, const FfnArgs& a);

@@ -166,7 +166,7 @@ void parallel_tasks(int64_t n_tasks, const Fn& fn, bool parallel = true) {
   for (int64_t i = 0; i < n_tasks; ++i) fn(i);
 }
 
-// z[b][j] = x[b] . w_in[j] + b_in[j] for all j; active[j] = any_b z[b][j] >= t.
+// z[b][j] = x[b] . w_in[j] + b_in[j] for all j; active[j] = any_b fatrelu_active(z[b][j], t).
 template <int NB, typename T>
 void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, float t, float* z,
                uint8_t* active) {
@@ -182,7 +182,7 @@ void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, 
       for (int b = 0; b < NB; ++b) {
         const float v = s[b] + (bias ? static_cast<float>(bias[j]) : 0.f);
         z[b * f + j] = v;
-        any |= v >= t;
+        any |= fatrelu_active(v, t);
       }
       active[j] = any;
     }
@@ -194,7 +194,7 @@ void mask_pass(const float* z, int64_t nb, int64_t f, float t, uint8_t* active) 
   at::parallel_for(0, f, 4096, [&](int64_t r0, int64_t r1) {
     for (int64_t j = r0; j < r1; ++j) {
       bool any = false;
-      for (int64_t b = 0; b < nb; ++b) any |= z[b * f + j] >= t;
+      for (int64_t b = 0; b < nb; ++b) any |= fatrelu_active(z[b * f + j], t);
       active[j] = any;
     }
   });
@@ -216,7 +216,7 @@ void up_pass(const T* w_up, const float* x, const T* b_up, const float* z, const
       }
       for (int b = 0; b < NB; ++b) {
         const float zj = z[b * f + j];
-        const float act = zj >= t ? zj : 0.f;
+        const float act = fatrelu_active(zj, t) ? zj : 0.f;  // NaN propagates
         h[k * NB + b] = w_up ? act * (s[b] + (b_up ? static_cast<float>(b_up[j]) : 0.f)) : act;
       }
     }
@@ -272,7 +272,7 @@ void fused_task(const FfnArgs& a, const float* x32, int64_t task, float* y, bool
   const T* w_out_t = a.w_out_t.data_ptr<T>();
   const T* b_in = ptr_or_null<T>(a.b_in);
   const T* b_up = ptr_or_null<T>(a.b_up);
-  const float t = float(a.threshold);
+  const float t = threshold_f32(a.threshold);
   const int64_t r0 = task * kFusedRows, r1 = std::min(f, r0 + kFusedRows);
   const int64_t ahead = kPrefetchBytes / int64_t(sizeof(T));
 
@@ -287,8 +287,9 @@ void fused_task(const FfnArgs& a, const float* x32, int64_t task, float* y, bool
     bool any = false;
     for (int b = 0; b < NB; ++b) {
       const float v = s[b] + (b_in ? static_cast<float>(b_in[j]) : 0.f);
-      h[n * NB + b] = v >= t ? v : 0.f;  // FATReLU
-      any |= v >= t;
+      const bool on = fatrelu_active(v, t);  // FATReLU; a NaN gate is active and propagates
+      h[n * NB + b] = on ? v : 0.f;
+      any |= on;
     }
     if (any) idx[n++] = j;
   }
@@ -358,7 +359,7 @@ void sparse_tail_chunk(const FfnArgs& a, const float* x32, const float* z, const
                        int64_t n, float* h, float* partial, float* y) {
   const int64_t f = a.w_in.size(0), d = a.x.size(1), d_out = a.w_out_t.size(1);
   const T* w_up = a.w_up ? a.w_up->data_ptr<T>() : nullptr;
-  up_pass<NB, T>(w_up, x32, ptr_or_null<T>(a.b_up), z, idx, n, f, d, float(a.threshold), h);
+  up_pass<NB, T>(w_up, x32, ptr_or_null<T>(a.b_up), z, idx, n, f, d, threshold_f32(a.threshold), h);
   down_pass<NB, T>(a.w_out_t.data_ptr<T>(), h, idx, n, d_out, partial);
   sum_partials<NB, T>(partial, down_chunks(n), ptr_or_null<T>(a.b_out), d_out, y);
 }
@@ -366,7 +367,7 @@ void sparse_tail_chunk(const FfnArgs& a, const float* x32, const float* z, const
 template <int NB, typename T>
 void gate_chunk(const FfnArgs& a, const float* x32, float* z, uint8_t* active) {
   const int64_t f = a.w_in.size(0), d = a.x.size(1);
-  gate_pass<NB, T>(a.w_in.data_ptr<T>(), x32, ptr_or_null<T>(a.b_in), f, d, float(a.threshold), z, active);
+  gate_pass<NB, T>(a.w_in.data_ptr<T>(), x32, ptr_or_null<T>(a.b_in), f, d, threshold_f32(a.threshold), z, active);
 }
 
 // Compile-time batch sizes 1..8: the accumulators must live in registers.
@@ -405,7 +406,7 @@ at::Tensor sparse_ffn_cpu_impl(const FfnArgs& a) {
     });
   } else {
     z = (a.b_in ? at::addmm(*a.b_in, a.x, a.w_in.t()) : at::mm(a.x, a.w_in.t())).to(at::kFloat).contiguous();
-    mask_pass(z.data_ptr<float>(), nb, f, float(a.threshold), active.data_ptr<uint8_t>());
+    mask_pass(z.data_ptr<float>(), nb, f, threshold_f32(a.threshold), active.data_ptr<uint8_t>());
   }
 
   // 2. compact the union (serial: f bytes, microseconds against milliseconds of streaming).
@@ -417,7 +418,7 @@ at::Tensor sparse_ffn_cpu_impl(const FfnArgs& a) {
   const int64_t n = int64_t(idx.size());
 
   // 3. dense when the union is large: the gate is already paid for, MKL does up and down.
-  if (double(n) > a.dense_above * double(f)) return dense_tail(a, z);
+  if (union_runs_dense(n, f, a.dense_above)) return dense_tail(a, z);
 
   // 4. sparse up + down, in chunks of at most kMaxFusedBatch rows (weights re-read per chunk;
   //    large batches have large unions and usually took the dense branch above).

@@ -19,9 +19,12 @@
 // block shapes by 15-35% at batch 1, and beat gates with 2 or 4 rows per warp or 16 loads in
 // flight by 1-15%. No step reads anything back to the host: the ops are CUDA-graph capturable
 // and sparse for any union size; batches above kMaxSparseBatch rows go to the dense cuBLAS path,
-// as does dense_above <= 0 (the Python front picks it per batch size,
-// actsparse.plugins.sparse_ffn.default_dense_above: the host cannot see the union without a
-// synchronizing read-back).
+// as does dense_above <= 0. The Python front picks 0 or 1 per batch size and layer sparsity from
+// the measured dispatch table (actsparse.plugins.sparse_ffn_dispatch). A dense_above strictly
+// between 0 and 1 keeps the schema's meaning (dense above that union fraction) at the price of
+// one host read-back of the union size per call, refused under CUDA-graph capture.
+// FATReLU keeps NaN (fatrelu_active), as the dense path's relu does; the threshold is rounded up
+// to float (threshold_f32), so z >= t is decided exactly.
 #include "sparse_ffn.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -167,8 +170,8 @@ gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __r
     for (int b = 0; b < NB; ++b) {
       if (b < nb) {
         z[r][b] += (b_in && (rows >> r) & 1u) ? to_f(b_in[j0 + r]) : 0.f;
-        z[r][b] = z[r][b] >= threshold ? z[r][b] : 0.f;  // FATReLU
-        any |= z[r][b] != 0.f;  // a pre-activation of exactly 0 contributes 0 either way
+        z[r][b] = fatrelu_active(z[r][b], threshold) ? z[r][b] : 0.f;  // FATReLU; NaN stays NaN
+        any |= z[r][b] != 0.f;  // NaN != 0: active. A pre-activation of exactly 0 contributes 0 either way
       }
     }
     active |= (any && (rows >> r) & 1u) ? 1u << r : 0u;
@@ -239,7 +242,12 @@ down_kernel(const T* __restrict__ w_out_t, const float* __restrict__ h, int nb, 
         if (src[q] < 0) continue;
         const T* row = w_out_t + (g + src[q]) * d_out;
         if constexpr (VEC) {
-          if (col < d_out) wv[q].load_stream(row + col);
+          if (col < d_out) {
+            wv[q].load_stream(row + col);
+          } else {  // past the last column tile's end: zeros, never uninitialised registers
+#pragma unroll
+            for (int i = 0; i < N; ++i) wv[q].v[i] = 0.f;
+          }
         } else {
           ws[q] = col < d_out ? to_f(row[col]) : 0.f;
         }
@@ -319,8 +327,17 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   const int nb = int(a.x.size(0));
   const int64_t d = a.x.size(1), f = a.w_in.size(0), d_out = a.w_out_t.size(1);
   constexpr int N = Vec<T>::N;
+  // x is copied to an aligned buffer by the caller (dispatch_cuda); weights are not (a copy per
+  // call would cost what the kernels save), so unaligned or odd-width weights take element loads,
+  // with one warning.
   const bool vec_in = d % N == 0 && aligned16(a.x) && aligned16(a.w_in) && (!a.w_up || aligned16(*a.w_up));
   const bool vec_out = d_out % N == 0 && aligned16(a.w_out_t);
+  if (!vec_in || !vec_out) {
+    TORCH_WARN_ONCE("actsparse: the sparse FFN's CUDA kernels run with element-wise (2-4 byte) loads, several times "
+                    "slower than their 16-byte path, because ", !vec_in ? "d" : "d_out", " is not a multiple of ", N,
+                    " or a weight does not start on a 16-byte boundary (d = ", d, ", d_out = ", d_out,
+                    "). Store weights with .contiguous().clone() (SparseFFN does) and pad widths to a multiple of ", N, ".");
+  }
   // c10 headers only: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers we do not use.
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto f32 = a.x.options().dtype(at::kFloat);
@@ -335,7 +352,7 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
     constexpr bool V = decltype(vec_tag)::value;
     gate_up_kernel<T, NB, V><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
         x, reinterpret_cast<const T*>(a.w_in.data_ptr()), w_up, opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
-        float(a.threshold), nb, f, d, h.data_ptr<float>());
+        threshold_f32(a.threshold), nb, f, d, h.data_ptr<float>());
   };
 
   // Slices of the neuron range: enough blocks to fill the GPU, few enough partials to stay in L2.
@@ -366,14 +383,51 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   return y;
 }
 
-at::Tensor dispatch_cuda(const char* op, const FfnArgs& a) {
-  check_ffn_args(op, a);
-  TORCH_CHECK(a.x.is_cuda(), op, ": the CUDA kernel got x on ", a.x.device(), ".");
-  const auto dt = a.x.scalar_type();
+bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// dense_above strictly between 0 and 1: the rule of the CPU path and the schema (up/down dense
+// when the union of active neurons exceeds that fraction). The union lives on the device, so the
+// host reads its size back: one synchronization, which a CUDA graph cannot capture (refused
+// with the fix). The gate runs with cuBLAS here; a sparse verdict then runs the kernels as usual.
+bool union_says_dense(const char* op, const FfnArgs& a, at::Tensor* z_out) {
+  TORCH_CHECK(!stream_capturing(c10::cuda::getCurrentCUDAStream().stream()), op, ": dense_above=", a.dense_above,
+              " (between 0 and 1) decides per call from the number of active neurons, which the host must read "
+              "back: a synchronization a CUDA graph cannot capture. Pass dense_above=0 (dense) or 1 (sparse "
+              "kernels), or None for the measured dispatch table (actsparse.plugins.sparse_ffn_dispatch).");
+  at::Tensor z = a.b_in ? at::addmm(*a.b_in, a.x, a.w_in.t()) : at::mm(a.x, a.w_in.t());
+  const double t = threshold_in(a.threshold, z.scalar_type());
+  const int64_t n = at::logical_not(z < t).any(0).sum().item<int64_t>();  // NaN counts as active
+  *z_out = z;
+  return union_runs_dense(n, a.w_in.size(0), a.dense_above);
+}
+
+at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
+  check_ffn_args(op, args);
+  TORCH_CHECK(args.x.is_cuda(), op, ": the CUDA kernel got x on ", args.x.device(), ".");
+  const auto dt = args.x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, op,
               ": the CUDA kernels support float32, float16 and bfloat16, got ", dt, ".");
-  const c10::cuda::CUDAGuard guard(a.x.device());
-  if (a.dense_above <= 0.0 || a.x.size(0) > kMaxSparseBatch) return dense_ffn(a);
+  const c10::cuda::CUDAGuard guard(args.x.device());
+  if (args.dense_above <= 0.0 || args.x.size(0) > kMaxSparseBatch) return dense_ffn(args);
+  if (args.dense_above < 1.0) {
+    at::Tensor z;
+    if (union_says_dense(op, args, &z)) return dense_tail(args, z);
+  }
+  // A misaligned x (a view into a larger buffer) would drop every load of the op to element
+  // width; x is batch x d, so an aligned copy costs next to nothing. Said once per process.
+  at::Tensor x_aligned;
+  if (!aligned16(args.x)) {
+    TORCH_WARN_ONCE(op, ": x does not start on a 16-byte boundary (a view at an odd offset); the CUDA kernels "
+                    "copy it to an aligned buffer on every such call. Pass x.clone() or a contiguous tensor "
+                    "that owns its storage to skip the copy.");
+    x_aligned = args.x.clone(at::MemoryFormat::Contiguous);
+  }
+  const FfnArgs a{x_aligned.defined() ? x_aligned : args.x, args.w_in, args.w_up, args.w_out_t, args.threshold,
+                  args.b_in, args.b_up, args.b_out, args.dense_above};
   if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
   if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
   return sparse_ffn_cuda_impl<at::BFloat16>(a);

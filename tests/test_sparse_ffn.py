@@ -14,20 +14,26 @@ import subprocess
 import sys
 import warnings
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actsparse import ext
-from actsparse.models import TinyLM
-from actsparse.models.llama import GatedFFN, PlainFFN
-from actsparse.plugins.activations import FATReLU
-from actsparse.plugins.sites import find_sites
-from actsparse.plugins.sites import register_ffn
-from actsparse.plugins.sparse_ffn import (SparseFFN, convert_to_sparse, default_dense_above, sparse_ffn,
+# The compiled kernels are cached across test runs, keyed by sources, flags and torch
+# (actsparse.ext.build_key): conftest gives each session a fresh ACTSPARSE_CACHE_DIR, which
+# would rebuild them every run. Set at collection, before any test loads the extension.
+os.environ.setdefault("ACTSPARSE_EXT_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "actsparse-ext"))
+
+from actsparse import ext  # noqa: E402
+from actsparse.models import TinyLM  # noqa: E402
+from actsparse.models.llama import GatedFFN, PlainFFN  # noqa: E402
+from actsparse.plugins.activations import FATReLU  # noqa: E402
+from actsparse.plugins.sites import find_sites, register_ffn  # noqa: E402
+from actsparse.plugins.sparse_ffn import (SparseFFN, convert_to_sparse, default_dense_above, sparse_ffn,  # noqa: E402
                                           sparse_gated_ffn)
-from actsparse.plugins.swap import swap_activation
+from actsparse.plugins.swap import swap_activation  # noqa: E402
 
 # The module itself (actsparse.plugins re-exports its function sparse_ffn under the same name).
 sparse_ffn_module = importlib.import_module("actsparse.plugins.sparse_ffn")
@@ -64,7 +70,7 @@ def ref64(x, w_in, w_out_t, t, w_up=None, b_in=None, b_up=None, b_out=None):
     d = lambda v: None if v is None else v.double().cpu()  # noqa: E731
     x, w_in, w_out_t, w_up, b_in, b_up, b_out = map(d, (x, w_in, w_out_t, w_up, b_in, b_up, b_out))
     z = x @ w_in.T + (0 if b_in is None else b_in)
-    h = torch.where(z >= t, z, torch.zeros((), dtype=z.dtype))
+    h = torch.where(z < t, torch.zeros((), dtype=z.dtype), z)  # FATReLU; a NaN gate propagates (dense semantics)
     if w_up is not None:
         h = h * (x @ w_up.T + (0 if b_up is None else b_up))
     return h @ w_out_t + (0 if b_out is None else b_out)
