@@ -38,6 +38,7 @@ from torch import nn
 
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, find_sites, linear_weight
+from actsparse.plugins.sparse_ffn_dispatch import calibrate_sparsity, dense_above_for
 
 __all__ = [
     "SparseFFN",
@@ -49,49 +50,46 @@ __all__ = [
     "sparse_gated_ffn",
 ]
 
-# Union fraction of active neurons above which up/down run dense, per device and batch size.
-# Measured with `python -m actsparse.bench sparse-ffn` (docs/sparse_ffn.md). CPU: the sparse
-# kernels stream at least as fast as MKL's dense GEMV for batches <= 8 at any union, so those stay
-# sparse; batches 9-15 compute the gate with MKL and finish dense above a 50% union; from 16 rows
-# on the union of random-ish patterns is nearly everything and MKL's GEMM wins, so the op goes
-# straight to dense (no mask pass, no compaction: never slower than dense). CUDA: the kernels
-# never read the union back to the host (that would synchronize and break CUDA graphs), so the
-# choice is made here from the batch size alone. On the H200 (bench/h200/2026-11-29-run*.md, bf16,
-# LLaMA-2-7B FFN) one row runs sparse faster than cuBLAS at every sparsity (1.07x at 0%, 2.05x at
-# 90%), while two rows lose at low sparsity (0.86x at 0%, though 1.58x at 90%) and 4-8 rows lose
-# everywhere; so one row runs sparse and more go to cuBLAS. Pass dense_above=1 to keep 2-8 rows
-# sparse when the model's sparsity is known to be high.
-_CPU_SMALL_BATCH = 8
-_CPU_DENSE_BATCH = 16
-_CPU_MID_BATCH_DENSE_ABOVE = 0.5
-_CUDA_MAX_SPARSE_BATCH = 1
+def default_dense_above(device: torch.device | str, batch: int, sparsity: float | None = None) -> float:
+    """The ``dense_above`` used when none is given: the measured dispatch of
+    :mod:`actsparse.plugins.sparse_ffn_dispatch` for this device, batch and layer sparsity
+    (a fraction; ``None`` when unknown). ``1`` runs the sparse kernels at any union, ``0`` the
+    dense path; the CPU also uses ``0.5`` (dense when the union exceeds half the neurons).
 
-
-def default_dense_above(device: torch.device | str, batch: int) -> float:
-    """The ``dense_above`` used when none is given (see the comment above for the source).
-
-    ``1`` keeps the sparse kernels at any union, ``0`` dispatches straight to the dense path.
-
-    Example:
+    Example (no dispatch table for the CPU: the built-in rule):
         >>> default_dense_above("cpu", 1), default_dense_above("cpu", 12), default_dense_above("cpu", 32)
         (1.0, 0.5, 0.0)
-        >>> default_dense_above("cuda", 1), default_dense_above("cuda", 2)
-        (1.0, 0.0)
     """
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return 1.0 if batch <= _CUDA_MAX_SPARSE_BATCH else 0.0
-    if batch >= _CPU_DENSE_BATCH:
-        return 0.0
-    if batch > _CPU_SMALL_BATCH:
-        return _CPU_MID_BATCH_DENSE_ABOVE
-    return 1.0
+    return dense_above_for(device, batch, sparsity)
 
 
 # -- the pure PyTorch reference -------------------------------------------------------------------
 
+def threshold_like(z: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``threshold`` as the smallest value of ``z``'s dtype that is ``>= threshold`` (0-dim, on CPU).
+
+    ``z >= 0.1`` with a Python float rounds the threshold to ``z``'s dtype (nearest), so a ``z``
+    between the two would flip; against the value rounded up the comparison is exact, as in the
+    compiled kernels (``threshold_f32`` / ``threshold_in`` in ``csrc/ops.cpp``).
+
+    Example:
+        >>> t = float(torch.tensor(0.1).item()) + 1e-12   # just above the float32 nearest 0.1
+        >>> bool(torch.tensor(0.1) >= t), bool(torch.tensor(0.1) >= threshold_like(torch.tensor(0.1), t))
+        (True, False)
+    """
+    t = torch.tensor(float(threshold), dtype=torch.float64).to(z.dtype)
+    if float(t) < threshold:
+        t = torch.nextafter(t, torch.tensor(float("inf"), dtype=z.dtype))
+    return t
+
+
+def _inactive(z: torch.Tensor, threshold: float) -> torch.Tensor:
+    # NOT active = z < t: a NaN pre-activation is active and propagates, as in the dense path.
+    return z < threshold_like(z, threshold)
+
+
 def _fatrelu(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    return torch.where(z >= threshold, z, torch.zeros((), dtype=z.dtype, device=z.device))
+    return torch.where(_inactive(z, threshold), torch.zeros((), dtype=z.dtype, device=z.device), z)
 
 
 _warned_capture = False
@@ -129,7 +127,7 @@ def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b
     """
     z = F.linear(x, w_gate, b_gate)
     gather = _gather_allowed(x, dense_above)
-    active = (z >= threshold).any(0).nonzero().squeeze(1) if gather else None
+    active = (~_inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
     if not gather or active.numel() > dense_above * w_gate.shape[0]:
         h = _fatrelu(z, threshold) * F.linear(x, w_up, b_up)
         out = h @ w_down_t
@@ -149,7 +147,7 @@ def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dens
     """
     z = F.linear(x, w_fc, b_fc)
     gather = _gather_allowed(x, dense_above)
-    active = (z >= threshold).any(0).nonzero().squeeze(1) if gather else None
+    active = (~_inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
     if not gather or active.numel() > dense_above * w_fc.shape[0]:
         out = _fatrelu(z, threshold) @ w_proj_t
     else:
@@ -215,7 +213,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gate=None, b_up=None, b_down=None,
-                     dense_above: float | None = None, backend: str = "auto") -> torch.Tensor:
+                     dense_above: float | None = None, sparsity: float | None = None,
+                     backend: str = "auto") -> torch.Tensor:
     """``(FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down`` for x ``[..., d]``.
 
     Args:
@@ -224,7 +223,11 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
         w_down_t: ``[f, d_out]``, the down weight transposed once (``down.weight.t().contiguous()``).
         threshold: FATReLU threshold: a neuron is active where its gate pre-activation is ``>= threshold``.
         dense_above: union fraction of active neurons above which up/down run dense; ``None``
-            picks :func:`default_dense_above`, ``0`` forces dense, ``1`` forces sparse.
+            picks :func:`default_dense_above`, ``0`` forces dense, ``1`` forces sparse. On CUDA a
+            value strictly between 0 and 1 reads the union size back to the host (one
+            synchronization per call; refused under CUDA-graph capture).
+        sparsity: the layer's measured sparsity (fraction of inactive neurons per token), which the
+            dispatch table uses when ``dense_above`` is None (``SparseFFN`` passes its own).
         backend: ``"auto"`` (compiled kernels when available), ``"ext"`` (require them) or ``"reference"``.
 
     Example:
@@ -237,7 +240,7 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
     """
     op = "actsparse.sparse_gated_ffn"
     x2 = _flat(x)
-    dense_above = default_dense_above(x.device, x2.shape[0]) if dense_above is None else float(dense_above)
+    dense_above = default_dense_above(x.device, x2.shape[0], sparsity) if dense_above is None else float(dense_above)
     tensors = (x, w_gate, w_up, w_down_t, b_gate, b_up, b_down)
     if _use_ext(x, tensors, backend):
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
@@ -250,7 +253,8 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
 
 
 def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=None,
-               dense_above: float | None = None, backend: str = "auto") -> torch.Tensor:
+               dense_above: float | None = None, sparsity: float | None = None,
+               backend: str = "auto") -> torch.Tensor:
     """``FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj`` for x ``[..., d]`` (GPT-2/BERT-style FFN).
 
     Arguments as in :func:`sparse_gated_ffn`; ``w_proj_t`` is ``proj.weight.t().contiguous()``.
@@ -264,7 +268,7 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     """
     op = "actsparse.sparse_ffn"
     x2 = _flat(x)
-    dense_above = default_dense_above(x.device, x2.shape[0]) if dense_above is None else float(dense_above)
+    dense_above = default_dense_above(x.device, x2.shape[0], sparsity) if dense_above is None else float(dense_above)
     if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
         y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above)
     else:
@@ -315,24 +319,28 @@ class SparseFFN(nn.Module):
 
     Built with :meth:`from_dense`; weights are buffers (it is not meant to be trained), stored
     neuron-major with the down/proj weight transposed once. ``forward`` accepts ``[..., d]``.
+    ``sparsity`` (fraction of neurons a token leaves at zero, measured by :func:`convert_to_sparse`
+    on calibration data, or set by hand) picks sparse or dense per batch size from the measured
+    dispatch table (:mod:`actsparse.plugins.sparse_ffn_dispatch`) unless ``dense_above`` is set.
     """
 
     def __init__(self, kind: str, w_in: torch.Tensor, w_out_t: torch.Tensor, w_up: torch.Tensor | None = None,
                  b_in=None, b_up=None, b_out=None, threshold: float = 0.0, dense_above: float | None = None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", sparsity: float | None = None) -> None:
         super().__init__()
         if kind not in (GATED_FFN, PLAIN_FFN):
             raise ValueError(f"kind must be {GATED_FFN!r} or {PLAIN_FFN!r}, got {kind!r}.")
         if (kind == GATED_FFN) != (w_up is not None):
             raise ValueError("A gated FFN needs w_up; a plain FFN must not have one.")
         self.kind, self.threshold, self.dense_above, self.backend = kind, float(threshold), dense_above, backend
+        self.sparsity = sparsity
         for name, t in (("w_in", w_in), ("w_up", w_up), ("w_out_t", w_out_t), ("b_in", b_in), ("b_up", b_up),
                         ("b_out", b_out)):
             self.register_buffer(name, None if t is None else t.detach().contiguous())
 
     @classmethod
     def from_dense(cls, module_or_site: nn.Module | Site, dense_above: float | None = None,
-                   backend: str = "auto") -> "SparseFFN":
+                   backend: str = "auto", sparsity: float | None = None) -> "SparseFFN":
         """Convert one FFN (a module :func:`find_sites` understands, or one of its sites).
 
         The result computes the site's whole FFN, ``proj(act(fc(x)))`` or
@@ -361,22 +369,33 @@ class SparseFFN(nn.Module):
         if site.kind == GATED_FFN:
             gate, up = site.inputs
             return cls(GATED_FFN, linear_weight(gate), w_out_t, linear_weight(up), bias(gate), bias(up), bias(down),
-                       threshold, dense_above, backend)
+                       threshold, dense_above, backend, sparsity)
         (fc,) = site.inputs
         return cls(PLAIN_FFN, linear_weight(fc), w_out_t, None, bias(fc), None, bias(down), threshold, dense_above,
-                   backend)
+                   backend, sparsity)
+
+    @property
+    def sparsity(self) -> float | None:
+        return self._sparsity
+
+    @sparsity.setter
+    def sparsity(self, value: float | None) -> None:
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"sparsity is the fraction of inactive neurons per token, in [0, 1]; got {value}.")
+        self._sparsity = None if value is None else float(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == GATED_FFN:
             return sparse_gated_ffn(x, self.w_in, self.w_up, self.w_out_t, self.threshold, b_gate=self.b_in,
                                     b_up=self.b_up, b_down=self.b_out, dense_above=self.dense_above,
-                                    backend=self.backend)
+                                    sparsity=self._sparsity, backend=self.backend)
         return sparse_ffn(x, self.w_in, self.w_out_t, self.threshold, b_fc=self.b_in, b_proj=self.b_out,
-                          dense_above=self.dense_above, backend=self.backend)
+                          dense_above=self.dense_above, sparsity=self._sparsity, backend=self.backend)
 
     def extra_repr(self) -> str:
         f, d = self.w_in.shape
-        return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}"
+        sparsity = "" if self._sparsity is None else f", sparsity={self._sparsity:.3f}"
+        return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}{sparsity}"
 
 
 def _own_ffn_site(module: nn.Module) -> Site:
@@ -437,7 +456,7 @@ def _plan(model: nn.Module, site: Site, new: SparseFFN) -> list[tuple[nn.Module,
 
 
 def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: bool = True,
-                      dense_above: float | None = None, backend: str = "auto") -> nn.Module:
+                      dense_above: float | None = None, backend: str = "auto", calibration=None) -> nn.Module:
     """Replace every FFN site of ``model`` (gated and plain) with a :class:`SparseFFN`.
 
     ``include``/``exclude`` select sites as in :func:`find_sites`. Every selected FFN must use a
@@ -448,6 +467,12 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     its activation and down projection identities. Returns the converted model (``model`` itself
     unless ``inplace=False``, which converts a deep copy). Conversion is for inference: call the
     result under ``torch.no_grad()``/``inference_mode()`` and in ``eval()`` mode.
+
+    ``calibration``: model inputs (an iterable of batches: tensors, tuples of positional
+    arguments, or dicts of keyword arguments) run through the dense model first; each site's
+    measured sparsity is stored on its :class:`SparseFFN` and picks sparse or dense per batch
+    size from the measured dispatch table (:func:`~actsparse.plugins.sparse_ffn_dispatch.calibrate_sparsity`).
+    Without it the layers' sparsity is unknown and the table is read at 0% (conservative).
 
     Example:
         >>> from actsparse.models import TinyLM
@@ -461,7 +486,9 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     if not sites:
         raise TypeError(f"{type(model).__name__} has activation sites but no FFN block to convert "
                         "(find_sites found only bare activations).")
-    plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend)) for s in sites]
+    measured = calibrate_sparsity(model, sites, calibration) if calibration is not None else {}
+    plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend,
+                                                  sparsity=measured.get(s.name))) for s in sites]
     for plan in plans:  # every site validated before the model is touched
         for owner, attr, value in plan:
             if owner is None:
