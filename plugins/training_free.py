@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from actsparse.metrics.functional.sparsity import active_mask, as_rows
-from actsparse.plugins.sites import ACTIVATION, Site, resolve_sites
+from actsparse.plugins.sites import Site, ffn_sites, resolve_sites
 
 __all__ = [
     "CATSActivation",
@@ -117,17 +117,6 @@ class MagnitudeSparsifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold:.6g}"
-
-
-def _ffn_sites(model: nn.Module, sites, method: str) -> list[Site]:
-    chosen = resolve_sites(model, sites)
-    bare = [s.name for s in chosen if s.kind == ACTIVATION]
-    if bare:
-        raise ValueError(
-            f"{method} acts on FFN sites (gated or plain), where the projections around the activation are "
-            f"known; {bare} are bare activation modules. Select FFN sites with sites=..."
-        )
-    return chosen
 
 
 def _check_dense(site: Site, method: str) -> None:
@@ -211,7 +200,7 @@ def _per_call(batches: list, max_values: int | None) -> int | None:
 
 
 def _collect(model, batches, sites, method, points, attach, max_values, seed) -> MagnitudeSamples:
-    chosen = _ffn_sites(model, sites, method)
+    chosen = ffn_sites(model, sites)
     batches = list(batches)
     samples = MagnitudeSamples(method, points, _per_call(batches, max_values), seed)
     handles = [h for site in chosen for h in attach(site, samples)]
@@ -287,7 +276,7 @@ class TrainingFree(contextlib.AbstractContextManager):
 
 def _chosen(model: nn.Module, sites, thresholds: dict[str, dict[str, float]], points, method) -> list[Site]:
     """The FFN sites to install on (all that ``thresholds`` names, unless ``sites`` selects), checked."""
-    chosen = _ffn_sites(model, sites, method)
+    chosen = ffn_sites(model, sites)
     unknown = sorted(set(thresholds) - {s.name for s in resolve_sites(model, None)})
     if unknown:
         raise KeyError(f"{method} thresholds name sites this model does not have: {unknown}.")

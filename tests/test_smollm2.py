@@ -24,6 +24,7 @@ from actsparse.models.smollm2 import KNOWN_MODELS, PretrainedSpec, cache_path, c
 from actsparse.plugins import find_sites, record, swap_activation
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only contend
 tokenizers = pytest.importorskip("tokenizers")
 
 TEXT = ("Return the number of items in a container. The argument may be a sequence or a collection. "

@@ -20,6 +20,7 @@ from actsparse.plugins.training_free import (
 )
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only contend
 
 VOCAB = 61
 
