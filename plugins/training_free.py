@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from actsparse.metrics.functional.sparsity import active_mask, as_rows
+from actsparse.metrics.functional.sparsity import active_mask, as_rows, sparsity_counts
 from actsparse.plugins.sites import Site, ffn_sites, resolve_sites
 
 __all__ = [
@@ -73,7 +73,7 @@ class CATSActivation(nn.Module):
     """CATS: ``s = a·1[|a| > threshold]`` with ``a = base(z)`` (the site's own activation, SiLU in LLaMA).
 
     Example:
-        >>> CATSActivation(0.2)(torch.tensor([-3.0, -0.2, 0.1, 1.0]))
+        >>> CATSActivation(0.1)(torch.tensor([-3.0, -0.2, 0.1, 1.0]))  # SiLU: -0.142, -0.090, 0.052, 0.731
         tensor([-0.1423,  0.0000,  0.0000,  0.7311])
     """
 
@@ -105,8 +105,9 @@ class MagnitudeSparsifier(nn.Module):
         out = _zeroed(x, self.threshold)
         if not self.count:
             return out
-        self.zeros = self.zeros + (out == 0).sum(dtype=torch.float64).detach()  # read on demand: no sync here
-        self.elements += out.numel()
+        counts = sparsity_counts(out.detach())  # the one counting rule; read on demand: no sync here
+        self.zeros = self.zeros + counts.inactive
+        self.elements += counts.entries
         return out
 
     @property
