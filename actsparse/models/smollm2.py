@@ -125,8 +125,10 @@ def cache_path(name: str, cache: str | os.PathLike | None = None) -> Path:
 
 
 def check_tokenizer(model: nn.Module, tokenizer) -> None:
-    """Refuse a tokenizer that does not belong to ``model``: its vocabulary must fit the model's
-    embedding and its BOS/EOS tokens must be the model config's. Raises ValueError naming the fix."""
+    """Refuse a tokenizer that does not belong to ``model``: its vocabulary must be the model's
+    (same size: a smaller one from another model, e.g. LLaMA-2's 32,000 with the same BOS/EOS ids,
+    would otherwise pass; the known models have no padded embedding) and its BOS/EOS tokens the
+    model config's. Raises ValueError naming the fix."""
     config = model.config
     problems = []
     if len(tokenizer) > config.vocab_size:
