@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from actsparse.evaluation import BracketSearch, causal_lm_loss, dense_pass, prepare_model, truncate, truncated_pass
 from actsparse.evaluation.bracket_search import accepted, power_law, solve_increasing
-from actsparse.metrics.functional import (bisect_thresholds, candidate_values, cett_curve, cett_rows,
-                                          check_cett_targets, per_token_cett, threshold_for_cett)
+from actsparse.metrics.functional import (bisect_thresholds, calibrate_thresholds, candidate_values, cett_curve,
+                                          cett_rows, check_cett_targets, per_token_cett, threshold_for_cett)
 from actsparse.models import TinyLM
 from actsparse.plugins import ffn_sites
 
@@ -86,6 +86,17 @@ def test_bisect_thresholds_reuses_values_and_memo_without_changing_results():
     for t, e in zip([0.2, 0.6, 0.21], fresh):
         assert brute_cett(x1.numpy(), w.numpy(), e).mean() >= t
         assert brute_cett(x1.numpy(), w.numpy(), imp[imp < e].max()).mean() < t
+
+
+@pytest.mark.parametrize("tokens", [500, 5000])  # the bisection on all rows; the subsample bracket + curve
+def test_calibrate_thresholds_equals_the_bisection_on_all_rows(tokens):
+    x1, w = relu_ffn(tokens=tokens, seed=3)
+    targets = [0.0, 0.02, 0.15, 0.5, 0.95]
+    got = calibrate_thresholds(x1, w, targets)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(threshold_for_cett(x1, w, targets).tolist(),
+                                                                        rel=1e-12)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        calibrate_thresholds(x1, w, [-0.1])
 
 
 def test_check_cett_targets_names_the_range():

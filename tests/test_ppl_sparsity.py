@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.evaluation import ppl_p_sparsity
-from actsparse.evaluation.calibration import SiteCalibration
+from actsparse.metrics.functional import SiteCalibration
 from actsparse.metrics import PPLSparsity
 from actsparse.metrics.functional import cett, threshold_for_cett
 from actsparse.plugins.sites import NoSitesError, find_sites

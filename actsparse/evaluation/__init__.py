@@ -3,9 +3,10 @@ forwards) and the joint CETT of the Sparsing Law, neural-code extraction (hash c
 truncation of weak FFN neurons, and the causal-LM loss they score with.
 
 PPL-p% sparsity is composed of public pieces, one module each: :mod:`.passes` (the dense pass that
-records the FFN sites' ``x1`` at real tokens, truncated passes), :mod:`.calibration` (per-site
-thresholds of any CETT target, exact on all rows) and :mod:`.bracket_search` (the search for the
-crossing). The pure functions they build on are in :mod:`actsparse.metrics.functional`.
+records the FFN sites' ``x1`` at real tokens, truncated passes), :mod:`.calibration` (every site's
+thresholds of any CETT target, exact on all rows, through
+:mod:`actsparse.metrics.functional.cett_calibration`) and :mod:`.bracket_search` (the search for
+the crossing). The pure functions they build on are in :mod:`actsparse.metrics.functional`.
 """
 
 # First, before any module of this package: actsparse.metrics's PPLSparsity imports this package's
@@ -13,7 +14,7 @@ crossing). The pure functions they build on are in :mod:`actsparse.metrics.funct
 # loaded first, either package can be imported first (as in actsparse.plugins).
 import actsparse.metrics  # noqa: F401  isort: skip
 from actsparse.evaluation.bracket_search import BracketSearch
-from actsparse.evaluation.calibration import Calibration, SiteCalibration
+from actsparse.evaluation.calibration import Calibration
 from actsparse.evaluation.hash_codes import neural_codes
 from actsparse.evaluation.joint_cett import (
     ActivationRatioResult,
@@ -34,7 +35,6 @@ __all__ = [
     "JointCETTResult",
     "PPLSparsityResult",
     "PreparedModel",
-    "SiteCalibration",
     "activation_ratio_at_cett",
     "batch_mask",
     "causal_lm_loss",

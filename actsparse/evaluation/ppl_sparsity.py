@@ -3,7 +3,7 @@ keeps ``exp(loss_truncated − loss_dense) <= 1 + p/100``, and the fraction of n
 
 Procedure (and its cost, DESIGN §5); this module composes three public pieces: the passes
 (:mod:`actsparse.evaluation.passes`: steps 1 and 4's data passes), the calibration
-(:mod:`actsparse.evaluation.calibration` on :mod:`actsparse.metrics.functional.cett`: step 2) and
+(:mod:`actsparse.evaluation.calibration` on :mod:`actsparse.metrics.functional.cett_calibration`: step 2) and
 the search (:mod:`actsparse.evaluation.bracket_search`: steps 3-4).
 
 1. **One dense pass** over the data: the dense loss, and every FFN site's tensor ``x1`` at every

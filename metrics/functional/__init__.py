@@ -20,6 +20,7 @@ from actsparse.metrics.functional.cett import (
     per_token_cett,
     threshold_for_cett,
 )
+from actsparse.metrics.functional.cett_calibration import MemoBisection, SiteCalibration, calibrate_thresholds
 from actsparse.metrics.functional.code_categorization import code_categorization
 from actsparse.metrics.functional.go_terms import (
     aupr,
@@ -57,6 +58,8 @@ __all__ = [
     "ActivationLaw",
     "CETTCurve",
     "CETTRows",
+    "MemoBisection",
+    "SiteCalibration",
     "NeuralCodes",
     "SparsityCounts",
     "activation_ratio",
@@ -66,6 +69,7 @@ __all__ = [
     "active_mask",
     "as_rows",
     "bisect_thresholds",
+    "calibrate_thresholds",
     "candidate_values",
     "cett",
     "cett_curve",

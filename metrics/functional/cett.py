@@ -15,8 +15,9 @@ Calibration (the threshold of a CETT target, exact on all rows) builds on a few 
 given thresholds), :func:`bisect_thresholds` (the bisection of :func:`threshold_for_cett`, with
 candidate values and evaluations reusable across calls) and :func:`cett_curve` (the mean CETT at
 *every* importance value inside a bracket in one go, for many targets at once; its
-:meth:`CETTCurve.threshold` reads a target's threshold off it). :mod:`actsparse.evaluation.calibration`
-combines them per site for PPL-p% sparsity.
+:meth:`CETTCurve.threshold` reads a target's threshold off it).
+:mod:`actsparse.metrics.functional.cett_calibration` combines them into exact thresholds for many
+rows and targets (:func:`~actsparse.metrics.functional.cett_calibration.calibrate_thresholds`).
 
 Truncating a model (zeroing the weak neurons of its FFN sites) is a procedure:
 :func:`actsparse.evaluation.truncate`.
