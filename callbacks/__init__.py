@@ -1,11 +1,11 @@
 """Lightning callbacks. Each is resumable (``state_dict``/``load_state_dict``) and logs through
 ``trainer.loggers`` (``LightningModule.log``)."""
 
-from actsparse.callbacks.dnr import DeadNeuronMonitor, DeadNeuronRate
+from actsparse.callbacks.dnr import DeadNeuronMonitor
 from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.hash_codes import HashCodeMonitor
-from actsparse.callbacks.history import MetricHistory
-from actsparse.callbacks.prosparse import ProSparse, prosparse_coefficient
+from actsparse.callbacks.history import Curves, MetricHistory
+from actsparse.callbacks.prosparse import ProSparse
 from actsparse.callbacks.pruning import ActivatingWhilePruning, IterativeMagnitudePruning
 from actsparse.callbacks.skan import SKANTraining
 from actsparse.callbacks.sparsity import SparsityMonitor
@@ -16,8 +16,8 @@ from actsparse.callbacks.threshold import ThresholdShift
 __all__ = [
     "ActivatingWhilePruning",
     "ActivationSwap",
+    "Curves",
     "DeadNeuronMonitor",
-    "DeadNeuronRate",
     "HashCodeMonitor",
     "IterativeMagnitudePruning",
     "MetricHistory",
@@ -27,5 +27,4 @@ __all__ = [
     "SparsityEvaluator",
     "SparsityMonitor",
     "ThresholdShift",
-    "prosparse_coefficient",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import lightning as L
@@ -10,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from actsparse.callbacks.recording import MEAN, TrainingRecorder
-from actsparse.metrics.sparsity import DeadNeuronRate as DeadNeuronRateMetric
+from actsparse.metrics.sparsity import DeadNeuronRate
 
 
 class DeadNeuronMonitor(TrainingRecorder):
@@ -44,7 +43,7 @@ class DeadNeuronMonitor(TrainingRecorder):
 
     @override
     def _metrics(self, names: list[str]):
-        return [DeadNeuronRateMetric(names)]
+        return [DeadNeuronRate(names)]
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -77,7 +76,7 @@ class DeadNeuronMonitor(TrainingRecorder):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """This epoch's values so far, synchronized over processes (all must call it together)."""
-        metric: DeadNeuronRateMetric = self.metrics[0]
+        metric: DeadNeuronRate = self.metrics[0]
         values = self._values(metric, "dnr")
         if not values:
             return values
@@ -98,8 +97,7 @@ class DeadNeuronMonitor(TrainingRecorder):
         values = self.measure(trainer, pl_module)
         if not values:
             return
-        self.last = values
-        self.history.append((trainer.current_epoch, values))
+        self.history.record(trainer.current_epoch, values)
         if self.log:
             for key, value in values.items():
                 pl_module.log(key, value, on_step=False, on_epoch=True)
@@ -113,12 +111,3 @@ class DeadNeuronMonitor(TrainingRecorder):
         self._write_heatmap(trainer, names, [n[4:] for n in names], "dnr_heatmap.png", "dnr/heatmap",
                             title="Dynamic dead neuron rate (fraction of zero outputs)", xlabel="epoch")
 
-
-class DeadNeuronRate(DeadNeuronMonitor):
-    """Deprecated name of :class:`DeadNeuronMonitor` (the metric is
-    :class:`actsparse.metrics.DeadNeuronRate`); kept so DESIGN §3 code keeps working."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        warnings.warn("actsparse.callbacks.DeadNeuronRate is now DeadNeuronMonitor (the metric keeps the name "
-                      "DeadNeuronRate); the old callback name will be removed.", DeprecationWarning, stacklevel=2)
-        super().__init__(*args, **kwargs)

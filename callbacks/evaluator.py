@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from actsparse.callbacks.history import Curves
 from actsparse.evaluation.joint_cett import JointCETTResult, activation_ratio_at_cett, joint_cett
 from actsparse.evaluation.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
 
@@ -65,11 +66,17 @@ class SparsityEvaluator(Callback):
         self.joint_last = None if joint_last is None else int(joint_last)
         self.options = options
         self.results: dict[float, PPLSparsityResult] = {}
-        self.history: list[tuple[int, dict[str, float]]] = []
+        self.history = Curves()  # (global step, logged values) of each per-checkpoint search
         self.snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
         self.joint: JointCETTResult | None = None
         self.curve: list[tuple[int, float, float]] = []
         self._loader = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(p=self.ps, every_n_epochs=self.every_n_epochs, max_batches=self.max_batches,
+                                        dataloader_idx=self.dataloader_idx, joint_last=self.joint_last)
 
     @staticmethod
     def key(p: float, what: str = "sparsity") -> str:
@@ -107,7 +114,7 @@ class SparsityEvaluator(Callback):
             logged[self.key(p)] = r.sparsity
             logged[self.key(p, "cett")] = r.cett
             logged[self.key(p, "ratio")] = r.ppl_ratio
-        self.history.append((trainer.global_step, logged))
+        self.history.record(trainer.global_step, logged)
         for name, value in logged.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False)
 
@@ -150,8 +157,8 @@ class SparsityEvaluator(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [(step, dict(v)) for step, v in self.history]}
+        return {"history": self.history.state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(step, dict(v)) for step, v in state_dict["history"]]
+        self.history = Curves(state_dict["history"])

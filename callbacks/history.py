@@ -1,7 +1,10 @@
-"""Monitors: callbacks that watch training and keep what they saw."""
+"""Curves: the one way callbacks keep what they measured over a run (``MetricHistory`` for the
+logged scalars, the monitors and evaluators for their own values), kept in checkpoints so a
+resumed run has its whole history."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -9,12 +12,74 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 
-class MetricHistory(Callback):
-    """Keeps the scalar curves of a run (``step -> value`` per key) for plots and summaries.
+class Curves(Sequence):
+    """Rows ``(x, {key: value})`` in the order measured; ``x`` is an optimizer step or an epoch.
 
-    Records every ``train/*`` metric each ``every_n_steps`` optimizer steps and every
-    ``val/*`` metric after each validation. Loggers stream the same values; this keeps them in
-    memory (and in checkpoints, so a resumed run plots its whole history).
+    Recording at the ``x`` of the last row adds to that row (a step's training and validation
+    values are one row). ``series(key)`` is one curve; ``by_key()`` every curve.
+
+    Example:
+        >>> curves = Curves()
+        >>> curves.record(10, {"train/loss": 2.0})
+        >>> curves.record(10, {"val/loss": 2.5})
+        >>> curves.record(20, {"train/loss": 1.5})
+        >>> curves.series("train/loss"), curves.last
+        ([(10, 2.0), (20, 1.5)], {'train/loss': 1.5})
+    """
+
+    def __init__(self, rows: Iterable[tuple[int, dict[str, float]]] = ()) -> None:
+        self.rows: list[tuple[int, dict[str, float]]] = [(int(x), dict(values)) for x, values in rows]
+
+    def record(self, x: int, values: dict[str, float]) -> None:
+        if self.rows and self.rows[-1][0] == int(x):
+            self.rows[-1][1].update(values)
+        else:
+            self.rows.append((int(x), dict(values)))
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        return [(x, values[key]) for x, values in self.rows if key in values]
+
+    def by_key(self) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for x, values in self.rows:
+            for key, value in values.items():
+                out.setdefault(key, []).append((x, value))
+        return out
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The latest row's values (empty before the first)."""
+        return dict(self.rows[-1][1]) if self.rows else {}
+
+    def state(self) -> list[tuple[int, dict[str, float]]]:
+        """Plain lists, tuples and dicts (checkpoints load them weights-only)."""
+        return [(x, dict(values)) for x, values in self.rows]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.rows[index]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Curves):
+            return self.rows == other.rows
+        return isinstance(other, Sequence) and self.rows == [tuple(r) for r in other]
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        return f"Curves({self.rows!r})"
+
+
+class MetricHistory(Callback):
+    """Keeps the logged scalar curves of a run (``history``: :class:`Curves` by optimizer step)
+    for plots and summaries.
+
+    Records every ``train/*`` metric each ``every_n_steps`` optimizer steps and every metric
+    with one of the other ``prefixes`` (default ``val/``) after each validation. Loggers stream
+    the same values; this keeps them in memory (and in checkpoints, so a resumed run plots its
+    whole history).
 
     Example:
         >>> history = MetricHistory(every_n_steps=5)
@@ -22,46 +87,39 @@ class MetricHistory(Callback):
         "MetricHistory{'every_n_steps': 5, 'prefixes': ('train/', 'val/')}"
     """
 
-    def __init__(self, every_n_steps: int = 10, prefixes: tuple[str, ...] = ("train/", "val/")) -> None:
+    def __init__(self, every_n_steps: int = 10, prefixes: Sequence[str] = ("train/", "val/")) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}.")
         self.every_n_steps = every_n_steps
         self.prefixes = tuple(prefixes)
-        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.history = Curves()
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, prefixes=self.prefixes)
 
-    def _record(self, trainer: L.Trainer, prefix: str) -> None:
-        step = trainer.global_step
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefix) and value.numel() == 1:
-                points = self.history.setdefault(key, [])
-                if points and points[-1][0] == step:
-                    points[-1] = (step, float(value))
-                else:
-                    points.append((step, float(value)))
+    def _record(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
+        values = {key: float(value) for key, value in trainer.callback_metrics.items()
+                  if key.startswith(prefixes) and value.numel() == 1}
+        if values:
+            self.history.record(trainer.global_step, values)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps == 0 and "train/" in self.prefixes:
-            self._record(trainer, "train/")
+            self._record(trainer, ("train/",))
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and "val/" in self.prefixes:
-            self._record(trainer, "val/")
-
-    def last(self, key: str) -> float | None:
-        points = self.history.get(key)
-        return points[-1][1] if points else None
+        others = tuple(p for p in self.prefixes if p != "train/")
+        if not trainer.sanity_checking and others:
+            self._record(trainer, others)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {k: list(v) for k, v in self.history.items()}}
+        return {"history": self.history.state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = {k: [tuple(p) for p in v] for k, v in state_dict["history"].items()}
+        self.history = Curves(state_dict["history"])

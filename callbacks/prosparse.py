@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from actsparse.callbacks.sparsity import SparsityMonitor
@@ -53,29 +53,6 @@ def warmup_index(stages: Sequence[tuple[float, int]]) -> int:
     """Index of the warm-up stage: the first with lambda > 0 (stages before it are the
     activation-substitution stage, lambda = 0). ``len(stages)`` if every lambda is 0."""
     return next((i for i, (lam, _) in enumerate(stages) if lam > 0), len(stages))
-
-
-def prosparse_coefficient(stages: Sequence[tuple[float, int]], step: int) -> float:
-    """lambda at optimizer update ``step`` (t = 1 is the first update; Alg. 1 of arXiv 2402.13516).
-
-    Stages ``[(lambda_i, T_i)]`` with cumulative ends. Leading stages with lambda = 0 are the
-    substitution stage (lambda = 0 for t <= T_0). The first stage with lambda > 0 is the warm-up:
-    lambda = lambda_1 from its first step T_0 + 1 through T_1 (held, no ramp). Every later stage
-    rises along a half sine: for T_{i-1} < t <= T_i,
-    ``lambda = lambda_{i-1} + eta (lambda_i - lambda_{i-1})``,
-    ``eta = (sin(-pi/2 + pi (t - T_{i-1}) / (T_i - T_{i-1})) + 1) / 2``; equal consecutive lambdas
-    give a constant stage. After the last stage lambda stays at its last value.
-    """
-    first = warmup_index(stages)
-    if first == len(stages):
-        return 0.0
-    if step <= stages[first][1]:
-        return stages[first][0] if first == 0 or step > stages[first - 1][1] else 0.0
-    for (lam_prev, start), (lam, end) in zip(stages[first:], stages[first + 1:]):
-        if step <= end:
-            eta = 0.5 * (math.sin(-math.pi / 2 + math.pi * (step - start) / (end - start)) + 1)
-            return lam_prev + eta * (lam - lam_prev)
-    return stages[-1][0]
 
 
 def paper_stages(name: str, total_steps: int | None = None, final_lambda: float | None = None) -> list[tuple[float, int]]:
@@ -143,8 +120,10 @@ class ProSparse(Callback):
             step 5001 (the first warm-up step) through 6000.
         normalize: ``"mean"`` | ``"element"`` | ``"sum"`` (above).
         sites: None (all sites) or glob pattern(s) on site names seen from the LightningModule.
-        log_sparsity: also log ``sparsity/<site>``, ``sparsity/mean`` (and the W&B heatmap)
-            through an internal :class:`SparsityMonitor`, unless the trainer already has one.
+        log_sparsity: also log ``sparsity/<site>``, ``sparsity/mean`` (and the heatmap): at
+            ``setup`` a :class:`SparsityMonitor` of the same sites is added to the trainer's
+            callbacks, right after this one, unless the trainer already has one. Lightning calls
+            it like any callback and keeps its state in checkpoints under its own key.
 
     Logged every ``trainer.log_every_n_steps`` optimizer steps: ``prosparse/lambda`` (the
     lambda of the update just taken), ``prosparse/reg_loss``.
@@ -167,12 +146,11 @@ class ProSparse(Callback):
         self.normalize = normalize
         self.sites = sites if sites is None or isinstance(sites, str) else list(sites)
         self.log_sparsity = log_sparsity
-        self.monitor: SparsityMonitor | None = None
         self._site_list: list[Site] = []
         self._handles: list = []
         self._lambda = 0.0
         self._accumulate = 1
-        self._scaler = None
+        self._loss_scale = 1.0
         self._reg_sum = torch.zeros(())
         self._reg_count = 0
         self._last_step = -1
@@ -183,8 +161,26 @@ class ProSparse(Callback):
         return self._generate_state_key(stages=self.stages, normalize=self.normalize, sites=self.sites)
 
     def coefficient(self, step: int) -> float:
-        """lambda of optimizer update ``step`` (t = 1 is the first update; DESIGN §4, Alg. 1)."""
-        return prosparse_coefficient(self.stages, step)
+        """lambda at optimizer update ``step`` (t = 1 is the first update; Alg. 1 of arXiv 2402.13516).
+
+        Leading stages with lambda = 0 are the substitution stage (lambda = 0 for t <= T_0). The
+        first stage with lambda > 0 is the warm-up: lambda = lambda_1 from its first step T_0 + 1
+        through T_1 (held, no ramp). Every later stage rises along a half sine: for
+        T_{i-1} < t <= T_i, ``lambda = lambda_{i-1} + eta (lambda_i - lambda_{i-1})``,
+        ``eta = (sin(-pi/2 + pi (t - T_{i-1}) / (T_i - T_{i-1})) + 1) / 2``; equal consecutive
+        lambdas give a constant stage. After the last stage lambda stays at its last value.
+        """
+        stages = self.stages
+        first = warmup_index(stages)
+        if first == len(stages):
+            return 0.0
+        if step <= stages[first][1]:
+            return stages[first][0] if first == 0 or step > stages[first - 1][1] else 0.0
+        for (lam_prev, start), (lam, end) in zip(stages[first:], stages[first + 1:]):
+            if step <= end:
+                eta = 0.5 * (math.sin(-math.pi / 2 + math.pi * (step - start) / (end - start)) + 1)
+                return lam_prev + eta * (lam - lam_prev)
+        return stages[-1][0]
 
     @classmethod
     def preset(cls, name: str, total_steps: int | None = None, final_lambda: float | None = None,
@@ -203,15 +199,17 @@ class ProSparse(Callback):
         self._site_list = resolve_sites(pl_module, self.sites)
         not_relu = [s.name for s in self._site_list if not isinstance(s.activation, (torch.nn.ReLU, FATReLU))]
         if not_relu:
-            warnings.warn(
+            rank_zero_warn(
                 f"ProSparse sites {not_relu} do not use ReLU, so the L1 penalty cannot create exact "
                 "zeros there; add ActivationSwap('relu') before ProSparse (ProSparse step 1).",
                 stacklevel=2,
             )
         self._handles = [s.register_hook(self._inject) for s in self._site_list]
-        if self.log_sparsity and not any(isinstance(cb, SparsityMonitor) for cb in trainer.callbacks):
-            self.monitor = self.monitor or SparsityMonitor(self.sites)
-            self.monitor.setup(trainer, pl_module, stage)
+        callbacks = trainer.callbacks
+        if self.log_sparsity and not any(isinstance(cb, SparsityMonitor) for cb in callbacks):
+            # Right after this callback: Lightning's setup loop reaches it next, and it stays
+            # before ModelCheckpoint, so a checkpoint holds the history up to its own step.
+            callbacks.insert(callbacks.index(self) + 1, SparsityMonitor(self.sites))
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -220,8 +218,6 @@ class ProSparse(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self.monitor is not None:
-            self.monitor.teardown(trainer, pl_module, stage)
 
     def _inject(self, site: Site, x1: torch.Tensor) -> None:
         if not (torch.is_grad_enabled() and x1.requires_grad) or self._lambda == 0.0:
@@ -231,14 +227,12 @@ class ProSparse(Callback):
         coef = self._lambda / (norm * self._accumulate)
         with torch.no_grad():
             self._reg_sum = self._reg_sum.to(x1.device) + x1.abs().sum(dtype=torch.float32) * (self._lambda / norm)
-        scaler = self._scaler
+        scale = self._loss_scale
         # A detached view (same storage): a hook that captured x1 itself would form a cycle
         # x1 -> hook -> x1 that the garbage collector cannot free, leaking x1 every step.
         values = x1.detach()
 
         def add_penalty_grad(grad: torch.Tensor) -> torch.Tensor:
-            scale = 1.0 if scaler is None else scaler._scale if getattr(scaler, "_scale", None) is not None \
-                else scaler.get_scale()
             return grad + (coef * scale) * values.sign().to(grad.dtype)
 
         x1.register_hook(add_penalty_grad)
@@ -248,16 +242,15 @@ class ProSparse(Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._lambda = self.coefficient(trainer.global_step + 1)  # this batch's update is number t = g + 1
         self._accumulate = trainer.accumulate_grad_batches
-        self._scaler = getattr(trainer.precision_plugin, "scaler", None)
+        # 16-mixed scales the loss by the GradScaler's factor, which changes only when the
+        # optimizer steps: read once per batch (one device sync on CUDA) and applied in the hooks.
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._loss_scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
         self._last_step = trainer.global_step
         self._reg_count += 1
-        if self.monitor is not None:
-            self.monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.on_train_batch_end(trainer, pl_module, *args)
         stepped = trainer.global_step != self._last_step
         if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
             reg = self._reg_sum.to(pl_module.device) / max(1, self._reg_count)  # per micro-batch
@@ -268,21 +261,12 @@ class ProSparse(Callback):
             self._reg_count = 0
 
     @override
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.monitor is not None:
-            self.monitor.on_fit_end(trainer, pl_module)
-
-    @override
     def state_dict(self) -> dict[str, Any]:
         # lambda is a function of trainer.global_step, which Lightning restores.
-        return {"stages": self.stages, "normalize": self.normalize,
-                "monitor": self.monitor.state_dict() if self.monitor is not None else None}
+        return {"stages": self.stages, "normalize": self.normalize}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if [tuple(s) for s in state_dict["stages"]] != self.stages:
-            warnings.warn(f"Resuming with stages {self.stages}; the checkpoint used {state_dict['stages']}.",
-                          stacklevel=2)
-        if state_dict.get("monitor") is not None and self.log_sparsity:
-            self.monitor = self.monitor or SparsityMonitor(self.sites)
-            self.monitor.load_state_dict(state_dict["monitor"])
+            rank_zero_warn(f"Resuming with stages {self.stages}; the checkpoint used {state_dict['stages']}.",
+                           stacklevel=2)

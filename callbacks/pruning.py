@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 from typing_extensions import override
 
+from actsparse.callbacks.history import Curves
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.pruning import (
     activating_prune, default_parameters, magnitude_prune, mask, surviving, total, values,
@@ -57,7 +58,8 @@ class IterativeMagnitudePruning(Callback):
 
     Pruned parameters default to the ``weight`` of every ``nn.Linear``/``nn.ConvNd``. Logs
     ``prune/remaining`` (surviving fraction) and ``prune/remaining/<parameter>`` after each
-    event; ``history`` keeps them per round. Checkpoints hold ``weight = orig * mask`` (loadable
+    event; ``history`` (:class:`~actsparse.callbacks.history.Curves` by epoch) keeps them with the
+    round number. Checkpoints hold ``weight = orig * mask`` (loadable
     without this callback) and the masks and rewind point in the callback state, so training
     resumes with the same masks.
 
@@ -83,7 +85,7 @@ class IterativeMagnitudePruning(Callback):
         self.parameters_to_prune: list[tuple[nn.Module, str]] = []
         self.names: list[str] = []
         self.rounds_done = 0
-        self.history: list[dict[str, float]] = []
+        self.history = Curves()
         self._rewind: dict[str, torch.Tensor] | None = None
         self._restored_masks: dict[str, torch.Tensor] | None = None
         self._module: nn.Module | None = None
@@ -95,7 +97,8 @@ class IterativeMagnitudePruning(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(amount=self.amount, epochs_per_round=self.epochs_per_round)
+        return self._generate_state_key(amount=self.amount, epochs_per_round=self.epochs_per_round,
+                                        rounds=self.rounds, rewind_epoch=self.rewind_epoch)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -153,7 +156,7 @@ class IterativeMagnitudePruning(Callback):
             for optimizer in trainer.optimizers:
                 optimizer.state.clear()
         stats = self.remaining()
-        self.history.append({"round": float(self.rounds_done), "epoch": float(trainer.current_epoch), **stats})
+        self.history.record(trainer.current_epoch, {"round": float(self.rounds_done), **stats})
         if self.log:
             pl_module.log_dict(stats, on_step=False, on_epoch=True)
 
@@ -172,13 +175,13 @@ class IterativeMagnitudePruning(Callback):
         for (m, n), key in zip(self.parameters_to_prune, self.names):
             if hasattr(m, n + "_mask"):
                 masks[key] = mask(m, n).detach().cpu().bool()
-        return {"rounds_done": self.rounds_done, "history": [dict(h) for h in self.history], "masks": masks,
+        return {"rounds_done": self.rounds_done, "history": self.history.state(), "masks": masks,
                 "rewind": None if self._rewind is None else {k: v.cpu() for k, v in self._rewind.items()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rounds_done = int(state_dict["rounds_done"])
-        self.history = [dict(h) for h in state_dict["history"]]
+        self.history = Curves(state_dict["history"])
         self._restored_masks = dict(state_dict["masks"])
         rewind = state_dict["rewind"]
         device = None if self._module is None else next(self._module.parameters()).device
@@ -196,7 +199,8 @@ class ActivatingWhilePruning(Callback):
     the round started ``|w_T - w_start|`` is smallest. Removing such negative weights raises
     pre-activations, waking up ReLU neurons. The paper's defaults are p = 0.2, ap_rate = 0.02.
     (How the wrapping works: see the module docstring.) The round-start snapshot is part of the
-    callback state, so it survives checkpoint/resume; ``events`` records each event's counts.
+    callback state, so it survives checkpoint/resume; ``events`` (:class:`~actsparse.callbacks.history.Curves`
+    by epoch) records each event's counts.
 
     Raises (at fit start): ``ValueError`` when ``ap_rate`` is not below the pruning rate, when
     the model has no ReLU/FATReLU activation site, or when no (or more than one) pruning
@@ -214,7 +218,7 @@ class ActivatingWhilePruning(Callback):
         self.ap_rate = float(ap_rate)
         self.start: dict[str, torch.Tensor] | None = None
         self.pending = True
-        self.events: list[dict[str, float]] = []
+        self.events = Curves()
         self.pruner: Callback | None = None
         self._original = None
         self._params: list[tuple[nn.Module, str]] = []
@@ -294,18 +298,18 @@ class ActivatingWhilePruning(Callback):
         removed = activating_prune(self._params, [self.start[key] for key in self._names], k_ap)
         if removed < k_ap:
             rank_zero_warn(f"ActivatingWhilePruning: only {removed} surviving negative weights, fewer than the {k_ap} asked.")
-        self.events.append({"epoch": float(self._epoch), "surviving_before": float(alive),
-                            "magnitude": float(event - k_ap), "activating": float(removed)})
+        self.events.record(self._epoch, {"surviving_before": float(alive), "magnitude": float(event - k_ap),
+                                         "activating": float(removed)})
         self.pending = True
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"start": None if self.start is None else {k: v.cpu() for k, v in self.start.items()},
-                "pending": self.pending, "events": [dict(e) for e in self.events]}
+                "pending": self.pending, "events": self.events.state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         start = state_dict["start"]
         self.start = None if start is None else dict(start)
         self.pending = bool(state_dict["pending"])
-        self.events = [dict(e) for e in state_dict["events"]]
+        self.events = Curves(state_dict["events"])

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import Metric
 from typing_extensions import override
 
+from actsparse.callbacks.history import Curves
 from actsparse.metrics.sparsity import MEAN
 from actsparse.plugins.recording import Recording
 
@@ -26,9 +27,9 @@ class TrainingRecorder(Callback, ABC):
 
     ``sites`` selects activation sites as everywhere in actsparse: None for all, or glob
     pattern(s) on site names. Subclasses build their metrics in :meth:`_metrics`, read them with
-    ``compute()`` (a collective: every rank calls it at the same step), append
-    ``(step or epoch, values)`` to ``self.history`` (kept in checkpoints; ``self.last`` is its
-    latest entry) and draw it with :meth:`_write_heatmap`.
+    ``compute()`` (a collective: every rank calls it at the same step), record
+    ``(step or epoch, values)`` in ``self.history`` (:class:`~actsparse.callbacks.history.Curves`,
+    kept in checkpoints; ``self.last`` is its latest row) and draw it with :meth:`_write_heatmap`.
     """
 
     def __init__(self, sites: str | Sequence[str] | None = None, every_n_steps: int | None = None) -> None:
@@ -38,14 +39,18 @@ class TrainingRecorder(Callback, ABC):
         self.every_n_steps = every_n_steps
         self.recording: Recording | None = None
         self.metrics: list[Metric] = []
-        self.history: list[tuple[int, dict[str, float]]] = []
-        self.last: dict[str, float] = {}
+        self.history = Curves()
         self._last_step = -1
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The latest measured values (empty before the first)."""
+        return self.history.last
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(sites=self.sites)
+        return self._generate_state_key(sites=self.sites, every_n_steps=self.every_n_steps)
 
     @abstractmethod
     def _metrics(self, names: list[str]) -> list[Metric]:
@@ -104,12 +109,11 @@ class TrainingRecorder(Callback, ABC):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [(x, dict(values)) for x, values in self.history]}
+        return {"history": self.history.state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [(x, dict(values)) for x, values in state_dict["history"]]
-        self.last = dict(self.history[-1][1]) if self.history else {}
+        self.history = Curves(state_dict["history"])
 
 
 __all__ = ["MEAN", "TrainingRecorder"]

@@ -81,6 +81,12 @@ class SKANTraining(Callback):
         self.chosen: dict[str, list[str]] = {}
         self.grid_updates = 0
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(full_steps=self.full_steps, selective_steps=self.selective_steps,
+                                        prune=self.prune)
+
     # -- schedule (pure) ------------------------------------------------------------------------
     def phase(self, step: int) -> str:
         if step < self.full_steps:

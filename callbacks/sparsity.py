@@ -52,8 +52,7 @@ class SparsityMonitor(TrainingRecorder):
         if not logged:
             return
         values = {key.removeprefix("sparsity/"): value for key, value in logged.items()}
-        self.last = values
-        self.history.append((trainer.global_step, values))
+        self.history.record(trainer.global_step, values)
         if self.log:
             for key, value in logged.items():
                 pl_module.log(key, value, on_step=True, on_epoch=False)

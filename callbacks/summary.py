@@ -19,8 +19,9 @@ from actsparse.callbacks.history import MetricHistory
 class RunSummary(Callback):
     """At the end of ``fit`` (on rank zero): print a table of steps, tokens, the final
     validation metrics (loss, perplexity, any other ``val/*``) and parameters; write
-    ``summary.json``; plot the curves kept by a :class:`MetricHistory` callback (``loss.png``,
-    ``perplexity.png``, one PNG per other validation metric) and send them to W&B.
+    ``summary.json`` (the table's values, plus under ``"history"`` the curves kept by a
+    :class:`MetricHistory` callback, ``{key: [[step, value], ...]}``); plot those curves
+    (``loss.png``, ``perplexity.png``, one PNG per other validation metric) and send them to W&B.
 
     Runs inside the training process, so it also reports ``ddp_spawn`` runs.
     """
@@ -30,6 +31,11 @@ class RunSummary(Callback):
         self._start = time.perf_counter()
         self._earlier = 0.0  # wall time of the run before the checkpoint this fit resumed from
         self.summary: dict[str, Any] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(out_dir=self.out_dir)
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,13 +75,15 @@ class RunSummary(Callback):
             if trainer.checkpoint_callback else None,
             "run dir": str(out_dir),
         }
-        self.summary = {k: v for k, v in summary.items() if v is not None}
+        table = {k: v for k, v in summary.items() if v is not None}
+        curves = history.history.by_key() if history else {}
+        self.summary = {**table, "history": curves} if curves else table
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
         from actsparse.report import plot_run_curves, print_summary  # matplotlib and rich only at fit end
 
-        plots = plot_run_curves(history.history, out_dir) if history else []
+        plots = plot_run_curves(curves, out_dir) if curves else []
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and plots:
                 logger.log_image(key="curves", images=[str(p) for p in plots], step=trainer.global_step)
-        print_summary(self.summary)
+        print_summary(table)

@@ -304,7 +304,7 @@ def test_prosparse_warns_on_non_relu_sites():
 # -- through the app: resume and the experiment --------------------------------------------------
 
 from conftest import compose_train  # noqa: E402
-from actsparse.train import train  # noqa: E402
+from actsparse.train import fit as fit_config  # noqa: E402
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false"]
 
@@ -313,18 +313,19 @@ def test_prosparse_resume_continues_lambda_and_weights_exactly(tmp_path):
     common = [*SMOKE, "callbacks=prosparse", "callbacks.prosparse.stages=[[0.0,4],[0.01,12],[0.02,16]]",
               "callbacks.model_checkpoint.every_n_train_steps=10", "callbacks.model_checkpoint.monitor=null",
               "callbacks.model_checkpoint.save_top_k=-1", "trainer.log_every_n_steps=2"]
-    train(compose_train(common, tmp_path / "full"))
+    fit_config(compose_train(common, tmp_path / "full"))
     step10 = tmp_path / "full" / "checkpoints" / "step10.ckpt"
-    summary = train(compose_train([*common, f"ckpt_path={step10}"], tmp_path / "resumed"))
+    summary = fit_config(compose_train([*common, f"ckpt_path={step10}"], tmp_path / "resumed"))
     assert summary["steps"] == 20
     a = torch.load(tmp_path / "full" / "checkpoints" / "step20.ckpt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "step20.ckpt", weights_only=False)
     assert any(v.abs().sum() > 0 for v in a["state_dict"].values())
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    # The sparsity history of the resumed run continues the interrupted one's.
-    history = lambda ckpt: next(v for k, v in ckpt["callbacks"].items() if k.startswith("ProSparse"))["monitor"]
-    assert history(a)["history"] == history(b)["history"]
+    # The sparsity history of the resumed run continues the interrupted one's (the SparsityMonitor
+    # that ProSparse added keeps it under its own key).
+    history = lambda ckpt: next(v for k, v in ckpt["callbacks"].items() if k.startswith("SparsityMonitor"))["history"]
+    assert len(history(a)) == 10 and history(a) == history(b)
 
 
 def test_prosparse_experiment_pipeline(tmp_path, monkeypatch):
@@ -371,3 +372,40 @@ def test_penalty_hooks_do_not_keep_activations_alive():
     fit([ActivationSwap("relu"), ProSparse([(0.05, 1)]), Watch()], steps=4)
     gc.collect()
     assert len(refs) == 8 and all(r() is None for r in refs)
+
+
+# -- state keys: two instances of one callback keep their own state --------------------------------
+
+def test_two_instances_with_different_settings_resume_their_own_state(tmp_path):
+    """Lightning stores callback state under ``state_key``; with the class name alone, the second
+    instance's state would overwrite the first's and both would restore the same history."""
+    from actsparse.callbacks import DeadNeuronMonitor, MetricHistory
+
+    def monitors():
+        return [ActivationSwap("relu"), SparsityMonitor(every_n_steps=1, heatmap=False),
+                SparsityMonitor(every_n_steps=3, heatmap=False), DeadNeuronMonitor(heatmap=False),
+                DeadNeuronMonitor(sites="model.blocks.0.*", heatmap=False),
+                MetricHistory(every_n_steps=1), MetricHistory(every_n_steps=2)]
+
+    class LogLoss(L.Callback):  # a train/ scalar for the two MetricHistory instances (first in line)
+        def on_train_batch_end(self, trainer, pl_module, outputs, *args):
+            pl_module.log("train/loss", outputs["loss"] if isinstance(outputs, dict) else outputs)
+
+    first = monitors()
+    trainer, module = fit([LogLoss(), *first], steps=6, tmp_path=tmp_path)
+    ckpt = tmp_path / "six.ckpt"
+    trainer.save_checkpoint(ckpt)
+    keys = list(torch.load(ckpt, weights_only=False)["callbacks"])
+    assert len(keys) == len(set(keys)) >= 6
+
+    again = monitors()
+    resumed = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=again,
+                        default_root_dir=tmp_path)
+    resumed.fit(module, DataLoader(make_batches(6), batch_size=4), ckpt_path=ckpt)  # restores, trains no step
+    for old, new in zip(first[1:], again[1:]):
+        assert len(old.history) > 0 and new.history == old.history, old.state_key
+    # The settings really made different histories (the test would pass trivially otherwise).
+    assert len(first[1].history) == 6 and len(first[2].history) == 2
+    assert set(first[3].last) != set(first[4].last)
+    assert len(first[5].history) == 6 and len(first[6].history) == 3

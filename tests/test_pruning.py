@@ -48,7 +48,7 @@ def test_ap_event_removes_exactly_the_intended_weights():
     imp.apply_pruning(imp.amount)
     removed = [i for i, m in enumerate(net.fc.weight_mask[0].tolist()) if m == 0]
     assert removed == [0, 1, 5, 7]
-    assert ap.events[-1] == {"epoch": 0.0, "surviving_before": 10.0, "magnitude": 2.0, "activating": 2.0}
+    assert ap.events[-1] == (0, {"surviving_before": 10.0, "magnitude": 2.0, "activating": 2.0})
     assert ap.pending  # the next round snapshots again
     # a second event works on survivors only: 6 left; amount 0.4 -> round(2.4) = 2, ap round(1.2) = 1
     ap.on_train_epoch_start(trainer, net)
@@ -109,7 +109,7 @@ def test_imp_prunes_globally_by_magnitude_and_rewinds_to_init():
     for (m, n), key in zip(imp.parameters_to_prune, imp.names):
         assert torch.equal(values(m, n), init[key])  # rewound (the mask hides the pruned ones)
     assert torch.equal(task.model.layers[0].bias, init["model.layers.0.bias"])
-    assert imp.history[-1]["prune/remaining"] == pytest.approx(1 - k / trained.numel())
+    assert imp.history.last["prune/remaining"] == pytest.approx(1 - k / trained.numel())
 
 
 def test_ap_composes_with_lightning_model_pruning():
@@ -132,7 +132,8 @@ def test_ap_composes_with_lightning_model_pruning():
     expected[score.argsort()[:k_ap]] = False
     masks = torch.cat([mask(m, name).flatten() for m, name in ap._params]) != 0
     assert torch.equal(masks, expected)
-    assert ap.events[0]["magnitude"] == k_mag and ap.events[0]["activating"] == k_ap
+    _, counts = ap.events[0]
+    assert counts["magnitude"] == k_mag and counts["activating"] == k_ap
     assert any("bias" in name for name in ap._names)  # ModelPruning's own parameter list is used
 
 
