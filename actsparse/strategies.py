@@ -22,16 +22,11 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-class CheckpointError(ValueError):
-    """A checkpoint given by ``ckpt_path=`` / ``init_from=`` that cannot be used (see
-    ``actsparse.train.check_checkpoint``)."""
-
-
 class DistributedWorkerError(RuntimeError):
     """A worker process of a spawned DDP run died or failed; the others were stopped."""
 
 
-class _ReportingLauncher(_MultiProcessingLauncher):
+class ReportingLauncher(_MultiProcessingLauncher):
     """Lightning's spawn launcher, with a worker's death reported as what happened and what is
     safe to resume from, instead of torch's bare ``ProcessExitedException``.
 
@@ -44,10 +39,11 @@ class _ReportingLauncher(_MultiProcessingLauncher):
         try:
             return super().launch(function, *args, trainer=trainer, **kwargs)
         except (ProcessExitedException, ProcessRaisedException) as err:
-            raise DistributedWorkerError(_worker_failure(err, trainer)) from err
+            raise DistributedWorkerError(worker_failure(err, trainer)) from err
 
 
-def _worker_failure(err: Exception, trainer: Any) -> str:
+def worker_failure(err: Exception, trainer: Any) -> str:
+    """What happened to a spawned worker, and the checkpoint that is safe to resume from."""
     rank = getattr(err, "error_index", "?")
     if isinstance(err, ProcessRaisedException):
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
@@ -83,8 +79,10 @@ class CleanExitDDPStrategy(DDPStrategy):
     @override
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        if type(self._launcher) is _MultiProcessingLauncher:
-            self._launcher.__class__ = _ReportingLauncher
+        if type(self.launcher) is _MultiProcessingLauncher:
+            # Lightning has no public way to choose a strategy's launcher: its own strategies
+            # (DDPStrategy, FSDPStrategy) assign ``_launcher`` in this hook, and so does this one.
+            self._launcher = ReportingLauncher(self, start_method=self._start_method)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

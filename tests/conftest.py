@@ -59,7 +59,7 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
     """Run ``actsparse-train`` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "actsparse.train", *args],
+        [sys.executable, "-m", "actsparse.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
 

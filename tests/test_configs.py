@@ -76,7 +76,7 @@ def test_logger_group(option, tmp_path):
     cfg = compose_config([f"logger={option}", f"paths.output_dir={tmp_path}"])
     loggers = [instantiate(c) for c in (cfg.logger or {}).values()]
     assert [type(lg).__name__ for lg in loggers] == {
-        "wandb": ["WandbLogger"], "csv": ["CSVLogger"], "none": []}[option]
+        "wandb": ["WandbLogger"], "csv": ["ResumableCSVLogger"], "none": []}[option]
 
 
 def test_wandb_mode_follows_environment(tmp_path, monkeypatch):

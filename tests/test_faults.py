@@ -6,6 +6,7 @@ docs/faults.md is the table of every case tried and what it gets."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import random
 import signal
@@ -19,7 +20,8 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from actsparse.train import CheckpointError, check_checkpoint, train
+from actsparse.checkpoints import CheckpointError, check_checkpoint
+from actsparse.train import fit
 from conftest import REPO, compose_config, compose_train, run_cli
 
 SMOKE = ["experiment=smoke", "trainer.enable_progress_bar=false"]
@@ -29,7 +31,7 @@ SMOKE = ["experiment=smoke", "trainer.enable_progress_bar=false"]
 def good_checkpoint(tmp_path_factory) -> Path:
     """A real smoke-run checkpoint (10 steps) to damage in different ways."""
     run = tmp_path_factory.mktemp("good")
-    train(compose_train([*SMOKE, "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",
+    fit(compose_train([*SMOKE, "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",
                          "trainer.limit_val_batches=1"], run))
     return run / "checkpoints" / "last.ckpt"
 
@@ -68,7 +70,7 @@ def test_damaged_checkpoint_is_named_before_any_logger(kind, option, good_checkp
     run = tmp_path / "run"
     cfg = compose_train([*SMOKE, f"{option}={bad}"], run)  # the default logger: W&B offline
     with pytest.raises(CheckpointError) as err:
-        train(cfg)
+        fit(cfg)
     message = str(err.value)
     assert str(bad) in message and option in message
     assert "not a readable checkpoint" in message or "is a directory" in message or "not a torch checkpoint" in message
@@ -84,7 +86,7 @@ def test_good_checkpoint_passes_the_check(good_checkpoint):
 def test_checkpoint_of_another_model_is_named(good_checkpoint, tmp_path):
     cfg = compose_train([*SMOKE, "logger=none", "model.d_model=32", f"ckpt_path={good_checkpoint}"], tmp_path)
     with pytest.raises(CheckpointError, match="does not fit the configured model") as err:
-        train(cfg)
+        fit(cfg)
     assert "shape mismatches" in str(err.value) and not (tmp_path / "checkpoints").exists()
 
 
@@ -97,7 +99,7 @@ from pathlib import Path
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it by default; a real kill here
 sys.path.insert(0, {tests!r})
 from conftest import compose_train
-from actsparse.train import train
+from actsparse.train import fit
 
 run = Path(sys.argv[1])
 ckpts = (run / "checkpoints").absolute()
@@ -114,7 +116,7 @@ def hook(event, args):
             resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 sys.addaudithook(hook)
-train(compose_train(["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
+fit(compose_train(["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false",
                      "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=1",
                      "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.every_n_train_steps=2"],
                     run))
@@ -153,19 +155,19 @@ def _with_csv(cfg):
     return cfg
 
 
-def test_resume_after_a_crash_continues_the_same_run(tmp_path, capsys):
+def test_resume_after_a_crash_continues_the_same_run(tmp_path, caplog):
     # Checkpoints at each validation (steps 4 and 8), the best by val loss kept.
     every4 = [*SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
                "trainer.log_every_n_steps=2"]
     plain = _with_csv(compose_train(every4, tmp_path / "plain"))
-    train(plain)
+    fit(plain)
 
     run = tmp_path / "run"
     crashing = _with_csv(compose_train(every4, run))
     with open_dict(crashing):
         crashing.callbacks.crash = {"_target_": "conftest.CrashAt", "step": 6}
     with pytest.raises(RuntimeError, match="injected crash"):
-        train(crashing)
+        fit(crashing)
     log = (run / "train.log").read_text()
     assert "Run failed: RuntimeError: injected crash at step 6" in log and "Traceback" in log
     last = run / "checkpoints" / "last.ckpt"
@@ -179,9 +181,10 @@ def test_resume_after_a_crash_continues_the_same_run(tmp_path, capsys):
     assert "outputs/smoke/runs/" in compose_config(every4, return_hydra_config=True).hydra.run.dir
 
     resumed = _with_csv(compose_train([*every4, f"ckpt_path={last}"], run))
-    capsys.readouterr()
-    summary = train(resumed)
-    assert f"Results in {run.absolute()}" in capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="actsparse"):
+        summary = fit(resumed)
+    assert f"Results in {run.absolute()}" in caplog.text
     assert summary["steps"] == 8
 
     # The same model as the uninterrupted run, the same checkpoints kept, one CSV log with its rows.
@@ -211,14 +214,16 @@ def test_resume_after_a_crash_continues_the_same_run(tmp_path, capsys):
 
 # -- the run's log ----------------------------------------------------------------------------
 
-def test_every_run_folder_gets_a_real_log(tmp_path, capsys):
-    nested = tmp_path / "study" / "regime"  # what a study's in-process train(cfg) calls look like
-    train(compose_train([*SMOKE, "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2"], nested))
+def test_every_run_folder_gets_a_real_log(tmp_path, caplog):
+    nested = tmp_path / "study" / "regime"  # what a study's in-process fit(cfg) calls look like
+    with caplog.at_level(logging.INFO, logger="actsparse"):
+        fit(compose_train([*SMOKE, "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2"], nested))
     log = (nested / "train.log").read_text()
     assert "Trainer.fit` stopped: `max_steps=2` reached" in log  # Lightning's own lines
     assert "Summary: " in log and "Results in" in log
     assert (nested / ".hydra" / "config.yaml").is_file() and (nested / "config_resolved.yaml").is_file()
-    assert f"Results in {nested.absolute()}" in capsys.readouterr().out
+    assert f"Results in {nested.absolute()}" in caplog.text  # logged (the CLI's console shows it)
+    assert "Summary: " not in caplog.text  # the file only: the console has the summary table
 
 
 # -- bad corpora ------------------------------------------------------------------------------
@@ -266,12 +271,12 @@ def test_ddp_worker_killed_ends_the_run_with_a_message(tmp_path):
         "import sys; sys.path.insert(0, {tests!r})\n"
         "from omegaconf import open_dict\n"
         "from conftest import compose_train\n"
-        "from actsparse.train import main, train\n"
+        "from actsparse.train import fit\n"
         "if __name__ == '__main__':\n"
         "    cfg = compose_train({overrides!r}, __import__('pathlib').Path({run!r}))\n"
         "    with open_dict(cfg):\n"
         "        cfg.callbacks.kill = {{'_target_': 'conftest.KillWorker', 'step': 5, 'rank': 1, 'stamp': {stamp!r}}}\n"
-        "    train(cfg)\n"
+        "    fit(cfg)\n"
     ).format(tests=str(REPO / "tests"), run=str(tmp_path / "run"), stamp=str(stamp),
              overrides=[*SMOKE, "trainer=ddp_sim", "logger=none", "data.max_chars=60000", "trainer.max_steps=10",
                         "callbacks.model_checkpoint.every_n_train_steps=3", "callbacks.model_checkpoint.monitor=null"])
@@ -305,7 +310,7 @@ def test_init_from_with_pickled_objects_never_advises_unsafe_loading(good_checkp
     odd = tmp_path / "odd.ckpt"
     torch.save(state, odd)
     with pytest.raises(CheckpointError, match="pickled Python objects") as err:
-        train(compose_train([*SMOKE, "logger=none", f"init_from={odd}"], tmp_path / "run"))
+        fit(compose_train([*SMOKE, "logger=none", f"init_from={odd}"], tmp_path / "run"))
     assert "weights_only" not in str(err.value) and not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -315,20 +320,20 @@ def test_dead_worker_message_names_the_worker_and_the_checkpoint(tmp_path):
 
     from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
-    from actsparse.strategies import _worker_failure
+    from actsparse.strategies import worker_failure
 
     (tmp_path / "last.ckpt").write_bytes(b"")
     trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)))
     killed = ProcessExitedException("process 1 terminated with signal SIGKILL", 1, 123, -9, "SIGKILL")
-    assert _worker_failure(killed, trainer) == (
+    assert worker_failure(killed, trainer) == (
         "DDP worker 1 was killed by SIGKILL; the other workers were stopped and the run ended. Checkpoints "
         f"saved before are intact; resume with ckpt_path={tmp_path / 'last.ckpt'}")
     raised = ProcessRaisedException("\n\n-- Process 0 terminated with the following error:\nTraceback (most recent "
                                     "call last):\n  File \"x.py\", line 1\nValueError: bad batch\n", 0, 124)
-    message = _worker_failure(raised, SimpleNamespace(checkpoint_callback=None))
+    message = worker_failure(raised, SimpleNamespace(checkpoint_callback=None))
     assert message.startswith("DDP worker 0 raised ValueError: bad batch;") and "No checkpoint had been saved" in message
     exited = ProcessExitedException("process 1 terminated with exit code 3", 1, 125, 3)
-    assert "DDP worker 1 exited with code 3" in _worker_failure(exited, trainer)
+    assert "DDP worker 1 exited with code 3" in worker_failure(exited, trainer)
 
 
 @pytest.mark.slow

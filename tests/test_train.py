@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from actsparse.train import train
+from actsparse.train import fit
 from conftest import compose_train, run_cli
 from wandb_records import history_keys
 
@@ -21,7 +21,7 @@ SMOKE = ["experiment=smoke"]
 def test_fast_dev_run_each_model_variant(model, activation, tmp_path):
     cfg = compose_train([*SMOKE, f"model={model}", f"model.activation={activation}",
                          "trainer.fast_dev_run=true", "logger=none"], tmp_path)
-    summary = train(cfg)
+    summary = fit(cfg)
     assert summary["steps"] == 1
     assert summary["parameters"] > 0
     assert torch.isfinite(torch.tensor(summary["val loss"]))
@@ -102,11 +102,11 @@ def test_resume_continues_exactly(tmp_path):
     every10 = ["callbacks.model_checkpoint.every_n_train_steps=10", "callbacks.model_checkpoint.monitor=null",
                "callbacks.model_checkpoint.save_top_k=-1", "logger=none", "trainer.enable_progress_bar=false"]
     full = compose_train([*SMOKE, *every10], tmp_path / "full")
-    train(full)
+    fit(full)
     step10 = tmp_path / "full" / "checkpoints" / "step10.ckpt"
     assert step10.is_file()
     resumed = compose_train([*SMOKE, *every10, f"ckpt_path={step10}"], tmp_path / "resumed")
-    summary = train(resumed)
+    summary = fit(resumed)
     assert summary["steps"] == 20
     a = torch.load(tmp_path / "full" / "checkpoints" / "step20.ckpt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "step20.ckpt", weights_only=False)
@@ -119,7 +119,7 @@ def test_ddp_sim_val_loss_equals_single_process(tmp_path):
     overrides = [*SMOKE, "trainer=ddp_sim", "logger=none", "trainer.limit_val_batches=1.0",
                  "data.max_chars=60000", "trainer.max_steps=10", "trainer.enable_progress_bar=false"]
     cfg = compose_train(overrides, tmp_path)
-    summary = train(cfg)
+    summary = fit(cfg)
     assert summary["processes"] == 2 and summary["steps"] == 10
 
     from actsparse.tasks import CausalLM
