@@ -1,8 +1,9 @@
 """Kernel benchmarks: ``python -m actsparse.bench sparse-ffn`` (``actsparse-bench sparse-ffn``).
 
-Times one gated FFN layer (LLaMA shapes) three ways, in the same run and interleaved:
-dense PyTorch (``F.linear`` x3: MKL/oneDNN or cuBLAS), a naive PyTorch gather of the active rows,
-and actsparse's compiled kernels; reports medians, speedups, the useful bytes per second (the
+Times one gated FFN layer (LLaMA shapes) several ways, in the same run and interleaved:
+dense PyTorch as users run it (``F.linear`` x3: MKL/oneDNN or cuBLAS), dense with gate and up
+fused into one GEMM (as vLLM and gpt-fast do), a naive PyTorch gather of the active rows, and
+actsparse's compiled kernels; reports medians, speedups, the useful bytes per second (the
 bytes a perfect sparse kernel must read: all of ``w_gate`` plus the active rows of ``w_up`` and
 ``w_down_t``) and that rate as a percentage of the copy bandwidth measured in the same run.
 
@@ -11,15 +12,17 @@ of ``w_gate`` holds ``+1`` for the neurons the pattern activates and ``-1`` else
 pre-activation is ``±1`` and the threshold 0 selects the pattern; every other weight is random,
 so all kernels read real bytes. ``random`` draws each (token, neuron) independently at the given
 sparsity (the worst case for batch unions); ``recorded`` replays masks recorded from a trained
-model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, e.g. stacked
-``Recording`` codes), tiled to the layer width, so batch unions are realistic.
+model (``--patterns FILE``: a saved bool tensor ``[tokens, neurons]``, or the packed file
+``bench/gpu/record_masks.py`` writes from a ReLU TinyLM trained with an L1 penalty), tiled to the
+layer width, so batch unions are realistic. Every weight set draws its own masks.
 
 GPU timings exclude host submission latency: each capturable variant (dense cuBLAS, actsparse as
 dispatched, and its kernels forced at every batch size) is captured as ``graph_calls`` layer calls
 in ONE CUDA graph, and one event pair brackets each replay, so a call's time is the elapsed time
-divided by the number of calls (cross-checked against eager dense, ``dense_eager_ms``). Weight sets
-are rotated call by call, enough of them that they do not fit in L2 together (a 7B layer is larger
-than L2 on its own; a tiny one is not).
+divided by the number of calls (cross-checked against eager dense, ``dense_eager_ms``). At least
+:data:`MIN_WEIGHT_SETS` weight sets, each with its own masks, are rotated call by call inside the
+graph, and enough of them that together they exceed L2 twice over, so no set is still cached when
+it comes round again (the H200 runs of issue 12 replayed one layer's weights and masks).
 The dense baseline is timed the same way in the same run. The naive gather syncs with the host
 (``nonzero``) and cannot be captured; it is timed eagerly with events.
 
@@ -50,6 +53,7 @@ SHAPES = {  # name: (d_model, d_ff)
     "70b": (8192, 28672),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MIN_WEIGHT_SETS = 4
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -60,10 +64,22 @@ def make_masks(pattern: str, batch: int, f: int, sparsity: float, gen: torch.Gen
     if pattern == "random":
         return torch.rand(batch, f, generator=gen) >= sparsity / 100.0
     if recorded is None:
-        raise ValueError("pattern 'recorded' needs --patterns FILE (a saved bool tensor [tokens, neurons]).")
+        raise ValueError("pattern 'recorded' needs --patterns FILE (a saved bool tensor [tokens, neurons], or "
+                         "bench/gpu/record_masks.py's packed file).")
     rows = torch.randint(0, recorded.shape[0], (batch,), generator=gen)
     reps = math.ceil(f / recorded.shape[1])
     return recorded[rows].repeat(1, reps)[:, :f].bool()
+
+
+def load_patterns(path) -> torch.Tensor:
+    """Recorded masks ``[tokens, neurons]`` (bool) from a saved bool tensor or the packed dict
+    ``{"packed": uint8 [tokens, ceil(neurons / 8)], "shape": [tokens, neurons], ...}``."""
+    obj = torch.load(path, weights_only=True)
+    if isinstance(obj, dict):
+        n, f = obj["shape"]
+        bits = (obj["packed"].unsqueeze(-1) >> torch.arange(7, -1, -1, dtype=torch.uint8)) & 1  # MSB first
+        return bits.reshape(n, -1)[:, :f].bool()
+    return obj.bool()
 
 
 def make_layer(d: int, f: int, masks: torch.Tensor, dtype: torch.dtype, device: str, gen: torch.Generator):
@@ -76,13 +92,20 @@ def make_layer(d: int, f: int, masks: torch.Tensor, dtype: torch.dtype, device: 
     w_up = torch.randn(f, d, generator=gen) * scale
     w_down = torch.randn(d, f, generator=gen) / math.sqrt(f)
     to = lambda t: t.to(dtype).to(device)  # noqa: E731
-    return {"w_gate": to(w_gate), "w_up": to(w_up), "w_down": to(w_down), "w_down_t": to(w_down.t().contiguous())}
+    return {"w_gate": to(w_gate), "w_up": to(w_up), "w_down": to(w_down), "w_down_t": to(w_down.t().contiguous()),
+            "w_gate_up": to(torch.cat([w_gate, w_up]))}
 
 
 # -- the three variants ----------------------------------------------------------------------------------
 
 def dense_ffn(x, w):
     return F.linear(F.relu(F.linear(x, w["w_gate"])) * F.linear(x, w["w_up"]), w["w_down"])
+
+
+def dense_fused_ffn(x, w):
+    """Dense with gate and up as one GEMM (``[2f, d]``), the way vLLM and gpt-fast serve LLaMA."""
+    gate, up = F.linear(x, w["w_gate_up"]).chunk(2, dim=-1)
+    return F.linear(F.relu(gate) * up, w["w_down"])
 
 
 def naive_gather_ffn(x, w):
@@ -106,8 +129,12 @@ def actsparse_kernel_ffn(x, w):
     return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, dense_above=1.0, backend="ext")
 
 
-VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "naive": naive_gather_ffn, "actsparse": actsparse_ffn}
+VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "dense_fused": dense_fused_ffn, "naive": naive_gather_ffn,
+                                 "actsparse": actsparse_ffn}
 CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn}
+# The sparse CUDA kernels timed side by side, forced (dense_above=1): the dispatch table's columns.
+CUDA_KERNELS = {"three_kernel": "kernel"}
+CAPTURED = ("dense", "dense_fused", "actsparse", "kernel")
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
@@ -171,17 +198,18 @@ def weight_sets_for(set_bytes: int, device: str) -> int:
         cache = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
     else:
         cache = 128 << 20
-    return max(1, min(16, math.ceil(2 * cache / set_bytes)))
+    return max(MIN_WEIGHT_SETS, min(16, math.ceil(2 * cache / set_bytes)))
 
 
 def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_sets, gen, recorded=None,
                  graph_calls: int = 100) -> dict:
-    masks = make_masks(pattern, batch, f, sparsity, gen, recorded)
-    union = int(masks.any(0).sum())
+    masks = [make_masks(pattern, batch, f, sparsity, gen, recorded) for _ in range(weight_sets)]
+    union = sum(int(m.any(0).sum()) for m in masks) / weight_sets  # mean over the sets
+    token_sparsity = 100.0 * float(sum((~m).float().mean() for m in masks) / weight_sets)
     x = torch.zeros(batch, d)
     x[torch.arange(batch), torch.arange(batch)] = 1.0
     x = x.to(dtype).to(device)
-    layers = [make_layer(d, f, masks, dtype, device, gen) for _ in range(weight_sets)]
+    layers = [make_layer(d, f, m, dtype, device, gen) for m in masks]
 
     ref = dense_ffn(x.double(), {k: v.double() for k, v in layers[0].items()})
     got = actsparse_ffn(x, layers[0])
@@ -193,7 +221,7 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     calls = {k: 1 for k in VARIANTS}
     if device == "cuda":  # graphs for the capturable variants, ~graph_calls layer calls per replay
         fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
-        for k in ("dense", "actsparse", "kernel"):
+        for k in CAPTURED:
             fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
         # Eager dense (launch latency included) beside its graph replay: a cross-check of the
         # per-call arithmetic (the replay must be a bit faster, never several times off).
@@ -209,12 +237,14 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     extra = {}
     if device == "cuda":
         extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "kernel_ms": med["kernel"] * 1e3,
+                 "kernels_us": {name: med[col] * 1e6 for name, col in CUDA_KERNELS.items()},
                  "speedup_kernel_vs_dense": med["dense"] / med["kernel"], "max_rel_err_kernel": rel_kernel,
                  "graph_calls": calls["actsparse"] * weight_sets}
     return {**extra,
         "d": d, "f": f, "batch": batch, "sparsity": sparsity, "pattern": pattern, "dtype": str(dtype).split(".")[-1],
-        "device": device, "union_active": union / f, "weight_sets": weight_sets,
-        "dense_ms": med["dense"] * 1e3, "naive_ms": med["naive"] * 1e3, "actsparse_ms": med["actsparse"] * 1e3,
+        "device": device, "union_active": union / f, "token_sparsity": token_sparsity, "weight_sets": weight_sets,
+        "dense_ms": med["dense"] * 1e3, "dense_fused_ms": med["dense_fused"] * 1e3,
+        "speedup_vs_dense_fused": med["dense_fused"] / med["actsparse"], "naive_ms": med["naive"] * 1e3, "actsparse_ms": med["actsparse"] * 1e3,
         "speedup_vs_dense": med["dense"] / med["actsparse"], "speedup_vs_naive": med["naive"] / med["actsparse"],
         "useful_gbs": useful / med["actsparse"] / 1e9, "dense_gbs": 3 * f * d * elt / med["dense"] / 1e9,
         "max_rel_err": rel,
@@ -230,7 +260,7 @@ def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4
     if not ext.supports(device):
         raise SystemExit(f"actsparse-bench: no compiled kernels for {device}: {ext.load().reason}")
     dt = DTYPES[dtype or ("bfloat16" if device == "cuda" else "float32")]
-    recorded = torch.load(patterns_file) if pattern == "recorded" else None
+    recorded = load_patterns(patterns_file) if pattern == "recorded" else None
     gen = torch.Generator().manual_seed(seed)
     copy_gbs = copy_bandwidth(device, copy_bytes) / 1e9
     rows = []
@@ -249,29 +279,27 @@ def run_sparse_ffn(shapes=("7b",), sparsities=(0, 50, 80, 90, 95), batches=(1, 4
     return rows
 
 
-COLUMNS = ["shape", "batch", "sparsity", "union_active", "dense_ms", "naive_ms", "actsparse_ms",
-           "speedup_vs_dense", "speedup_vs_naive", "useful_gbs", "pct_of_copy", "max_rel_err"]
-
-
 def format_header(device: str = "cpu") -> str:
     if device == "cuda":  # µs: a 7B layer is tens of microseconds there
-        return ("| shape | batch | sparsity % | union active % | dense µs | eager dense µs | naive gather µs | "
-                "actsparse µs | vs dense | kernels forced µs | forced vs dense | useful GB/s | % of copy BW | "
-                "rel err |\n" + "|---" * 4 + "|---:" * 10 + "|")
-    return ("| shape | batch | sparsity % | union active % | dense ms | naive gather ms | actsparse ms | "
-            "vs dense | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 8 + "|")
+        return ("| shape | batch | sparsity % | union active % | dense µs | fused dense µs | eager dense µs | "
+                "naive gather µs | actsparse µs | vs dense | vs fused | kernels forced µs | forced vs dense | "
+                "useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 12 + "|")
+    return ("| shape | batch | sparsity % | union active % | dense ms | fused dense ms | naive gather ms | actsparse ms | "
+            "vs dense | vs fused | vs naive | useful GB/s | % of copy BW | rel err |\n" + "|---" * 4 + "|---:" * 10 + "|")
 
 
 def format_row(r: dict) -> str:
-    sp = "rec" if r["sparsity"] < 0 else f"{r['sparsity']:g}"
+    sp = f"rec {r['token_sparsity']:.0f}" if r["sparsity"] < 0 else f"{r['sparsity']:g}"
     if "dense_eager_ms" in r:  # CUDA: µs
         return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {1e3 * r['dense_ms']:.1f} | "
-                f"{1e3 * r['dense_eager_ms']:.1f} | {1e3 * r['naive_ms']:.1f} | {1e3 * r['actsparse_ms']:.1f} | "
-                f"{r['speedup_vs_dense']:.2f}x | {1e3 * r['kernel_ms']:.1f} | {r['speedup_kernel_vs_dense']:.2f}x | "
+                f"{1e3 * r['dense_fused_ms']:.1f} | {1e3 * r['dense_eager_ms']:.1f} | {1e3 * r['naive_ms']:.1f} | "
+                f"{1e3 * r['actsparse_ms']:.1f} | {r['speedup_vs_dense']:.2f}x | {r['speedup_vs_dense_fused']:.2f}x | "
+                f"{1e3 * r['kernel_ms']:.1f} | {r['speedup_kernel_vs_dense']:.2f}x | "
                 f"{r['useful_gbs']:.0f} | {r['pct_of_copy']:.0f}% | {max(r['max_rel_err'], r['max_rel_err_kernel']):.1e} |")
     return (f"| {r['shape']} | {r['batch']} | {sp} | {100 * r['union_active']:.1f} | {r['dense_ms']:.3f} | "
-            f"{r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
-            f"{r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | {r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")
+            f"{r['dense_fused_ms']:.3f} | {r['naive_ms']:.3f} | {r['actsparse_ms']:.3f} | {r['speedup_vs_dense']:.2f}x | "
+            f"{r['speedup_vs_dense_fused']:.2f}x | {r['speedup_vs_naive']:.2f}x | {r['useful_gbs']:.1f} | "
+            f"{r['pct_of_copy']:.0f}% | {r['max_rel_err']:.1e} |")
 
 
 def main(argv: list[str] | None = None) -> int:

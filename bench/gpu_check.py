@@ -1,10 +1,13 @@
 """The sparse-FFN GPU check in one go: preflight, build, tests, benchmark, JSON + markdown out.
 
     python3 bench/gpu_check.py                      # on the GPU machine (bench/gpu_check.sh calls this)
-    python3 bench/gpu_check.py --device cpu --quick # the CPU dry run of the same steps (CI)
+    python3 bench/gpu_check.py --dry-run            # the CPU dry run of the same steps (CI)
 
 Every step runs in its own interpreter (a crashing kernel cannot take the report down with it)
-and records what happened; no step aborts the ones after it. The script makes ``import actsparse``
+and records what happened; no step aborts the ones after it. Every test runs in its own
+interpreter and process group, so a crash or hang fails that one test (``crashed: SIGSEGV``).
+The report records the commit (``-dirty`` if tracked files differ) and the command; on CUDA the
+raw rows and the dispatch table go to ``bench/gpu/`` (``<date>-<gpu>.json``, ``dispatch-<gpu>.json``). The script makes ``import actsparse``
 resolve to THIS checkout's package mapping (pyproject's package-dir: ``plugins/`` ->
 ``actsparse.plugins``, ...) whatever the machine has installed: it builds a symlink tree under
 ``OUT/shim`` and puts it first on ``sys.path``. It is started by file path, never ``-c``/``-m``
@@ -14,7 +17,8 @@ mapping; pytest runs with ``OUT`` as its working directory for the same reason (
 omegaconf, wandb or transformers (tests needing transformers skip).
 
 Outputs in ``OUT`` (default ``outputs/gpu_check``): ``results.json`` (every step),
-``results.md`` (the tables), ``tests.txt``, ``bench_*.json``.
+``results.md`` (the tables), ``tests.txt`` (one line per test, then the failures' output),
+``junit/``, ``bench_*.json``, ``<step>.log``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ BLOCK_ENV = "ACTSPARSE_CHECK_BLOCK_IMPORTS"  # tests: simulate a machine without
 # Targets (DESIGN §5, issue 12) the summary checks the H200 rows against.
 TARGET_US_7B_B1_90 = 33.0
 TARGET_SPEEDUP_7B_B1_90 = 2.5
+TARGET_SPEEDUP_FUSED = 2.2  # issue 26: against gate+up fused into one GEMM
 
 
 # -- import plumbing ---------------------------------------------------------------------------------
@@ -92,6 +97,8 @@ def step_process(out: Path, step: str, args: list[str], timeout: float, log: Pat
         log.write_text(text)
     result_file = out / f"step_{step}.json"
     result = json.loads(result_file.read_text()) if result_file.exists() and rc == 0 else {}
+    if rc is not None and rc < 0:  # killed by a signal (a segfault): say so instead of an empty result
+        result["crashed"] = f"signal {-rc}"
     return {"step": step, "rc": rc, "ok": rc == 0, "seconds": round(time.time() - t0, 1), **result,
             **({} if rc == 0 else {"tail": text[-3000:]})}
 
@@ -165,38 +172,87 @@ def step_build(out: Path, device: str) -> dict:
             "ok_for_device": status.available and (device == "cpu" or status.cuda)}
 
 
-def step_tests(out: Path, device: str, tests: list[str], pytest_args: list[str]) -> dict:
-    import pytest
+def collect_tests(out: Path, tests: list[str], pytest_args: list[str]) -> list[str]:
+    """Node ids of the tests to run, as ``<absolute file>::<name>`` (pytest's own collection, one
+    child process per file: pytest prints ids of files outside the rootdir without their path)."""
+    ids = []
+    for test_file in tests:
+        path = str(REPO / test_file) if not os.path.isabs(test_file) else test_file
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--run-pytest", "--",
+                               *pytest_base([path]), *pytest_args, "--collect-only"],  # base has one -q: node ids
+                              cwd=out, capture_output=True, text=True, timeout=600)
+        found = [line.strip() for line in proc.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+        if not found and proc.returncode not in (0, 5):  # 5: nothing selected in this file
+            raise RuntimeError(f"pytest could not collect {path}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        ids += [f"{path}::{node.partition('::')[2]}" for node in found]
+    return ids
 
-    junit = out / "tests.xml"
+
+def pytest_base(tests: list[str]) -> list[str]:
     # --noconftest: tests/conftest.py composes Hydra configs; no:hydra_pytest: Hydra's pytest
     # plugin, where Hydra is installed but unusable.
-    args = [*[str(REPO / t) if not os.path.isabs(t) else t for t in tests], "--noconftest", "-p", "no:cacheprovider",
-            "-p", "no:hydra_pytest",
-            "-o", "addopts=", "-m", "not slow", "-q", "-rs", f"--rootdir={REPO}", f"--junitxml={junit}",
-            *pytest_args]
-    try:  # crash isolation: a test that kills its interpreter (a segfault) fails alone, the rest run on
-        import xdist  # noqa: F401
-
-        args += ["-n", "4"]
-    except ImportError:
-        pass
-    rc = pytest.main(args)
-    counts = _junit_counts(junit)
-    return {"pytest_rc": int(rc), **counts}
+    return [*[str(REPO / t) if not os.path.isabs(t) else t for t in tests], "--noconftest", "-p", "no:cacheprovider",
+            "-p", "no:hydra_pytest", "-o", "addopts=", "-m", "not slow", "-q", "-rs", f"--rootdir={REPO}"]
 
 
-def _junit_counts(path: Path) -> dict:
+def run_one_test(out: Path, node: str, index: int, timeout: float) -> dict:
+    """One test in its own interpreter and process group: a segfault, an abort or a hang fails
+    this test alone (its whole group is killed on a timeout), and is reported as a failure."""
+    import signal
     import xml.etree.ElementTree as ET
 
-    if not path.exists():
-        return {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "failed": []}
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root)
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    counts["failed"] = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-                        if c.find("failure") is not None or c.find("error") is not None][:50]
-    return counts
+    junit = out / "junit" / f"{index:05d}.xml"
+    junit.parent.mkdir(exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--run-pytest", "--", node,
+           *pytest_base([]), f"--junitxml={junit}"]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        rc = None
+    result = {"test": node, "seconds": round(time.time() - t0, 1), "rc": rc}
+    if rc is None:
+        return {**result, "outcome": "failed", "reason": f"timed out after {timeout:.0f} s (process group killed)",
+                "output": text[-3000:]}
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        return {**result, "outcome": "failed", "reason": f"crashed: {name}", "output": text[-3000:]}
+    try:
+        case = next(ET.parse(junit).getroot().iter("testcase"))
+    except (OSError, ET.ParseError, StopIteration):
+        return {**result, "outcome": "failed", "reason": f"no test report (exit {rc})", "output": text[-3000:]}
+    if case.find("failure") is not None or case.find("error") is not None:
+        return {**result, "outcome": "failed", "reason": "failed", "output": text[-3000:]}
+    return {**result, "outcome": "skipped" if case.find("skipped") is not None else "passed"}
+
+
+def step_tests(out: Path, device: str, tests: list[str], pytest_args: list[str], jobs: int = 0,
+               per_test_timeout: float = 600) -> dict:
+    """Every test in its own process group (issue 26: a segfault in one test stopped the whole
+    H200 test step, and the report said "0 tests, 0 failed"); ``jobs`` of them side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = collect_tests(out, tests, pytest_args)
+    jobs = jobs or (4 if device == "cuda" else 2)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(lambda iv: run_one_test(out, iv[1], iv[0], per_test_timeout), enumerate(ids)))
+    failed = [r for r in results if r["outcome"] == "failed"]
+    with open(out / "tests.txt", "w") as fh:
+        for r in results:
+            fh.write(f"{r['outcome'].upper():8} {r['seconds']:6.1f} s  {r['test']}"
+                     + (f"  [{r['reason']}]" if r["outcome"] == "failed" else "") + "\n")
+        for r in failed:
+            fh.write(f"\n==== {r['test']}: {r['reason']}\n{r.get('output', '')}\n")
+    return {"tests": len(results), "passed": sum(r["outcome"] == "passed" for r in results),
+            "failures": len(failed), "errors": 0, "skipped": sum(r["outcome"] == "skipped" for r in results),
+            "crashed": [r["test"] for r in failed if r["reason"].startswith(("crashed", "timed out"))],
+            "failed": [f"{r['test']} [{r['reason']}]" for r in failed][:100], "pytest_rc": 1 if failed else 0,
+            "jobs": jobs}
 
 
 def step_bench(out: Path, device: str, quick: bool) -> dict:
@@ -213,6 +269,11 @@ def step_bench(out: Path, device: str, quick: bool) -> dict:
                  ("large", dict(shapes=["13b", "70b"], sparsities=[90], batches=[1], repeats=15))]
     else:
         grids = [("grid", dict(shapes=["7b"], sparsities=[0, 50, 90, 95], batches=[1, 4, 8, 16, 32], repeats=5))]
+    masks = REPO / "bench" / "gpu" / "masks_tinylm_relu.pt"
+    if masks.exists():  # the same grid's batches on masks recorded from a trained ReLU model
+        base = dict(grids[0][1])
+        base.pop("sparsities")
+        grids.append(("recorded", dict(base, pattern="recorded", patterns_file=str(masks))))
     result = {"tables": {}}
     for name, kw in grids:
         rows = bench.run_sparse_ffn(device=device, **kw)
@@ -234,6 +295,70 @@ STEPS = {"preflight": step_preflight, "build": step_build, "tests": step_tests, 
          "decode": step_decode}
 
 
+# -- the raw report and the dispatch table (issue 26 items 3 and 6) --------------------------------------
+
+def git_commit() -> str:
+    """The commit this check ran, with ``-dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return (head or "unknown") + ("-dirty" if dirty else "")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "device"
+
+
+def issue_rows(results: dict) -> list[dict]:
+    """Every benchmark row in the issue's format: gpu, shape, batch, sparsity (percent; for
+    recorded masks the measured per-token sparsity), the three times in µs, and beside them the
+    pattern, the union and each forced sparse kernel's time (``kernels_us``)."""
+    gpu = results.get("preflight", {}).get("gpu") or results.get("bench", {}).get("gpu") or "cpu"
+    rows = []
+    for table, bench_rows in results.get("bench", {}).get("tables", {}).items():
+        for r in bench_rows:
+            rows.append({"gpu": gpu, "shape": r["shape"], "batch": r["batch"],
+                         "sparsity": round(r["token_sparsity"], 2) if r["sparsity"] < 0 else r["sparsity"],
+                         "dense_us": r["dense_ms"] * 1e3, "dense_fused_us": r["dense_fused_ms"] * 1e3,
+                         "actsparse_us": r["actsparse_ms"] * 1e3, "pattern": r["pattern"], "table": table,
+                         "union_active": r["union_active"], "dtype": r["dtype"],
+                         "kernels_us": r.get("kernels_us", {"cpu": r["actsparse_ms"] * 1e3}),
+                         "max_rel_err": max(r["max_rel_err"], r.get("max_rel_err_kernel", 0.0))})
+    return rows
+
+
+def dispatch_table(rows: list[dict], device_kind: str, commit: str, command: str) -> dict:
+    """The table actsparse.plugins.sparse_ffn_dispatch reads: one point per (batch, sparsity) of
+    the random-mask grid of the headline shape, dense_us = the op's own dense path (three GEMMs,
+    as the ``dense`` column), kernels_us = each sparse kernel forced."""
+    grid = [r for r in rows if r["table"] == "grid" and r["pattern"] == "random"]
+    shape = grid[0]["shape"] if grid else None
+    points = [{"batch": r["batch"], "sparsity": r["sparsity"], "dense_us": round(r["dense_us"], 3),
+               "kernels_us": {k: round(v, 3) for k, v in r["kernels_us"].items()}}
+              for r in grid if r["shape"] == shape]
+    return {"format": "actsparse-dispatch/1", "device_kind": device_kind, "shape": shape,
+            "dtype": grid[0]["dtype"] if grid else None, "commit": commit, "command": command,
+            "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "points": points}
+
+
+def write_raw_report(report_dir: Path, results: dict) -> dict:
+    """``<date>-<gpu>.json`` (commit, command, rows, the whole results) and ``dispatch-<gpu>.json``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    rows = issue_rows(results)
+    gpu = rows[0]["gpu"] if rows else "cpu"
+    kind = f"cuda:{gpu}" if results["device"] == "cuda" else "cpu"
+    raw = report_dir / f"{time.strftime('%Y-%m-%d-%H%M', time.gmtime())}-{slug(gpu)}.json"
+    raw.write_text(json.dumps({"gpu": gpu, "commit": results["commit"], "command": results["command"],
+                               "rows": rows, "results": results}, indent=2, default=str))
+    table = report_dir / f"dispatch-{slug(gpu)}.json"
+    table.write_text(json.dumps(dispatch_table(rows, kind, results["commit"], results["command"]), indent=2))
+    return {"raw": str(raw), "dispatch_table": str(table)}
+
+
 # -- the report ------------------------------------------------------------------------------------------
 
 def summarize(results: dict) -> dict:
@@ -250,20 +375,23 @@ def summarize(results: dict) -> dict:
             us = headline[0]["actsparse_ms"] * 1e3
             verdict["7b_b1_90"] = {"us": round(us, 1), "speedup": round(headline[0]["speedup_vs_dense"], 2),
                                    "meets_33us": us <= TARGET_US_7B_B1_90,
-                                   "meets_2.5x": headline[0]["speedup_vs_dense"] >= TARGET_SPEEDUP_7B_B1_90}
+                                   "meets_2.5x": headline[0]["speedup_vs_dense"] >= TARGET_SPEEDUP_7B_B1_90,
+                                   "speedup_vs_fused": round(headline[0]["speedup_vs_dense_fused"], 2),
+                                   "meets_2.2x_fused": headline[0]["speedup_vs_dense_fused"] >= TARGET_SPEEDUP_FUSED}
         eager = [r for r in grid if r.get("dense_eager_ms")]
         if eager:  # graph replay per call vs eager per call (host latency included, so often far
             # slower): a replay several times SLOWER than eager means the per-call division is off.
             ratios = [r["dense_ms"] / r["dense_eager_ms"] for r in eager]
             verdict["dense_graph_over_eager"] = [round(min(ratios), 2), round(max(ratios), 2)]
             verdict["timing_consistent"] = all(q <= 1.1 for q in ratios)
-        # Where the sparse kernels (forced, dense_above=1) stop paying at 0% sparsity: the CUDA
-        # batch crossover for plugins/sparse_ffn.py's _CUDA_MAX_SPARSE_BATCH.
+        # Where the sparse kernels (forced, dense_above=1) stop paying at 0% sparsity (the
+        # dispatch table written beside the report decides per batch and sparsity).
         dense_wins = sorted({r["batch"] for r in grid if r["sparsity"] == 0
                              and r.get("speedup_kernel_vs_dense", r["speedup_vs_dense"]) < 1.0})
         verdict["batches_where_dense_wins_at_0pct"] = dense_wins
     tests = results.get("tests", {})
-    verdict["tests_passed"] = tests.get("ok", False) and not tests.get("failures") and not tests.get("errors")
+    verdict["tests_passed"] = (tests.get("ok", False) and tests.get("tests", 0) > 0 and not tests.get("failures")
+                               and not tests.get("errors"))
     return verdict
 
 
@@ -274,7 +402,8 @@ def markdown(results: dict) -> str:
     lines = [f"# Sparse FFN check ({results['device']}{', quick' if results['quick'] else ''})", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {pre.get('torch')} (CUDA "
              f"{pre.get('torch_cuda')}), {pre.get('gpu') or platform.processor() or platform.machine()}, "
-             f"nvcc: {pre.get('nvcc_version') or pre.get('nvcc')}, ninja: {pre.get('ninja')}", ""]
+             f"nvcc: {pre.get('nvcc_version') or pre.get('nvcc')}, ninja: {pre.get('ninja')}", "",
+             f"Commit `{results.get('commit')}`; command `{results.get('command')}`", ""]
     lines.append("| step | ok | seconds | note |")
     lines.append("|---|---|---:|---|")
     for name in STEPS:
@@ -286,8 +415,11 @@ def markdown(results: dict) -> str:
             note = "; ".join(r.get("problems", [])) or "ok"
         elif name == "build":
             note = r.get("reason", r.get("tail", ""))[-200:]
+        elif name == "tests" and "tests" not in r:
+            note = f"the test step itself died (exit {r.get('rc')}): " + r.get("tail", "")[-200:].replace("\n", " ")
         elif name == "tests":
-            note = (f"{r.get('tests', 0)} tests, {r.get('failures', 0)} failed, {r.get('errors', 0)} errors, "
+            note = (f"{r.get('tests', 0)} tests in {r.get('jobs')} parallel process groups: {r.get('passed', 0)} passed, "
+                    f"{r.get('failures', 0)} failed ({len(r.get('crashed', []))} crashed or hung), "
                     f"{r.get('skipped', 0)} skipped")
         elif not r.get("ok"):
             note = r.get("tail", "")[-200:].replace("\n", " ")
@@ -306,6 +438,8 @@ def markdown(results: dict) -> str:
 
         lines += ["", "## Decode", "", decode.format_table(dec)]
     lines += ["", "## Verdict", "", "```json", json.dumps(results.get("verdict", {}), indent=2), "```"]
+    if results.get("written"):
+        lines += ["", f"Raw rows: `{results['written']['raw']}`; dispatch table: `{results['written']['dispatch_table']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -322,16 +456,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: checks the plumbing only")
     p.add_argument("--out", default=str(REPO / "outputs" / "gpu_check"))
-    p.add_argument("--tests", nargs="*", default=["tests/test_sparse_ffn.py"])
+    p.add_argument("--tests", nargs="*", default=["tests/test_sparse_ffn.py", "tests/test_sparse_ffn_defects.py",
+                                                   "tests/test_sparse_ffn_dispatch.py", "tests/test_ext_cache.py"])
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one shell-quoted string")
     p.add_argument("--skip", nargs="*", default=[], choices=list(STEPS), help="steps to leave out")
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds for the whole check: each step gets what is left (a lease-bound GPU run)")
+    p.add_argument("--dry-run", action="store_true", help="the CPU dry run CI uses: --device cpu --quick, reports "
+                   "(rows JSON, dispatch table) written to OUT instead of bench/gpu/")
+    p.add_argument("--jobs", type=int, default=0, help="tests run side by side, each in its own process group "
+                   "(default 4 on cuda, 2 on cpu)")
+    p.add_argument("--report-dir", default=None, help="where the raw rows JSON and the dispatch table go "
+                   "(default bench/gpu/ on cuda, OUT otherwise)")
     p.add_argument("--step", default=None, help=argparse.SUPPRESS)  # internal: run one step
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--run-pytest" in argv:  # internal: pytest in this interpreter behind the shim (one test's process)
+        out = Path(argv[argv.index("--out") + 1]).resolve()
+        activate(out / "shim")
+        import pytest
+
+        return int(pytest.main(argv[argv.index("--") + 1:]))
     args = p.parse_args(argv)
+    if args.dry_run:
+        args.device, args.quick = "cpu", True
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ACTSPARSE_CACHE_DIR", str(out / "cache"))
+    # One build for the build step, the tests and the benchmark (tests/test_sparse_ffn.py would
+    # otherwise point its own processes at the checkout's .pytest_cache and build again).
+    os.environ.setdefault("ACTSPARSE_EXT_DIR", str(out / "cache" / "ext"))
 
     if args.step:  # a child process: one step, its result as JSON
         activate(out / "shim")
@@ -340,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.step in ("bench", "decode"):
             kw["quick"] = args.quick
         if args.step == "tests":
-            kw.update(tests=args.tests, pytest_args=shlex.split(args.pytest_args))
+            kw.update(tests=args.tests, pytest_args=shlex.split(args.pytest_args), jobs=args.jobs)
         result = fn(out, **kw)
         (out / f"step_{args.step}.json").write_text(json.dumps(result, indent=2, default=str))
         return 0
@@ -349,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     for stale in out.glob("step_*.json"):
         stale.unlink()
     limits = {"preflight": 300, "build": 1200, "tests": 1800, "bench": 1800, "decode": 900}
-    results = {"device": args.device, "quick": args.quick, "repo": str(REPO), "out": str(out)}
+    results = {"device": args.device, "quick": args.quick, "repo": str(REPO), "out": str(out),
+               "commit": git_commit(), "command": shlex.join([sys.executable, str(Path(__file__).resolve()), *argv])}
     t_start = time.time()
     for name in STEPS:
         if name in args.skip:
@@ -362,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         extra = ["--device", args.device, *(["--quick"] if args.quick else [])]
         if name == "tests":
-            extra += ["--tests", *args.tests, f"--pytest-args={args.pytest_args}"]
+            extra += ["--tests", *args.tests, f"--pytest-args={args.pytest_args}", "--jobs", str(args.jobs)]
         print(f"== {name}", flush=True)
-        log = out / ("tests.txt" if name == "tests" else f"{name}.log")
+        log = out / f"{name}.log"
         results[name] = step_process(out, name, extra, limit, log)
         r = results[name]
         if name == "tests":  # pytest's rc 1 = some tests failed: the step ran, the verdict says so
@@ -377,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         write_report(out, results)  # after every step: a run cut short still leaves its report
     md = write_report(out, results)
+    if "bench" in results and results["bench"].get("tables"):
+        report_dir = Path(args.report_dir or (REPO / "bench" / "gpu" if args.device == "cuda" else out))
+        results["written"] = write_raw_report(report_dir, results)
+        md = write_report(out, results)
     print(md, flush=True)
     print(f"== done: {out}/results.md, results.json", flush=True)
     steps_ok = all(results[n].get("ok") for n in STEPS if n in results)

@@ -374,8 +374,13 @@ def test_missing_compiler_warns_once_and_falls_back(tmp_path):
 
 # -- issue 12: dispatch, warnings, capture, fakes -------------------------------------------------------
 
-def test_cpu_large_batches_go_straight_to_dense(poison):
-    """Batch >= 16 on CPU: the op is the dense path itself (no mask pass), bit for bit."""
+def test_cpu_large_batches_go_straight_to_dense(poison, monkeypatch):
+    """Batch >= 16 on CPU: the op is the dense path itself (no mask pass), bit for bit (the
+    built-in rule: no measured dispatch table is read here)."""
+    from actsparse.plugins import sparse_ffn_dispatch
+
+    monkeypatch.setattr(sparse_ffn_dispatch, "table_dirs", lambda: [])
+    sparse_ffn_dispatch.clear_cache()
     assert [default_dense_above("cpu", b) for b in (1, 8, 9, 15, 16, 32)] == [1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
     assert [default_dense_above("cuda", b) for b in (1, 2, 8, 32)] == [1.0, 0.0, 0.0, 0.0]
     for gated, t in ((True, 0.0), (False, 0.05)):
@@ -383,6 +388,7 @@ def test_cpu_large_batches_go_straight_to_dense(poison):
         y = call(p, t)
         assert torch.equal(y, call(p, t, dense_above=0.0))
         assert rel_err(y, ref_of(p, t)) < 1e-5
+    sparse_ffn_dispatch.clear_cache()
 
 
 def test_no_cuda_kernels_warns_once():
