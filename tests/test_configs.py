@@ -61,14 +61,18 @@ def test_callbacks_group(option, tmp_path):
     built = [instantiate(c) for c in (cfg.callbacks or {}).values()]
     names = {type(c).__name__ for c in built}
     default = {"ModelCheckpoint", "MetricHistory", "RunSummary", "TQDMProgressBar"}
-    if option == "default":
-        assert default <= names
-    elif option == "prosparse":  # the defaults plus the three ProSparse steps, swap before L1
-        assert default | {"ActivationSwap", "ProSparse", "ThresholdShift"} <= names
+    # What each option adds to the defaults (none: no callbacks at all).
+    extra = {"default": set(), "prosparse": {"ActivationSwap", "ProSparse", "ThresholdShift"},
+             "imp": {"DeadNeuronMonitor", "IterativeMagnitudePruning"},
+             "imp_ap": {"DeadNeuronMonitor", "IterativeMagnitudePruning", "ActivatingWhilePruning"}}
+    if option == "none":
+        assert not built
+        return
+    assert option in extra, f"callbacks={option} is new: say here which callbacks it adds"
+    assert default | extra[option] <= names
+    if option == "prosparse":  # the three ProSparse steps, swap before L1
         order = [type(c).__name__ for c in built]
         assert order.index("ActivationSwap") < order.index("ProSparse")
-    else:
-        assert not built
 
 
 @pytest.mark.parametrize("option", options("logger"))
