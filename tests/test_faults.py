@@ -350,3 +350,35 @@ def test_cli_resume_writes_into_the_run_it_continues(tmp_path):
     run_id = (run / "wandb_run_id").read_text().strip()
     assert sorted(d.name.rsplit("-", 1)[1] for d in (run / "wandb").glob("offline-run-*")) == [run_id, run_id]
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 14
+
+
+def test_resumable_csv_logger_continues_the_latest_version(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+    from omegaconf import OmegaConf
+
+    from actsparse.run_loggers import ResumableCSVLogger, resume_overrides
+
+    CSVLogger(tmp_path, name="csv").experiment.save()  # version_0: an earlier run, left alone
+    earlier = CSVLogger(tmp_path, name="csv")  # version_1: the run that was interrupted at step 7
+    for step in range(10):
+        earlier.log_metrics({"train/loss": 10.0 - step}, step=step)
+    earlier.save()
+    resumed = ResumableCSVLogger(tmp_path, name="csv", resume_step=7)
+    assert resumed.version == 1 and CSVLogger(tmp_path, name="csv").version == 2  # Lightning's default: a new one
+    resumed.log_metrics({"train/loss": 0.5}, step=7)
+    resumed.save()
+    rows = _csv_rows_of(tmp_path / "csv" / "version_1" / "metrics.csv")
+    assert [(r["step"], float(r["train/loss"])) for r in rows] == [(str(s), 10.0 - s) for s in range(7)] + [("7", 0.5)]
+    assert ResumableCSVLogger(tmp_path / "fresh", name="csv").version == 0  # without resume_step: CSVLogger
+
+    node = lambda target: OmegaConf.create({"_target_": target, "save_dir": str(tmp_path)})  # noqa: E731
+    assert resume_overrides(node("lightning.pytorch.loggers.CSVLogger"), 7) == {
+        "_target_": "actsparse.run_loggers.ResumableCSVLogger", "resume_step": 7}
+    assert resume_overrides(node("actsparse.run_loggers.ResumableCSVLogger"), 7) == {"resume_step": 7}
+    assert resume_overrides(node("lightning.pytorch.loggers.CSVLogger"), None) == {}
+    assert resume_overrides(node("lightning.pytorch.loggers.WandbLogger"), 7) == {}
+
+
+def _csv_rows_of(metrics: Path) -> list[dict[str, str]]:
+    with open(metrics, newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
