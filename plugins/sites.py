@@ -32,6 +32,7 @@ from torch import nn
 from actsparse.plugins.activations import FATReLU
 
 GATED_FFN, PLAIN_FFN, ACTIVATION = "gated_ffn", "plain_ffn", "activation"
+EXPERT_FFN = "expert_ffn"  # one expert of a fused mixture-of-experts block (plugins/ffn_structure.py)
 
 def _get_path(root: nn.Module, path: str):
     obj = root
@@ -50,15 +51,32 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     setattr(owner, last, value)
 
 
-def linear_weight(layer: nn.Module) -> torch.Tensor:
+def _is_conv1d(layer) -> bool:
+    return type(layer).__name__ == "Conv1D" and hasattr(layer, "nf")
+
+
+def projection_dims(layer) -> tuple[int, int] | None:
+    """``(in, out)`` of an ``nn.Linear`` or transformers' ``Conv1D``; None for anything else."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if _is_conv1d(layer):
+        return layer.weight.shape[0], layer.nf
+    return None
+
+
+def linear_weight(layer) -> torch.Tensor:
     """The weight of a projection in ``nn.Linear`` layout ``[out, in]``.
 
-    Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]``; it is transposed (a view).
+    Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]``; it is transposed (a view). An
+    expert's projection (:class:`~actsparse.plugins.ffn_structure.ExpertProjection`) is already
+    a ``[out, in]`` view of its fused parameter.
     """
     if isinstance(layer, nn.Linear):
         return layer.weight
-    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
+    if _is_conv1d(layer):
         return layer.weight.t()
+    if not isinstance(layer, nn.Module) and isinstance(getattr(layer, "weight", None), torch.Tensor):
+        return layer.weight
     raise TypeError(f"Cannot read a projection weight from {type(layer).__name__}.")
 
 
@@ -222,24 +240,16 @@ def register_activation_type(cls: type[nn.Module]) -> None:
 
 def searched_types() -> list[str]:
     """What :func:`find_sites` looks for, for error messages and docs."""
-    return [a.name for a in _ADAPTERS] + [t.__name__ for t in _ACTIVATION_TYPES]
+    return [STRUCTURES] + [a.name for a in _ADAPTERS] + [t.__name__ for t in _ACTIVATION_TYPES]
 
 
 def _register_builtins() -> None:
+    # Blocks whose forward is down(act(fc(x))) or down(act(gate(x)) * up(x)) over their own
+    # Linear/Conv1D children (LLaMA, GPT-2, OPT, GPT-NeoX, Phi, nanoGPT, ...) are found by
+    # structure (plugins/ffn_structure.py); the registry holds what structure cannot decide.
     # actsparse's own FFNs register themselves in actsparse/models/llama.py.
-    for name in ("LlamaMLP", "MistralMLP", "Qwen2MLP"):
-        register_ffn(name, gate="gate_proj", up="up_proj", down="down_proj", act="act_fn")
-    register_ffn("GPT2MLP", fc="c_fc", down="c_proj", act="act")
     # BERT splits its FFN over BertIntermediate (fc + act) and BertOutput (proj): the site is the layer.
     register_ffn("BertLayer", fc="intermediate.dense", down="output.dense", act="intermediate.intermediate_act_fn")
-    register_ffn(
-        lambda m: hasattr(m, "c_fc") and hasattr(m, "c_proj"), fc="c_fc", down="c_proj", act=("gelu", "act")
-    ).name = "nanoGPT-style MLP (c_fc, c_proj)"
-    # Other Hugging Face gated MLPs share LLaMA's attribute names (Gemma, Qwen3, ...).
-    register_ffn(
-        lambda m: all(hasattr(m, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")),
-        gate="gate_proj", up="up_proj", down="down_proj", act="act_fn",
-    ).name = "any module with gate_proj/up_proj/down_proj/act_fn"
 
 
 def _torch_fast_path_flag(layer: nn.Module, activation: nn.Module) -> None:
@@ -279,6 +289,16 @@ class NoSitesError(ValueError):
     """The model has no activation site actsparse understands."""
 
 
+STRUCTURES = ("FFN blocks by structure (down(act(fc(x))) or down(act(gate(x)) * up(x)) over a module's own "
+              "nn.Linear/Conv1D children; fused experts with 3-D gate_up/down parameters)")
+
+
+def eager_name(name: str) -> str:
+    """A module name without ``torch.compile``'s ``_orig_mod`` segments, so a compiled model's
+    sites carry the eager model's names (and state keyed by site name matches)."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def _selected(name: str, patterns: str | Sequence[str] | Callable[[str], bool] | None, default: bool) -> bool:
     if patterns is None:
         return default
@@ -311,23 +331,30 @@ def find_sites(
         >>> find_sites(mlp)
         [Site(name='1', kind='activation', activation=ReLU)]
     """
+    # Late import: ffn_structure builds Site objects, so it imports this module.
+    from actsparse.plugins.ffn_structure import expert_sites, structural_site
+
     sites: list[Site] = []
     claimed: set[str] = set()  # modules inside an FFN site are not sites of their own
-    for name, module in model.named_modules():
-        if any(c == "" or name == c or name.startswith(c + ".") for c in claimed):  # "" = the model itself
+    for raw, module in model.named_modules():
+        if any(c == "" or raw == c or raw.startswith(c + ".") for c in claimed):  # "" = the model itself
             continue
+        name = eager_name(raw)
         site = next((s for a in _ADAPTERS if (s := a.build(name, module)) is not None), None)
-        if site is not None:
-            sites.append(site)
-            claimed.add(name)
-        elif isinstance(module, tuple(_ACTIVATION_TYPES)) and name:
-            parent, _, attr = name.rpartition(".")
+        found = [site] if site is not None else expert_sites(name, module)
+        if not found and (site := structural_site(name, module)) is not None:
+            found = [site]
+        if found:
+            sites.extend(found)
+            claimed.add(raw)
+        elif isinstance(module, tuple(_ACTIVATION_TYPES)) and raw:
+            parent, _, attr = raw.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
             sites.append(Site(name, ACTIVATION, owner, attr, adapter=type(module).__name__))
     if not sites:
         raise NoSitesError(
-            f"No activation sites found in {type(model).__name__}. Searched for FFN blocks "
-            f"({', '.join(a.name for a in _ADAPTERS)}) and activation modules "
+            f"No activation sites found in {type(model).__name__}. Searched for {STRUCTURES}, registered FFN "
+            f"blocks ({', '.join(a.name for a in _ADAPTERS)}) and activation modules "
             f"({', '.join(t.__name__ for t in _ACTIVATION_TYPES)}). If the activation is a "
             "functional call (F.relu) inside forward(), make it a module; for a new FFN block, "
             "use actsparse.plugins.register_ffn."
@@ -363,7 +390,8 @@ def ffn_sites(model: nn.Module, sites: Iterable[Site] | str | Sequence[str] | No
     if not ffn:
         raise NoSitesError(
             f"{type(model).__name__} has no FFN site with a down projection (found only bare activations "
-            f"{[s.name for s in found]}; FFN blocks searched: {', '.join(a.name for a in _ADAPTERS)}). "
+            f"{[s.name for s in found]}; searched {STRUCTURES} and registered blocks "
+            f"{', '.join(a.name for a in _ADAPTERS)}). "
             "Pass the model that holds the FFN blocks, or register its block with "
             "actsparse.plugins.register_ffn(BlockClass, gate=..., up=..., down=..., act=...) "
             "(or fc=... and down=... for a plain FFN)."

@@ -1,0 +1,336 @@
+"""FFN blocks found by their structure, not their class name.
+
+A module is a plain FFN when its forward is ``down(act(fc(x)))`` and a gated FFN when it is
+``down(act(gate(x)) * up(x))``, the projections being its own ``nn.Linear`` (or transformers'
+``Conv1D``) children. The module tree proposes the parts: one child ``f -> d`` (down) and one or
+two children ``d -> f`` (fc, or gate and up), ``d != f``. A probe forward of the module alone
+(eval mode, no grad, hooks on the children) decides what the tree cannot: which input feeds the
+activation (gate) and which multiplies it (up), and which child module, or else which function
+(relu, gelu, gelu-tanh, silu, quick-gelu), is the activation; it also rejects modules whose
+children merely have FFN shapes. Where the module cannot run alone (it needs a residual or an
+attention mask), a plain FFN with exactly one activation child is still decided by the tree. The
+decision is cached per (class, parts), so each family is probed once.
+
+Mixture-of-experts blocks whose experts are fused 3-D parameters (transformers >= 5:
+``gate_up_proj [E, 2f, d]``, ``down_proj [E, d, f]``, one shared ``act_fn``) give one
+:class:`ExpertSite` per expert, named ``<experts module>.<e>``. Its tensor ``x1`` is the input of
+``F.linear(x1, down_proj[e])`` in the experts' eager loop, caught by a ``TorchFunctionMode`` while
+the experts run; while such a hook is attached, the block runs transformers' ``eager`` experts
+implementation (the fused ``grouped_mm`` path has no per-expert ``x1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from actsparse.plugins.sites import EXPERT_FFN, GATED_FFN, PLAIN_FFN, Site, projection_dims
+
+log = logging.getLogger(__name__)
+
+STRUCTURE = "structure"  # Site.adapter of sites found here
+
+FUNCTIONAL_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "silu": F.silu,
+    "quick_gelu": lambda z: z * torch.sigmoid(1.702 * z),
+}
+
+_NOT_ACTIVATIONS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+
+
+def is_activation_candidate(module: nn.Module) -> bool:
+    """A leaf without parameters that is not a dropout/identity: what an FFN's ``act`` looks like."""
+    return (next(module.children(), None) is None and next(module.parameters(), None) is None
+            and not isinstance(module, _NOT_ACTIVATIONS) and projection_dims(module) is None)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    kind: str
+    inputs: tuple[str, ...]
+    down: str
+    act: str | None  # None: a functional activation (recordable, not swappable)
+
+
+_CACHE: dict[tuple, _Decision | None] = {}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-5 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=tol, atol=tol)
+
+
+def _probe(module: nn.Module, d: int, parts: list[str], acts: list[str]) -> dict | None:
+    """Run ``module`` alone on a random ``[2, 3, d]`` input; the children's inputs and outputs, or None."""
+    param = next(module.parameters())
+    if param.device.type == "meta":
+        return None
+    x = torch.randn(2, 3, d, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    seen: dict[str, tuple] = {}
+
+    def keep(name):
+        def hook(mod, args, out) -> None:  # returns None: the output is left as it is
+            seen.setdefault(name, (args[0] if args else None, out))
+        return hook
+
+    children = dict(module.named_children())
+    handles = [children[n].register_forward_hook(keep(n)) for n in (*parts, *acts)]
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(x)
+    except Exception as err:  # the module needs more than one tensor: decide from the tree alone
+        log.debug("probe of %s failed (%s); deciding from the module tree", type(module).__name__, err)
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return seen
+
+
+def _judge(seen: dict, down: str, inputs: list[str], acts: list[str]) -> _Decision | None:
+    """The decision a probe supports for one choice of down projection, or None."""
+    if not all(isinstance(seen.get(n, (None, None))[1], torch.Tensor) for n in (down, *inputs)):
+        return None
+    x1 = seen[down][0]
+    outs = {n: seen[n][1] for n in inputs}
+    orders = [(inputs[0], None)] if len(inputs) == 1 else [(inputs[0], inputs[1]), (inputs[1], inputs[0])]
+    for gate, up in orders:
+        def joined(a):
+            return a if up is None else a * outs[up]
+        kind, names = (PLAIN_FFN, (gate,)) if up is None else (GATED_FFN, (gate, up))
+        for a in acts:
+            a_in, a_out = seen.get(a, (None, None))
+            if isinstance(a_in, torch.Tensor) and _close(a_in, outs[gate]) and _close(joined(a_out), x1):
+                return _Decision(kind, names, down, a)
+        for fn in FUNCTIONAL_ACTIVATIONS.values():
+            if _close(joined(fn(outs[gate].float()).to(x1.dtype)), x1):
+                return _Decision(kind, names, down, None)
+    return None
+
+
+def _decide(module: nn.Module, candidates: list[tuple[str, list[str], int]], acts: list[str]) -> _Decision | None:
+    decisions, probed = [], False
+    for d in dict.fromkeys(c[2] for c in candidates):  # probe once per possible input width
+        seen = _probe(module, d, [n for c in candidates for n in (c[0], *c[1])], acts)
+        if seen is not None:
+            probed = True
+            decisions += [j for down, inputs, dd in candidates if dd == d and (j := _judge(seen, down, inputs, acts))]
+    if probed:
+        return decisions[0] if len(decisions) == 1 else None
+    # Tree only: a plain FFN with one activation child, its down projection the narrowing one (f > d).
+    plain = [(down, inputs) for down, inputs, d in candidates
+             if len(inputs) == 1 and projection_dims(getattr(module, down))[0] > d]
+    if len(plain) == 1 and len(acts) == 1:
+        return _Decision(PLAIN_FFN, tuple(plain[0][1]), plain[0][0], acts[0])
+    return None
+
+
+def structural_site(name: str, module: nn.Module) -> Site | None:
+    """The FFN site of ``module`` if its own children form one (see the module docstring)."""
+    children = dict(module.named_children())
+    projs = {n: dims for n, c in children.items() if (dims := projection_dims(c)) is not None}
+    if len(projs) < 2:
+        return None
+    candidates = []  # (down, inputs, d): down maps f -> d, each input d -> f, f != d
+    for down, (f, d) in projs.items():
+        inputs = [n for n, dims in projs.items() if n != down and dims == (d, f)]
+        if f != d and 1 <= len(inputs) <= 2:
+            candidates.append((down, inputs, d))
+    if not candidates:
+        return None
+    acts = [n for n, c in children.items() if is_activation_candidate(c)]
+    key = (type(module), tuple(projs.items()), tuple(acts))
+    if key not in _CACHE:
+        _CACHE[key] = _decide(module, candidates, acts)
+    decision = _CACHE[key]
+    if decision is None:
+        return None
+    return Site(name, decision.kind, module, decision.act, decision.inputs, decision.down, adapter=STRUCTURE)
+
+
+# -- fused mixture-of-experts ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExpertProjection:
+    """One expert's projection as a view of the fused parameter, in ``nn.Linear`` layout."""
+
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(eq=False, repr=False)
+class ExpertSite(Site):
+    """Expert ``expert`` of a fused experts module: ``x1 = act(gate_e x) * up_e x`` (or ``act(up_e x)``)."""
+
+    expert: int = 0
+    gated: bool = True
+    transposed: bool = False
+    concatenated: bool = True
+
+    def _linear(self, path: str) -> torch.Tensor:
+        w = getattr(self.owner, path)[self.expert]
+        return w.t() if self.transposed else w
+
+    def _bias(self, path: str) -> torch.Tensor | None:
+        b = getattr(self.owner, f"{path}_bias", None)
+        return None if b is None else b[self.expert]
+
+    @property
+    def inputs(self) -> tuple[ExpertProjection, ...]:
+        (path,) = self.input_paths
+        w, b = self._linear(path), self._bias(path)
+        if not self.gated:
+            return (ExpertProjection(w, b),)
+        f = w.shape[0] // 2
+        halves = (slice(0, f), slice(f, 2 * f)) if self.concatenated else (slice(0, None, 2), slice(1, None, 2))
+        return tuple(ExpertProjection(w[s], None if b is None else b[s]) for s in halves)
+
+    @property
+    def down(self) -> ExpertProjection:
+        return ExpertProjection(self._linear(self.down_path), self._bias(self.down_path))
+
+    @property
+    def w_down(self) -> torch.Tensor:
+        return self.down.weight
+
+    @property
+    def width(self) -> int:
+        return self.down.weight.shape[1]
+
+    def register_hook(self, fn):
+        """``fn(site, x1)`` for the tokens routed to this expert (see the module docstring)."""
+        return _tap(self.owner, self.down_path).add(self.expert, lambda x1: fn(self, x1))
+
+
+def expert_sites(name: str, module: nn.Module) -> list[ExpertSite] | None:
+    """One site per expert when ``module`` holds fused 3-D expert weights and one activation child."""
+    params = {n: p for n, p in module.named_parameters(recurse=False) if p.dim() == 3}
+    acts = [n for n, c in module.named_children() if is_activation_candidate(c)]
+    if len(params) != 2 or len(acts) != 1:
+        return None
+    transposed = bool(getattr(module, "is_transposed", False))
+    for (a, wa), (b, wb) in ((x, y) for x in params.items() for y in params.items() if x[0] != y[0]):
+        if wa.shape[0] != wb.shape[0]:
+            continue
+        (e, fa, da), (_, db, fb) = (wa.shape, wb.shape) if not transposed else (
+            (wa.shape[0], wa.shape[2], wa.shape[1]), (wb.shape[0], wb.shape[2], wb.shape[1]))
+        if da == db and fa in (fb, 2 * fb) and fb != db and fa != db:
+            gated = fa == 2 * fb and getattr(module, "has_gate", True)
+            return [ExpertSite(f"{name}.{i}" if name else str(i), EXPERT_FFN, module, acts[0], (a,), b,
+                               adapter=STRUCTURE, expert=i, gated=gated, transposed=transposed,
+                               concatenated=bool(getattr(module, "is_concatenated", True))) for i in range(e)]
+    return None
+
+
+class _TapMode(TorchFunctionMode):
+    _FUNCS = (F.linear, torch.matmul, torch.Tensor.__matmul__, torch.mm)
+
+    def __init__(self, tap: "_ExpertTap") -> None:
+        super().__init__()
+        self.tap = tap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._FUNCS and len(args) >= 2:
+            e = self.tap.expert_of(args[1])
+            if e is not None:
+                args = (self.tap.call(e, args[0]), *args[1:])
+        return func(*args, **kwargs)
+
+
+class _TapHandle:
+    def __init__(self, tap: "_ExpertTap", expert: int, fn) -> None:
+        self.tap, self.expert, self.fn = tap, expert, fn
+
+    def remove(self) -> None:
+        self.tap.discard(self.expert, self.fn)
+
+
+class _ExpertTap:
+    """The per-expert hooks of one fused experts module: one mode, pushed while it runs."""
+
+    def __init__(self, module: nn.Module, down_path: str) -> None:
+        self.module, self.down_path = module, down_path
+        self.fns: dict[int, list] = {}
+        self.handles: list = []
+        self.mode: _TapMode | None = None
+        self.saved_impl = None
+
+    def expert_of(self, w) -> int | None:
+        down = getattr(self.module, self.down_path)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.device != down.device:
+            return None
+        if w.untyped_storage().data_ptr() != down.untyped_storage().data_ptr():
+            return None
+        e = (w.storage_offset() - down.storage_offset()) // down.stride(0)
+        return e if 0 <= e < down.shape[0] else None
+
+    def call(self, e: int, x1: torch.Tensor) -> torch.Tensor:
+        for fn in list(self.fns.get(e, ())):
+            out = fn(x1)
+            if out is not None:
+                x1 = out
+        return x1
+
+    def add(self, e: int, fn) -> _TapHandle:
+        if not self.handles:
+            self.handles = [self.module.register_forward_pre_hook(self._enter),
+                            self.module.register_forward_hook(self._exit, always_call=True)]
+        self.fns.setdefault(e, []).append(fn)
+        return _TapHandle(self, e, fn)
+
+    def discard(self, e: int, fn) -> None:
+        if fn in self.fns.get(e, ()):
+            self.fns[e].remove(fn)
+        if not any(self.fns.values()) and self.handles:
+            for h in self.handles:
+                h.remove()
+            self.handles = []
+
+    def _enter(self, module, args) -> None:
+        config = getattr(module, "config", None)
+        impl = getattr(config, "_experts_implementation", None)
+        if impl not in (None, "eager"):
+            self.saved_impl = impl
+            config._experts_implementation = "eager"
+        self.mode = _TapMode(self)
+        self.mode.__enter__()
+
+    def _exit(self, module, args, out) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.mode = None
+        if self.saved_impl is not None:
+            module.config._experts_implementation = self.saved_impl
+            self.saved_impl = None
+
+
+_TAPS: "weakref.WeakKeyDictionary[nn.Module, _ExpertTap]" = weakref.WeakKeyDictionary()
+
+
+def _tap(module: nn.Module, down_path: str) -> _ExpertTap:
+    if module not in _TAPS:
+        _TAPS[module] = _ExpertTap(module, down_path)
+    return _TAPS[module]
