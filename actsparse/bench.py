@@ -131,10 +131,23 @@ def actsparse_kernel_ffn(x, w):
 
 VARIANTS: dict[str, Callable] = {"dense": dense_ffn, "dense_fused": dense_fused_ffn, "naive": naive_gather_ffn,
                                  "actsparse": actsparse_ffn}
-CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn}
-# The sparse CUDA kernels timed side by side, forced (dense_above=1): the dispatch table's columns.
-CUDA_KERNELS = {"three_kernel": "kernel"}
-CAPTURED = ("dense", "dense_fused", "actsparse", "kernel")
+def actsparse_pdl_ffn(x, w):
+    """The three kernels with programmatic dependent launch (sm_90+; unmeasured when written)."""
+    from actsparse.plugins.sparse_ffn import sparse_gated_ffn
+
+    return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, dense_above=1.0, kernel="three_kernel_pdl",
+                            backend="ext")
+
+
+def _pdl_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn, "kernel_pdl": actsparse_pdl_ffn}
+# The sparse CUDA kernel sets timed side by side, forced (dense_above=1): the dispatch table's
+# columns, by the names actsparse.plugins.sparse_ffn_dispatch.KERNELS knows.
+CUDA_KERNELS = {"three_kernel": "kernel", "three_kernel_pdl": "kernel_pdl"}
+CAPTURED = ("dense", "dense_fused", "actsparse", "kernel", "kernel_pdl")
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
@@ -220,14 +233,16 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
 
     calls = {k: 1 for k in VARIANTS}
     if device == "cuda":  # graphs for the capturable variants, ~graph_calls layer calls per replay
-        fns = {k: over_sets(v) for k, v in CUDA_VARIANTS.items()}
+        variants = {k: v for k, v in CUDA_VARIANTS.items() if k != "kernel_pdl" or _pdl_supported()}
+        fns = {k: over_sets(v) for k, v in variants.items()}
         for k in CAPTURED:
-            fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
+            if k in fns:
+                fns[k], calls[k] = _graph(fns[k], max(1, graph_calls // weight_sets))
         # Eager dense (launch latency included) beside its graph replay: a cross-check of the
         # per-call arithmetic (the replay must be a bit faster, never several times off).
         fns["dense_eager"] = over_sets(dense_ffn)
-        got_kernel = actsparse_kernel_ffn(x, layers[0])
-        rel_kernel = float((got_kernel.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+        rel_kernel = max(float((fn(x, layers[0]).double() - ref).norm() / ref.norm().clamp_min(1e-30))
+                         for k, fn in variants.items() if k in ("kernel", "kernel_pdl"))
     else:
         fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
@@ -237,7 +252,7 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
     extra = {}
     if device == "cuda":
         extra = {"dense_eager_ms": med["dense_eager"] * 1e3, "kernel_ms": med["kernel"] * 1e3,
-                 "kernels_us": {name: med[col] * 1e6 for name, col in CUDA_KERNELS.items()},
+                 "kernels_us": {name: med[col] * 1e6 for name, col in CUDA_KERNELS.items() if col in med},
                  "speedup_kernel_vs_dense": med["dense"] / med["kernel"], "max_rel_err_kernel": rel_kernel,
                  "graph_calls": calls["actsparse"] * weight_sets}
     return {**extra,

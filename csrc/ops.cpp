@@ -67,6 +67,8 @@ void check_ffn_args(const char* op, const FfnArgs& a) {
   check_bias(op, "b_up", a.b_up, x, f);
   check_bias(op, a.w_up ? "b_down" : "b_proj", a.b_out, x, a.w_out_t.size(1));
   TORCH_CHECK(std::isfinite(a.threshold), op, ": threshold must be finite, got ", a.threshold, ".");
+  TORCH_CHECK(a.kernel == kKernelThree || a.kernel == kKernelThreePdl, op, ": kernel must be 0 (three kernels) or 1 "
+              "(three kernels with programmatic dependent launch), got ", a.kernel, ".");
 }
 
 float threshold_f32(double t) {
@@ -112,10 +114,10 @@ TORCH_LIBRARY(actsparse, m) {
   // All weights neuron-major [f, d]; x [batch, d]. Up and down touch only the neurons active
   // for some row of the batch; above `dense_above` * f active neurons they run dense.
   m.def("sparse_gated_ffn(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold=0., "
-        "Tensor? b_gate=None, Tensor? b_up=None, Tensor? b_down=None, float dense_above=1.) -> Tensor");
+        "Tensor? b_gate=None, Tensor? b_up=None, Tensor? b_down=None, float dense_above=1., int kernel=0) -> Tensor");
   // y = FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj (GPT-2 / BERT / OPT FFNs carry biases).
   m.def("sparse_ffn(Tensor x, Tensor w_fc, Tensor w_proj_t, float threshold=0., "
-        "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1.) -> Tensor");
+        "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1., int kernel=0) -> Tensor");
   // Tests only: NaN-fill outputs and scratch before kernels run. Returns the previous setting.
   m.def("_set_debug_poison(bool on) -> bool", &actsparse::set_debug_poison);
 }

@@ -20,7 +20,12 @@ struct FfnArgs {
   const OptTensor& b_up;       // [f]
   const OptTensor& b_out;      // [d]
   double dense_above;          // union fraction of active neurons above which up/down run dense
+  int64_t kernel;              // which sparse CUDA kernels (kKernel*); the CPU has one set
 };
+
+// Sparse CUDA kernel sets, selectable per call (the dispatch table picks from measurements).
+constexpr int64_t kKernelThree = 0;     // gate/up, down, reduce: three launches (measured default)
+constexpr int64_t kKernelThreePdl = 1;  // the same three with programmatic dependent launch (sm_90+)
 
 // The FATReLU test every path shares: a neuron is active where NOT (z < t). A NaN pre-activation
 // is therefore active and propagates into the output, as in the dense path (relu(NaN) = NaN,

@@ -449,18 +449,20 @@ at::Tensor dispatch_cpu(const char* op, const FfnArgs& a) {
 
 at::Tensor sparse_gated_ffn_cpu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                                 const at::Tensor& w_down_t, double threshold, const OptTensor& b_gate,
-                                const OptTensor& b_up, const OptTensor& b_down, double dense_above) {
+                                const OptTensor& b_up, const OptTensor& b_down, double dense_above,
+                                int64_t kernel) {
   const at::Tensor xc = x.contiguous();
   return dispatch_cpu("actsparse.sparse_gated_ffn",
-                      FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above});
+                      FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above, kernel});
 }
 
 at::Tensor sparse_ffn_cpu(const at::Tensor& x, const at::Tensor& w_fc, const at::Tensor& w_proj_t,
-                          double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above) {
+                          double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above,
+                          int64_t kernel) {
   const at::Tensor xc = x.contiguous();
   const OptTensor none;
   return dispatch_cpu("actsparse.sparse_ffn",
-                      FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above});
+                      FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above, kernel});
 }
 
 }  // namespace

@@ -81,6 +81,16 @@ struct Vec {
   }
 };
 
+// Programmatic dependent launch (kernel set kKernelThreePdl, sm_90+): a kernel launched with the
+// programmatic-stream-serialization attribute may start while its predecessor still runs; it
+// waits here, before its first read of the predecessor's output, until that grid has completed
+// and its writes are visible. Without the attribute (the default set) this returns at once.
+__device__ __forceinline__ void wait_for_predecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -203,6 +213,7 @@ template <typename T, int NB, bool VEC>
 __global__ void __launch_bounds__(kDownWarps * kWarp)
 down_kernel(const T* __restrict__ w_out_t, const float* __restrict__ h, int nb, int64_t f,
             int64_t d_out, int64_t slice, float* __restrict__ partial) {
+  wait_for_predecessor();  // h comes from gate_up_kernel
   constexpr int N = VEC ? Vec<T>::N : 1;
   constexpr int kTile = kWarp * N;
   __shared__ float red[kDownWarps][NB][kTile];
@@ -287,6 +298,7 @@ down_kernel(const T* __restrict__ w_out_t, const float* __restrict__ h, int nb, 
 template <typename T>
 __global__ void reduce_kernel(const float* __restrict__ partial, const T* __restrict__ b_out, int n_slices,
                               int nb, int64_t d_out, T* __restrict__ y) {
+  wait_for_predecessor();  // partial comes from down_kernel
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= int64_t(nb) * d_out) return;
   float s = b_out ? to_f(b_out[i % d_out]) : 0.f;
@@ -315,6 +327,28 @@ void with_nb(int nb, Fn&& fn) {
   else fn(std::integral_constant<int, 8>{});
 }
 
+// Launch `kernel` plainly, or (pdl) with programmatic stream serialization, so its launch overlaps
+// the tail of the kernel before it (which it waits for in wait_for_predecessor). Graph-capturable.
+template <typename... Params, typename... Args>
+void launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  if (!pdl) {
+    kernel<<<grid, block, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+}
+
 template <typename Fn>
 void with_bool(bool v, Fn&& fn) {
   if (v) fn(std::true_type{});
@@ -341,6 +375,13 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   // c10 headers only: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers we do not use.
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto f32 = a.x.options().dtype(at::kFloat);
+  const bool pdl = a.kernel == kKernelThreePdl;
+  if (pdl) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, a.x.get_device()));
+    TORCH_CHECK(major >= 9, "actsparse: kernel=1 (programmatic dependent launch) needs compute capability 9.0 or "
+                "newer (H100/H200); this GPU is ", major, ".x. Use kernel=0.");
+  }
 
   at::Tensor h = new_scratch({nb, f}, f32);
   const T* x = reinterpret_cast<const T*>(a.x.data_ptr());
@@ -364,22 +405,20 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
     constexpr bool V = decltype(vec_tag)::value;
     constexpr int64_t tile = kWarp * (V ? N : 1);
     const dim3 grid(unsigned((d_out + tile - 1) / tile), unsigned(n_slices));
-    down_kernel<T, NB, V><<<grid, kDownWarps * kWarp, 0, stream>>>(
-        reinterpret_cast<const T*>(a.w_out_t.data_ptr()), h.data_ptr<float>(), nb, f, d_out, slice,
-        partial.data_ptr<float>());
+    launch(pdl, down_kernel<T, NB, V>, grid, dim3(kDownWarps * kWarp), stream,
+           reinterpret_cast<const T*>(a.w_out_t.data_ptr()), static_cast<const float*>(h.data_ptr<float>()), nb, f,
+           d_out, slice, partial.data_ptr<float>());
   };
   with_nb(nb, [&](auto nb_tag) { with_bool(vec_in, [&](auto v) { launch_gate(nb_tag, v); }); });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   with_nb(nb, [&](auto nb_tag) { with_bool(vec_out, [&](auto v) { launch_down(nb_tag, v); }); });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   at::Tensor y = at::empty({nb, d_out}, a.x.options());
   if (debug_poison()) y.fill_(NAN);
   const int threads = 256;
   const unsigned blocks = unsigned((int64_t(nb) * d_out + threads - 1) / threads);
-  reduce_kernel<T><<<blocks, threads, 0, stream>>>(partial.data_ptr<float>(), opt_ptr<T>(a.b_out), int(n_slices), nb,
-                                                  d_out, reinterpret_cast<T*>(y.data_ptr()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(pdl, reduce_kernel<T>, dim3(blocks), dim3(threads), stream, static_cast<const float*>(partial.data_ptr<float>()),
+         opt_ptr<T>(a.b_out), int(n_slices), nb, d_out, reinterpret_cast<T*>(y.data_ptr()));
   return y;
 }
 
@@ -427,7 +466,7 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
     x_aligned = args.x.clone(at::MemoryFormat::Contiguous);
   }
   const FfnArgs a{x_aligned.defined() ? x_aligned : args.x, args.w_in, args.w_up, args.w_out_t, args.threshold,
-                  args.b_in, args.b_up, args.b_out, args.dense_above};
+                  args.b_in, args.b_up, args.b_out, args.dense_above, args.kernel};
   if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
   if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
   return sparse_ffn_cuda_impl<at::BFloat16>(a);
@@ -435,18 +474,20 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
 
 at::Tensor sparse_gated_ffn_cuda(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                                  const at::Tensor& w_down_t, double threshold, const OptTensor& b_gate,
-                                 const OptTensor& b_up, const OptTensor& b_down, double dense_above) {
+                                 const OptTensor& b_up, const OptTensor& b_down, double dense_above,
+                                int64_t kernel) {
   const at::Tensor xc = x.contiguous();
   return dispatch_cuda("actsparse.sparse_gated_ffn",
-                       FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above});
+                       FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above, kernel});
 }
 
 at::Tensor sparse_ffn_cuda(const at::Tensor& x, const at::Tensor& w_fc, const at::Tensor& w_proj_t,
-                           double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above) {
+                           double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above,
+                          int64_t kernel) {
   const at::Tensor xc = x.contiguous();
   const OptTensor none;
   return dispatch_cuda("actsparse.sparse_ffn",
-                       FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above});
+                       FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above, kernel});
 }
 
 }  // namespace

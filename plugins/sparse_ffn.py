@@ -38,7 +38,7 @@ from torch import nn
 
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, find_sites, linear_weight
-from actsparse.plugins.sparse_ffn_dispatch import calibrate_sparsity, dense_above_for
+from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
 
 __all__ = [
     "SparseFFN",
@@ -61,6 +61,16 @@ def default_dense_above(device: torch.device | str, batch: int, sparsity: float 
         (1.0, 0.5, 0.0)
     """
     return dense_above_for(device, batch, sparsity)
+
+
+def _route(x: torch.Tensor, batch: int, dense_above, sparsity, kernel) -> tuple[float, int]:
+    """(dense_above, kernel id) for the op: the caller's values, else the measured dispatch's."""
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)} or None (the dispatch table's choice), got {kernel!r}.")
+    if dense_above is None:
+        choice = choose(x.device, batch, sparsity)
+        return choice.dense_above, KERNELS[kernel or choice.kernel or "three_kernel"]
+    return float(dense_above), KERNELS[kernel or "three_kernel"]
 
 
 # -- the pure PyTorch reference -------------------------------------------------------------------
@@ -214,7 +224,7 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gate=None, b_up=None, b_down=None,
                      dense_above: float | None = None, sparsity: float | None = None,
-                     backend: str = "auto") -> torch.Tensor:
+                     kernel: str | None = None, backend: str = "auto") -> torch.Tensor:
     """``(FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down`` for x ``[..., d]``.
 
     Args:
@@ -228,6 +238,9 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
             synchronization per call; refused under CUDA-graph capture).
         sparsity: the layer's measured sparsity (fraction of inactive neurons per token), which the
             dispatch table uses when ``dense_above`` is None (``SparseFFN`` passes its own).
+        kernel: the sparse CUDA kernel set by name (``"three_kernel"``, the measured default;
+            ``"three_kernel_pdl"``, the same with programmatic dependent launch, H100/H200 only,
+            not yet measured); None: the dispatch table's choice. The CPU has one set.
         backend: ``"auto"`` (compiled kernels when available), ``"ext"`` (require them) or ``"reference"``.
 
     Example:
@@ -240,11 +253,11 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
     """
     op = "actsparse.sparse_gated_ffn"
     x2 = _flat(x)
-    dense_above = default_dense_above(x.device, x2.shape[0], sparsity) if dense_above is None else float(dense_above)
+    dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
     tensors = (x, w_gate, w_up, w_down_t, b_gate, b_up, b_down)
     if _use_ext(x, tensors, backend):
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
-                                                 dense_above)
+                                                 dense_above, kernel_id)
     else:
         _validate_reference_args(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
                {"b_gate": b_gate, "b_up": b_up, "b_down": b_down}, "w_down_t")
@@ -253,7 +266,7 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
 
 
 def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=None,
-               dense_above: float | None = None, sparsity: float | None = None,
+               dense_above: float | None = None, sparsity: float | None = None, kernel: str | None = None,
                backend: str = "auto") -> torch.Tensor:
     """``FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj`` for x ``[..., d]`` (GPT-2/BERT-style FFN).
 
@@ -268,9 +281,9 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     """
     op = "actsparse.sparse_ffn"
     x2 = _flat(x)
-    dense_above = default_dense_above(x.device, x2.shape[0], sparsity) if dense_above is None else float(dense_above)
+    dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
     if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
-        y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above)
+        y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above, kernel_id)
     else:
         _validate_reference_args(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
         y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above)

@@ -55,9 +55,10 @@ log = logging.getLogger(__name__)
 
 TABLES_ENV = "ACTSPARSE_DISPATCH_TABLES"
 FORMAT = "actsparse-dispatch/1"
-# The sparse CUDA kernels this build can run; a table's other columns (kernels measured by a
-# later or earlier tree) are ignored.
-KERNELS = ("three_kernel", "cpu")
+# The sparse kernel sets this build can run, by name, with the op's ``kernel`` argument: the
+# measured three-kernel path, the same with programmatic dependent launch (sm_90+, unmeasured),
+# and the CPU's. A table's other columns (kernels of a later or earlier tree) are ignored.
+KERNELS = {"three_kernel": 0, "three_kernel_pdl": 1, "cpu": 0}
 # A kernel must beat dense by 3% (the run-to-run noise of the H200 timings) to be picked.
 MARGIN = 1.03
 

@@ -171,3 +171,32 @@ def test_cuda_down_kernel_reads_no_uninitialised_registers(ops, tmp_path):
     proc = subprocess.run(["compute-sanitizer", "--tool", "initcheck", "--error-exitcode", "3", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=600, env={**os.environ})
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+@cuda_only
+@pytest.mark.parametrize("batch", [1, 2, 3, 8])
+def test_cuda_pdl_kernel_set_matches_and_captures(ops, batch):
+    """kernel="three_kernel_pdl" (issue 26 item 1's first step, unmeasured): the same kernels,
+    launched with programmatic dependent launch: bitwise the default set's result, and it
+    captures in a CUDA graph and replays on fresh inputs."""
+    need("cuda", torch.bfloat16)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90+")
+    p = make(batch, 512, 1000, torch.bfloat16, "cuda", bias=True, seed=batch)
+
+    def run(x, kernel):
+        return sparse_gated_ffn(x, p["w_in"], p["w_up"], p["w_out_t"], 0.0, b_gate=p["b_in"], b_up=p["b_up"],
+                                b_down=p["b_out"], dense_above=1.0, kernel=kernel, backend="ext")
+
+    assert torch.equal(run(p["x"], "three_kernel_pdl"), run(p["x"], "three_kernel"))
+    static_x = p["x"].clone()
+    run(static_x, "three_kernel_pdl")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run(static_x, "three_kernel_pdl")
+    fresh = make(batch, 512, 1000, torch.bfloat16, "cuda", seed=100 + batch)["x"]
+    static_x.copy_(fresh)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(out, ref64(fresh, p["w_in"], p["w_out_t"], 0.0, p["w_up"], p["b_in"], p["b_up"], p["b_out"])) < 1e-2

@@ -148,8 +148,8 @@ def test_conversion_stores_the_calibrated_sparsity():
 def test_layer_sparsity_reaches_the_rule(monkeypatch):
     seen = []
     module = importlib.import_module("actsparse.plugins.sparse_ffn")  # the package's sparse_ffn is the function
-    monkeypatch.setattr(module, "dense_above_for",
-                        lambda device, batch, sparsity: seen.append((str(device), batch, sparsity)) or 1.0)
+    monkeypatch.setattr(module, "choose", lambda device, batch, sparsity: seen.append((str(device), batch, sparsity))
+                        or dispatch.Choice("sparse", "cpu", 1.0, None, "test"))
     layer = SparseFFN.from_dense(_relu_lm().blocks[0].ffn, sparsity=0.85)
     with torch.no_grad():
         layer(torch.randn(3, 5, 32))
@@ -158,3 +158,19 @@ def test_layer_sparsity_reaches_the_rule(monkeypatch):
     assert layer.sparsity == 0.5
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         layer.sparsity = 85
+
+
+def test_kernel_names_and_ids():
+    """The op's kernel argument: names the dispatch knows, a clear error for others, and the
+    C++ check for an id out of range (the CPU accepts the CUDA ids: it has one kernel set)."""
+    g = torch.Generator().manual_seed(1)
+    x, wg, wu, wd = (torch.randn(*s, generator=g) for s in ((2, 16), (40, 16), (40, 16), (40, 16)))
+    base = sparse_gated_ffn(x, wg, wu, wd, 0.0, dense_above=1.0)
+    assert torch.equal(sparse_gated_ffn(x, wg, wu, wd, 0.0, dense_above=1.0, kernel="three_kernel_pdl"), base)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        sparse_gated_ffn(x, wg, wu, wd, 0.0, kernel="fastest")
+    from actsparse import ext
+
+    if ext.load().available:
+        with pytest.raises(RuntimeError, match="kernel must be 0"):
+            torch.ops.actsparse.sparse_gated_ffn(x, wg, wu, wd, 0.0, None, None, None, 1.0, 7)
