@@ -68,7 +68,7 @@ def linear_weight(layer) -> torch.Tensor:
     """The weight of a projection in ``nn.Linear`` layout ``[out, in]``.
 
     Hugging Face's ``Conv1D`` (GPT-2) stores ``[in, out]``; it is transposed (a view). An
-    expert's projection (:class:`~actsparse.plugins.ffn_structure.ExpertProjection`) is already
+    expert's or a fused gate_up's part (:class:`~actsparse.plugins.ffn_structure.ProjectionView`) is already
     a ``[out, in]`` view of its fused parameter.
     """
     if isinstance(layer, nn.Linear):
@@ -94,6 +94,9 @@ class Site:
     # Called as after_swap(owner, new_activation) once the activation is replaced: blocks that
     # cache facts about their activation (PyTorch's fast path flag) update them here.
     after_swap: Callable[[nn.Module, nn.Module], None] | None = None
+    # Whether owner(x) computes exactly the FFN (no residual, no other input), so it can be
+    # replaced whole; None when unknown (registered blocks, blocks that cannot run alone).
+    whole: bool | None = None
 
     # -- structure -----------------------------------------------------------------------
     @property
@@ -243,13 +246,10 @@ def searched_types() -> list[str]:
     return [STRUCTURES] + [a.name for a in _ADAPTERS] + [t.__name__ for t in _ACTIVATION_TYPES]
 
 
-def _register_builtins() -> None:
-    # Blocks whose forward is down(act(fc(x))) or down(act(gate(x)) * up(x)) over their own
-    # Linear/Conv1D children (LLaMA, GPT-2, OPT, GPT-NeoX, Phi, nanoGPT, ...) are found by
-    # structure (plugins/ffn_structure.py); the registry holds what structure cannot decide.
-    # actsparse's own FFNs register themselves in actsparse/models/llama.py.
-    # BERT splits its FFN over BertIntermediate (fc + act) and BertOutput (proj): the site is the layer.
-    register_ffn("BertLayer", fc="intermediate.dense", down="output.dense", act="intermediate.intermediate_act_fn")
+# Blocks whose forward is down(act(fc(x))) or down(act(gate(x)) * up(x)) over their own
+# Linear/Conv1D children (LLaMA, GPT-2, OPT, GPT-NeoX, Phi, BERT, nanoGPT, ...) are found by
+# structure (plugins/ffn_structure.py); the registry holds what structure cannot decide.
+# actsparse's own FFNs register themselves in actsparse/models/llama.py.
 
 
 def _torch_fast_path_flag(layer: nn.Module, activation: nn.Module) -> None:
@@ -279,7 +279,6 @@ def _register_torch_transformer_layers() -> None:
         register_ffn(cls, fc="linear1", down="linear2", act="activation", after_swap=_torch_fast_path_flag)
 
 
-_register_builtins()
 _register_torch_transformer_layers()
 
 

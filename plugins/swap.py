@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Sequence
 from torch import nn
 
 from actsparse.plugins.activations import make_activation
-from actsparse.plugins.sites import Site, resolve_sites
+from actsparse.plugins.sites import Site, find_sites, resolve_sites
 
 ActivationSpec = "str | nn.Module | type[nn.Module] | Callable[[], nn.Module]"
 
@@ -64,9 +64,13 @@ def swap_activation(
         threshold: the FATReLU threshold (``activation="fatrelu"`` only).
         sites: None (all sites), glob pattern(s) on site names, or :class:`Site` objects.
 
+    Sites that share one activation module (the experts of a fused mixture-of-experts block
+    share its ``act_fn``) are swapped together: selecting only some of them is refused.
+
     Raises:
         TypeError: a selected site computes its activation functionally inside ``forward``
             (the message names the module); nothing is changed then.
+        ValueError: the selection holds some, not all, of the sites sharing one activation.
 
     Example:
         >>> mlp = nn.Sequential(nn.Linear(3, 8), nn.GELU(), nn.Linear(8, 1))
@@ -78,12 +82,30 @@ def swap_activation(
     chosen = resolve_sites(model, sites)
     for site in chosen:  # all or nothing: check every site before changing any
         site.require_swappable()
-    report = SwapReport()
+    _check_shared(model, chosen)
+    report, done = SwapReport(), {}
     for site in chosen:
-        before = _describe(site.activation)
-        new = make()
-        if not isinstance(new, nn.Module):
-            raise TypeError(f"The activation factory returned {type(new).__name__}, not an nn.Module.")
-        site.set_activation(new)
-        report.changes.append((site.name, before, _describe(new)))
+        slot = (id(site.owner), site.act_path)
+        before = _describe(site.activation) if slot not in done else done[slot][0]
+        if slot not in done:
+            new = make()
+            if not isinstance(new, nn.Module):
+                raise TypeError(f"The activation factory returned {type(new).__name__}, not an nn.Module.")
+            done[slot] = (before, new)
+            site.set_activation(new)
+        report.changes.append((site.name, before, _describe(done[slot][1])))
     return report
+
+
+def _check_shared(model: nn.Module, chosen: list[Site]) -> None:
+    """Refuse a selection holding some, not all, of the sites that share one activation module."""
+    slots = {(id(s.owner), s.act_path) for s in chosen}
+    names = {s.name for s in chosen}
+    for site in find_sites(model):
+        if (id(site.owner), site.act_path) in slots and site.name not in names:
+            sharers = sorted(s.name for s in chosen if s.owner is site.owner and s.act_path == site.act_path)
+            raise ValueError(
+                f"Sites {sharers} share their activation module ({type(site.owner).__name__}.{site.act_path}) "
+                f"with {site.name!r}, which is not selected; one module cannot differ per site. Select all of "
+                f"them (e.g. '{site.name.rpartition('.')[0]}.*')."
+            )

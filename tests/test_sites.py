@@ -228,7 +228,7 @@ def test_model_without_sites_names_what_was_searched():
         find_sites(nn.Sequential(nn.Linear(3, 3), nn.Tanh()))
     message = str(err.value)
     for name in ("Sequential", "by structure", "down(act(gate(x)) * up(x))", "Conv1D", "fused experts",
-                 "BertLayer", "ReLU", "GELU", "SiLU", "FATReLU"):
+                 "TransformerEncoderLayer", "ReLU", "GELU", "SiLU", "FATReLU"):
         assert name in message
 
 
@@ -582,3 +582,81 @@ def test_prosparse_and_monitor_train_pytorch_transformer_layers(make, tmp_path):
     weak = (x1.abs() * w.norm(dim=0)) < eps
     ref = ((x1 * weak) @ w.T).norm(dim=1) / (x1 @ w.T).norm(dim=1)
     assert float(cett(x1.float(), sites[0].w_down.detach(), eps)) == pytest.approx(float(ref.mean()), rel=1e-4)
+
+
+# -- found by structure (issue 27) ----------------------------------------------------------------
+
+class OddNamesGLU(nn.Module):  # gated FFN with names that say nothing, declared down-first
+    def __init__(self, d=8, f=24):
+        super().__init__()
+        self.c = nn.Linear(f, d)
+        self.b, self.a = nn.Linear(d, f), nn.Linear(d, f)
+        self.nl = nn.GELU()
+
+    def forward(self, x):
+        return self.c(self.b(x) * self.nl(self.a(x)))  # gate is `a`, though `b` comes first
+
+
+class NotAnFFN(nn.Module):  # FFN shapes, but the activation comes after the down projection
+    def __init__(self, d=8, f=24):
+        super().__init__()
+        self.fc, self.down, self.act = nn.Linear(d, f), nn.Linear(f, d), nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.down(self.fc(x)))
+
+
+def test_structure_decides_gate_up_and_down_from_the_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(OddNamesGLU(), OddNamesGLU())
+    sites = find_sites(model)
+    assert [(s.name, s.kind, s.input_paths, s.down_path, s.act_path) for s in sites] == [
+        (str(i), GATED_FFN, ("a", "b"), "c", "nl") for i in range(2)]
+    swap_activation(model, "relu")
+    x = torch.randn(5, 8)
+    with record(model, what="outputs") as rec:
+        model(x)
+    m0 = model[0]
+    want = torch.relu(x @ m0.a.weight.T + m0.a.bias) * (x @ m0.b.weight.T + m0.b.bias)  # by hand
+    assert torch.allclose(rec["0"].outputs, want, atol=1e-6)
+
+
+def test_structure_rejects_ffn_shapes_that_do_not_compute_an_ffn():
+    sites = find_sites(nn.Sequential(NotAnFFN()))
+    assert [(s.name, s.kind) for s in sites] == [("0.act", ACTIVATION)]
+
+
+def test_compiled_model_sites_keep_eager_names():
+    eager = TinyLM(d_model=16, n_layers=2, n_heads=2)
+    names = [s.name for s in find_sites(eager)]
+    assert [s.name for s in find_sites(torch.compile(eager))] == names
+    eager.blocks[1] = torch.compile(eager.blocks[1])  # a compiled submodule: the segment is inside
+    assert [s.name for s in find_sites(eager)] == names
+
+
+def _tiny_mixtral(experts=4):
+    cfg = transformers.MixtralConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                     num_key_value_heads=1, vocab_size=50, num_local_experts=experts,
+                                     num_experts_per_tok=2)
+    torch.manual_seed(0)
+    return transformers.MixtralForCausalLM(cfg).eval()
+
+
+def test_fused_experts_are_one_site_each_recorded_per_expert():
+    model = _tiny_mixtral()
+    sites = [s for s in find_sites(model) if s.kind == "expert_ffn"]
+    assert [s.name for s in sites[:4]] == [f"model.layers.0.mlp.experts.{e}" for e in range(4)]
+    assert all(s.width == 24 and s.w_down.shape == (16, 24) for s in sites)
+    ids = torch.randint(0, 50, (2, 5))
+    impl = model.config._experts_implementation
+    with record(model, sites=sites, what=("zero_fraction", "outputs")) as rec:
+        model(ids)
+    assert model.config._experts_implementation == impl  # the eager loop only while hooked
+    for layer in range(2):  # every token reaches top-k = 2 experts: rows add up to tokens * 2
+        rows = sum(rec[f"model.layers.{layer}.mlp.experts.{e}"].rows for e in range(4))
+        assert rows == 2 * 5 * 2
+    with pytest.raises(ValueError, match="share their activation module"):
+        swap_activation(model, "relu", sites="model.layers.0.mlp.experts.1")
+    report = swap_activation(model, "relu", sites="model.layers.0.mlp.experts.*")
+    assert len(report) == 4 and isinstance(model.model.layers[0].mlp.experts.act_fn, nn.ReLU)
+    assert not isinstance(model.model.layers[1].mlp.experts.act_fn, nn.ReLU)
