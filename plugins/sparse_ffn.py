@@ -1,4 +1,4 @@
-"""Sparse FFN inference: the ops, their pure PyTorch reference, and model conversion.
+"""Sparse FFN inference: the ops' Python fronts and model conversion.
 
 ``sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold)`` computes
 ``(FATReLU_t(x w_gateᵀ) * (x w_upᵀ)) w_down_t`` and ``sparse_ffn(x, w_fc, w_proj_t, threshold)``
@@ -10,7 +10,9 @@ when that union is too large for sparsity to pay (``dense_above``).
 
 The compiled kernels (``csrc/``, built on first use by :mod:`actsparse.ext`) serve CPU (fp32,
 bf16) and CUDA (fp32, fp16, bf16); anything else, ``ACTSPARSE_NO_EXT=1``, or a call that needs
-gradients takes the pure PyTorch reference path (same math, differentiable).
+gradients takes the pure PyTorch reference path (same math, differentiable;
+:mod:`actsparse.plugins.sparse_ffn_reference`). Sparse or dense per call is the measured
+dispatch's choice (:mod:`actsparse.plugins.sparse_ffn_dispatch`).
 
 Example:
     >>> import torch
@@ -30,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +40,12 @@ from torch import nn
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, find_sites, linear_weight
 from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
+from actsparse.plugins.sparse_ffn_reference import reference_ffn, reference_gated_ffn, validate_reference_args
 
 __all__ = [
     "SparseFFN",
     "convert_to_sparse",
     "default_dense_above",
-    "reference_ffn",
-    "reference_gated_ffn",
     "sparse_ffn",
     "sparse_gated_ffn",
 ]
@@ -73,128 +73,7 @@ def _route(x: torch.Tensor, batch: int, dense_above, sparsity, kernel) -> tuple[
     return float(dense_above), KERNELS[kernel or "three_kernel"]
 
 
-# -- the pure PyTorch reference -------------------------------------------------------------------
-
-def threshold_like(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``threshold`` as the smallest value of ``z``'s dtype that is ``>= threshold`` (0-dim, on CPU).
-
-    ``z >= 0.1`` with a Python float rounds the threshold to ``z``'s dtype (nearest), so a ``z``
-    between the two would flip; against the value rounded up the comparison is exact, as in the
-    compiled kernels (``threshold_f32`` / ``threshold_in`` in ``csrc/ops.cpp``).
-
-    Example:
-        >>> t = float(torch.tensor(0.1).item()) + 1e-12   # just above the float32 nearest 0.1
-        >>> bool(torch.tensor(0.1) >= t), bool(torch.tensor(0.1) >= threshold_like(torch.tensor(0.1), t))
-        (True, False)
-    """
-    t = torch.tensor(float(threshold), dtype=torch.float64).to(z.dtype)
-    if float(t) < threshold:
-        t = torch.nextafter(t, torch.tensor(float("inf"), dtype=z.dtype))
-    return t
-
-
-def _inactive(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    # NOT active = z < t: a NaN pre-activation is active and propagates, as in the dense path.
-    return z < threshold_like(z, threshold)
-
-
-def _fatrelu(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    return torch.where(_inactive(z, threshold), torch.zeros((), dtype=z.dtype, device=z.device), z)
-
-
-_warned_capture = False
-
-
-def _capturing(x: torch.Tensor) -> bool:
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-def _gather_allowed(x: torch.Tensor, dense_above: float) -> bool:
-    """Whether the reference may gather active rows: that reads the union size back to the host
-    (``nonzero``), which CUDA-graph capture forbids. Under capture it computes the same values
-    densely instead, and says so once."""
-    global _warned_capture
-    if dense_above <= 0:
-        return False
-    if _capturing(x):
-        if not _warned_capture:
-            _warned_capture = True
-            warnings.warn("actsparse: the sparse FFN's PyTorch reference path is being captured in a CUDA graph; "
-                          "it runs dense there (a gather would synchronize with the host and break the capture). "
-                          "Build the CUDA kernels (see actsparse.ext) for a sparse, capturable op.", stacklevel=4)
-        return False
-    return True
-
-
-def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None,
-                        dense_above=1.0):
-    """Pure PyTorch sparse gated FFN on 2-D ``x`` (gather of the active rows; differentiable).
-
-    Example:
-        >>> x, w = torch.ones(1, 2), torch.tensor([[1.0, 1.0], [-1.0, 0.0]])
-        >>> reference_gated_ffn(x, w, w, w)   # neuron 0 active: 2 * 2 * [1, 1]
-        tensor([[4., 4.]])
-    """
-    z = F.linear(x, w_gate, b_gate)
-    gather = _gather_allowed(x, dense_above)
-    active = (~_inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
-    if not gather or active.numel() > dense_above * w_gate.shape[0]:
-        h = _fatrelu(z, threshold) * F.linear(x, w_up, b_up)
-        out = h @ w_down_t
-    else:
-        up = F.linear(x, w_up.index_select(0, active), None if b_up is None else b_up.index_select(0, active))
-        h = _fatrelu(z.index_select(1, active), threshold) * up
-        out = h @ w_down_t.index_select(0, active)
-    return out if b_down is None else out + b_down
-
-
-def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0):
-    """Pure PyTorch sparse plain FFN on 2-D ``x`` (gather of the active rows; differentiable).
-
-    Example:
-        >>> reference_ffn(torch.ones(1, 2), torch.tensor([[1.0, 1.0], [-1.0, 0.0]]), torch.eye(2))
-        tensor([[2., 0.]])
-    """
-    z = F.linear(x, w_fc, b_fc)
-    gather = _gather_allowed(x, dense_above)
-    active = (~_inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
-    if not gather or active.numel() > dense_above * w_fc.shape[0]:
-        out = _fatrelu(z, threshold) @ w_proj_t
-    else:
-        out = _fatrelu(z.index_select(1, active), threshold) @ w_proj_t.index_select(0, active)
-    return out if b_proj is None else out + b_proj
-
-
 # -- the fronts --------------------------------------------------------------------------------------
-
-def _validate_reference_args(op: str, x, weights: dict, biases: dict, d_out_name: str) -> None:
-    """The reference path's argument checks. The compiled ops check their arguments in C++
-    (csrc/ops.cpp, check_ffn_args) with the same messages; the fronts themselves only route."""
-    if x.dim() < 1 or x.shape[-1] == 0:
-        raise ValueError(f"{op}: x must be [..., d] with d > 0, got shape {tuple(x.shape)}.")
-    f = None
-    for name, w in weights.items():
-        if w.device != x.device:
-            raise ValueError(f"{op}: {name} is on {w.device} but x is on {x.device}; move the module "
-                             "(model.to(device)) so weights and inputs share a device.")
-        if w.dtype != x.dtype:
-            raise ValueError(f"{op}: {name} has dtype {w.dtype} but x has dtype {x.dtype}; cast one of "
-                             f"them (e.g. x.to({name}.dtype)).")
-        f = w.shape[0] if f is None else f
-        want_cols = None if name == d_out_name else x.shape[-1]
-        if w.dim() != 2 or w.shape[0] != f or (want_cols is not None and w.shape[1] != want_cols):
-            raise ValueError(f"{op}: {name} must be neuron-major [f, d] = [{f}, {want_cols or 'd_out'}], got "
-                             f"{tuple(w.shape)}. Down/proj weights are stored transposed (weight.t().contiguous()).")
-        if not w.is_contiguous():
-            raise ValueError(f"{op}: {name} with shape {tuple(w.shape)} is not contiguous (strides {w.stride()}); "
-                             "store it once with .contiguous() (SparseFFN.from_dense does).")
-    sizes = {"b_gate": f, "b_up": f, "b_fc": f, "b_down": weights[d_out_name].shape[1],
-             "b_proj": weights[d_out_name].shape[1]}
-    for name, b in biases.items():
-        if b is not None and (b.shape != (sizes[name],) or b.dtype != x.dtype or b.device != x.device):
-            raise ValueError(f"{op}: {name} must be a 1-D tensor of size {sizes[name]} with x's dtype and "
-                             f"device, got {tuple(b.shape)} {b.dtype} on {b.device}.")
-
 
 def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
     if backend not in ("auto", "ext", "reference"):
@@ -259,7 +138,7 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
                                                  dense_above, kernel_id)
     else:
-        _validate_reference_args(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
+        validate_reference_args(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
                {"b_gate": b_gate, "b_up": b_up, "b_down": b_down}, "w_down_t")
         y = reference_gated_ffn(x2, w_gate, w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above)
     return y.reshape(*x.shape[:-1], w_down_t.shape[1])
@@ -285,7 +164,7 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
         y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above, kernel_id)
     else:
-        _validate_reference_args(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
+        validate_reference_args(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
         y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above)
     return y.reshape(*x.shape[:-1], w_proj_t.shape[1])
 
