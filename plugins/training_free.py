@@ -80,13 +80,15 @@ class CATSActivation(nn.Module):
     def __init__(self, threshold: float, base: nn.Module | None = None) -> None:
         super().__init__()
         self.threshold = float(threshold)
-        self.base = base if base is not None else nn.SiLU()
+        # Kept outside the module tree: activations are leaves to find_sites' structure probe, and
+        # remove() puts this very module back in the site's slot.
+        object.__setattr__(self, "base", base if base is not None else nn.SiLU())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return _zeroed(self.base(z), self.threshold)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold:.6g}"
+        return f"threshold={self.threshold:.6g}, base={self.base!r}"
 
 
 class MagnitudeSparsifier(nn.Module):
