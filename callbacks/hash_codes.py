@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from typing_extensions import override
 
+from actsparse.callbacks.history import Curves
 from actsparse.evaluation.hash_codes import neural_codes
 from actsparse.metrics.functional.code_categorization import METHODS
 from actsparse.metrics.hash_codes import CodeCategorization, HashCodePurity, RedundancyRatio
@@ -29,7 +30,7 @@ def _first_loader(loaders: Any) -> DataLoader | None:
 
 
 class HashCodeMonitor(Callback):
-    """After each validation (every ``every_n_validations``-th), extract the neural codes
+    """After the validation of every ``every_n_epochs``-th epoch, extract the neural codes
     (``1[out > 0]`` of the model's activation sites) of the validation set and log
 
     - ``hash/redundancy`` and ``hash/purity`` of the validation codes;
@@ -54,7 +55,7 @@ class HashCodeMonitor(Callback):
 
     def __init__(
         self,
-        every_n_validations: int = 1,
+        every_n_epochs: int = 1,
         sites: str | Sequence[str] | None = None,
         methods: Sequence[str] = METHODS,
         max_fit_samples: int | None = 10_000,
@@ -67,19 +68,18 @@ class HashCodeMonitor(Callback):
         prefix: str = "hash/",
         log_table: bool = True,
     ) -> None:
-        if every_n_validations < 1:
-            raise ValueError(f"every_n_validations must be >= 1, got {every_n_validations}.")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise ValueError(f"Unknown categorization methods {unknown}; choose from {', '.join(METHODS)} (or none: []).")
-        self.every_n_validations = every_n_validations
+        self.every_n_epochs = every_n_epochs
         self.sites = sites if sites is None or isinstance(sites, str) else tuple(sites)
         self.methods = tuple(methods)
         self.max_fit_samples, self.max_eval_samples = max_fit_samples, max_eval_samples
         self.categorization = dict(mapping=mapping, k=k, n_clusters=n_clusters, seed=seed)
         self.batch_size, self.prefix, self.log_table = batch_size, prefix, log_table
-        self.validations = 0
-        self.history: list[dict[str, float]] = []
+        self.history = Curves()  # by optimizer step
 
     @property
     @override
@@ -125,14 +125,13 @@ class HashCodeMonitor(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self.validations += 1
-        if self.validations % self.every_n_validations:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         with torch.no_grad():
             values = self.measure(trainer, pl_module)
         # identical on every process (the metrics gathered all codes); sync_dist only averages equals
         pl_module.log_dict({self.prefix + k: v for k, v in values.items()}, on_step=False, on_epoch=True, sync_dist=True)
-        self.history.append({"step": float(trainer.global_step), "epoch": float(trainer.current_epoch), **values})
+        self.history.record(trainer.global_step, {"epoch": float(trainer.current_epoch), **values})
         self._log_table(trainer)
 
     @rank_zero_only
@@ -141,15 +140,14 @@ class HashCodeMonitor(Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                columns = list(self.history[-1])
-                data = [[row.get(c) for c in columns] for row in self.history]
+                columns = ["step", *self.history.last]
+                data = [[step, *(values.get(c) for c in columns[1:])] for step, values in self.history]
                 logger.log_table(key=f"{self.prefix}history", columns=columns, data=data, step=trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"validations": self.validations, "history": [dict(row) for row in self.history]}
+        return {"history": self.history.state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validations = int(state_dict["validations"])
-        self.history = [dict(row) for row in state_dict["history"]]
+        self.history = Curves(state_dict["history"])

@@ -11,7 +11,7 @@ from actsparse.models import CNN, MLP
 from actsparse.models.mlp import build_classifier
 from actsparse.plugins import find_sites
 from actsparse.tasks.classify import Classifier
-from actsparse.train import train
+from actsparse.train import fit
 from conftest import compose_config, compose_train
 
 DIGITS = ["data=digits", "model=mlp", "task=classify", "logger=none"]
@@ -98,16 +98,16 @@ def test_models_expose_relu_sites_and_rebuild_from_config():
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_fast_dev_run_of_the_classifier(model, tmp_path):
     cfg = compose_train([*DIGITS, f"model={model}", "trainer.fast_dev_run=true"], tmp_path)
-    summary = train(cfg)
+    summary = fit(cfg)
     assert summary["steps"] == 1 and summary["parameters"] > 0
     assert 0.0 <= summary["val/acc"] <= 1.0 and np.isfinite(summary["val loss"])
 
 
 def test_hash_codes_experiment_run_learns_logs_hash_metrics_and_reloads(tmp_path):
-    cfg = compose_train(["experiment=hash_codes", "trainer.max_epochs=2", "callbacks.hash_codes.every_n_validations=1",
+    cfg = compose_train(["experiment=hash_codes", "trainer.max_epochs=2", "callbacks.hash_codes.every_n_epochs=1",
                          "callbacks.hash_codes.methods=[knn]", "logger=csv", "trainer.enable_progress_bar=false",
                          "model.width=64", "task.lr=3e-3"], tmp_path)
-    summary = train(cfg)
+    summary = fit(cfg)
     assert summary["steps"] == 2 * 17 and summary["val/acc"] > 0.85  # 34 Adam steps on digits
     (metrics_csv,) = (tmp_path / "csv").rglob("metrics.csv")
     header = metrics_csv.read_text().splitlines()[0].split(",")

@@ -16,15 +16,12 @@ import actsparse.plugins
 # The mapped folders (callbacks/, metrics/, plugins/) are not under actsparse/: walk each.
 ROOTS = (actsparse, actsparse.callbacks, actsparse.metrics, actsparse.plugins)
 
-# Modules whose import needs what a CPU test machine may lack, or runs an app.
-SKIPPED = {"actsparse.train"}
-
 
 def _modules() -> list[str]:
     names = set()
     for root in ROOTS:
         for info in pkgutil.walk_packages(root.__path__, root.__name__ + "."):
-            if info.name not in SKIPPED and not info.name.startswith("actsparse.conf"):
+            if not info.name.startswith("actsparse.conf"):
                 names.add(info.name)
     return sorted(names)
 

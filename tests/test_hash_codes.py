@@ -305,14 +305,14 @@ def test_hash_code_monitor_logs_the_metrics_of_the_validation_codes(tmp_path, mo
 
     restored = HashCodeMonitor(k=9)
     restored.load_state_dict(monitor.state_dict())
-    assert restored.history == monitor.history and restored.validations == 2
+    assert restored.history == monitor.history
     assert restored.state_key == monitor.state_key
 
 
-def test_hash_code_monitor_every_n_validations_and_no_categorization(tmp_path):
-    monitor = HashCodeMonitor(every_n_validations=2, methods=())
+def test_hash_code_monitor_every_n_epochs_and_no_categorization(tmp_path):
+    monitor = HashCodeMonitor(every_n_epochs=2, methods=())
     trainer, _, _ = _fit_with_monitor(tmp_path, monitor, epochs=3)
-    assert len(monitor.history) == 1 and monitor.history[0]["epoch"] == 1
+    assert len(monitor.history) == 1 and monitor.history.last["epoch"] == 1  # the 2nd epoch (index 1) only
     assert "hash/knn_acc" not in trainer.callback_metrics and "hash/redundancy" in trainer.callback_metrics
     with pytest.raises(ValueError, match="Unknown categorization methods"):
         HashCodeMonitor(methods=("svm",))

@@ -35,7 +35,7 @@ from actsparse.experiments import study  # noqa: E402
 from actsparse.plugins import record, swap_activation  # noqa: E402
 from actsparse.report import figure, print_table, save_figure  # noqa: E402
 from actsparse.tasks.lm import CausalLM  # noqa: E402
-from actsparse.train import train  # noqa: E402
+from actsparse.train import fit
 
 REGIMES = ("silu_dense", "relu", "relu_fixed", "prosparse", "prosparse_fatrelu")
 LABELS = {
@@ -72,7 +72,7 @@ def _regime_config(cfg: DictConfig, regime: str, init_from: Path, out_dir: Path)
     with open_dict(c):
         c.paths.output_dir = str(out_dir)
         c.init_from = str(init_from)
-        c.entry = "actsparse.train.train"
+        c.entry = "actsparse.train.fit"
         c.trainer.max_steps = p.steps
         c.trainer.val_check_interval = p.steps
         c.task.lr = p.lr
@@ -102,12 +102,12 @@ def _pretrain(cfg: DictConfig, run_dir: Path) -> Path:
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.paths.output_dir = str(run_dir / "pretrain_silu")
-        c.entry = "actsparse.train.train"
+        c.entry = "actsparse.train.fit"
         c.trainer.max_steps = p.pretrain_steps
         c.task_name = f"{cfg.task_name}-pretrain"
         c.model.activation = "silu"
     print(f"[prosparse] training the SiLU baseline for {p.pretrain_steps} steps", flush=True)
-    summary = train(c)
+    summary = fit(c)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     shutil.copyfile(summary["checkpoint"], tmp)
@@ -145,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for regime in trained:
         print(f"[prosparse] regime {regime}: {p.steps} steps from the SiLU baseline", flush=True)
         seed_everything(cfg.seed, workers=True)
-        summary = train(_regime_config(cfg, regime, base, run_dir / regime))
+        summary = fit(_regime_config(cfg, regime, base, run_dir / regime))
         checkpoints[regime] = summary["checkpoint"]
     for regime in p.regimes:
         if regime == "prosparse_fatrelu":

@@ -225,7 +225,7 @@ def log_to_wandb(cfg: DictConfig, out: str | Path, figures: Mapping[str, str | P
 def alias_main(experiment: str) -> None:
     """``python -m actsparse.experiments.<experiment> [overrides]`` = ``actsparse-train
     experiment=<experiment> [overrides]``."""
-    from actsparse.train import main
+    from actsparse.cli import main
 
     sys.argv = [sys.argv[0], f"experiment={experiment}", *sys.argv[1:]]
     main()
