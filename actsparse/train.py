@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -62,6 +63,8 @@ def instantiate_each(group: DictConfig | None) -> list[Any]:
 
 
 def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    if cfg.get("threads"):  # small models (the studies' MLPs) run fastest, and alike, on one thread
+        torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_MODE", "offline")  # online only when the user says so
     ckpt_path = cfg.get("ckpt_path")
@@ -109,10 +112,15 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        tested = trainer.test(task, datamodule=datamodule, verbose=False) if cfg.get("test_after_fit") else []
     finally:
         finish_wandb(loggers)
     summary_file = out_dir / "summary.json"
-    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if tested and trainer.is_global_zero:  # the final model on the test split, beside the validation values
+        summary.update({key: float(value) for key, value in tested[0].items()})
+        summary_file.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def results_line(out_dir: Path, summary: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
 
@@ -72,14 +73,44 @@ class Curves(Sequence):
         return f"Curves({self.rows!r})"
 
 
+class _LoggedValues(Logger):
+    """What :class:`MetricHistory` hears of the run's logging: a logger receives every logged
+    metric once, at the step it was logged, whichever hook logged it (validation, a callback's
+    ``on_train_epoch_end``) — a callback reading ``callback_metrics`` would see values logged
+    earlier again, or miss those logged by callbacks that run after it."""
+
+    def __init__(self, record) -> None:
+        super().__init__()
+        self._forward = record
+
+    @property
+    @override
+    def name(self) -> str:
+        return "metric_history"
+
+    @property
+    @override
+    def version(self) -> int:
+        return 0
+
+    @override
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @override
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._forward(metrics)
+
+
 class MetricHistory(Callback):
     """Keeps the logged scalar curves of a run (``history``: :class:`Curves` by optimizer step)
     for plots and summaries.
 
-    Records every ``train/*`` metric each ``every_n_steps`` optimizer steps and every metric
-    with one of the other ``prefixes`` (default ``val/``) after each validation. Loggers stream
-    the same values; this keeps them in memory (and in checkpoints, so a resumed run plots its
-    whole history).
+    Records every ``train/*`` metric each ``every_n_steps`` optimizer steps, and every metric with
+    one of the other ``prefixes`` (default ``val/``; e.g. ``prune/`` and ``dnr/`` for pruning
+    studies) whenever it is logged, at the optimizer step of that moment: a validation's values
+    and those a callback logs at the same epoch's end share one row. Loggers stream the same values;
+    this keeps them in memory (and in checkpoints, so a resumed run plots its whole history).
 
     Example:
         >>> history = MetricHistory(every_n_steps=5)
@@ -93,28 +124,42 @@ class MetricHistory(Callback):
         self.every_n_steps = every_n_steps
         self.prefixes = tuple(prefixes)
         self.history = Curves()
+        self._trainer: L.Trainer | None = None
+        self._listener = _LoggedValues(self._record_logged)
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(every_n_steps=self.every_n_steps, prefixes=self.prefixes)
 
-    def _record(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
-        values = {key: float(value) for key, value in trainer.callback_metrics.items()
-                  if key.startswith(prefixes) and value.numel() == 1}
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Listen to the run's logging as one more logger (Trainer.loggers is public and settable).
+        self._trainer = trainer
+        if self._listener not in trainer.loggers:
+            trainer.loggers = [*trainer.loggers, self._listener]
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._listener in trainer.loggers:
+            trainer.loggers = [lg for lg in trainer.loggers if lg is not self._listener]
+
+    def _record_logged(self, metrics: dict[str, float]) -> None:
+        trainer = self._trainer
+        others = tuple(p for p in self.prefixes if p != "train/")
+        if trainer is None or trainer.sanity_checking or not others:
+            return
+        values = {key: float(value) for key, value in metrics.items() if key.startswith(others)}
         if values:
             self.history.record(trainer.global_step, values)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps == 0 and "train/" in self.prefixes:
-            self._record(trainer, ("train/",))
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        others = tuple(p for p in self.prefixes if p != "train/")
-        if not trainer.sanity_checking and others:
-            self._record(trainer, others)
+            values = {key: float(value) for key, value in trainer.callback_metrics.items()
+                      if key.startswith("train/") and value.numel() == 1}
+            if values:
+                self.history.record(trainer.global_step, values)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -57,9 +57,11 @@ class IterativeMagnitudePruning(Callback):
     ``(rounds + 1) * epochs_per_round`` epochs to train the last pruned network.
 
     Pruned parameters default to the ``weight`` of every ``nn.Linear``/``nn.ConvNd``. Logs
-    ``prune/remaining`` (surviving fraction) and ``prune/remaining/<parameter>`` after each
-    event; ``history`` (:class:`~actsparse.callbacks.history.Curves` by epoch) keeps them with the
-    round number. Checkpoints hold ``weight = orig * mask`` (loadable
+    ``prune/remaining`` (surviving fraction) and ``prune/remaining/<parameter>`` at the end of
+    every round, before its pruning: the fraction that round trained with, which is what a
+    validation at the same epoch end measured. ``history``
+    (:class:`~actsparse.callbacks.history.Curves` by epoch) keeps the fractions after each event
+    with the round number. Checkpoints hold ``weight = orig * mask`` (loadable
     without this callback) and the masks and rewind point in the callback state, so training
     resumes with the same masks.
 
@@ -147,7 +149,11 @@ class IterativeMagnitudePruning(Callback):
         done = trainer.current_epoch + 1
         if self._rewind is None and done == self.rewind_epoch:
             self._rewind = self._snapshot(pl_module)
-        if done % self.epochs_per_round or (self.rounds is not None and self.rounds_done >= self.rounds):
+        if done % self.epochs_per_round:
+            return
+        if self.log:  # the fraction the finished round trained with: what its validation measured
+            pl_module.log_dict(self.remaining(), on_step=False, on_epoch=True)
+        if self.rounds is not None and self.rounds_done >= self.rounds:
             return
         self.apply_pruning(self.amount)
         self.rounds_done += 1
@@ -155,10 +161,7 @@ class IterativeMagnitudePruning(Callback):
         if self.reset_optimizer:
             for optimizer in trainer.optimizers:
                 optimizer.state.clear()
-        stats = self.remaining()
-        self.history.record(trainer.current_epoch, {"round": float(self.rounds_done), **stats})
-        if self.log:
-            pl_module.log_dict(stats, on_step=False, on_epoch=True)
+        self.history.record(trainer.current_epoch, {"round": float(self.rounds_done), **self.remaining()})
 
     @override
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

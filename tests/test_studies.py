@@ -17,23 +17,8 @@ def _compose(name, tmp_path, *overrides):
     return cfg
 
 
-def test_ap_digits_runs_through_its_entry_and_writes_tables(tmp_path):
-    from hydra.utils import get_method
-
-    cfg = _compose("ap_digits", tmp_path, "~ap_digits.models.cnn", "ap_digits.models.mlp.width=16",
-                   "ap_digits.rounds=1", "ap_digits.epochs_per_round=1", "ap_digits.seeds=[0]")
-    assert cfg.entry == "actsparse.experiments.ap_digits.run"
-    out = get_method(cfg.entry)(cfg)
-    results = json.loads((tmp_path / "results.json").read_text())
-    (rows,) = results["tables"].values()
-    assert [r["round"] for r in rows] == ["0", "1"] and rows[1]["remaining"] == "80.0%"  # one 20% pruning round
-    assert 0 < out["mlp/ap/test_acc"] <= 1 and (tmp_path / "accuracy.png").is_file()
-    assert "| round |" in (tmp_path / "results.md").read_text()
-    assert json.loads((tmp_path / "meta.json").read_text())["seed"] == 0
-
-
 def test_study_trainers_follow_the_trainer_group(tmp_path):
-    cfg = _compose("ap_digits", tmp_path, "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2")
+    cfg = _compose("hash_codes", tmp_path, "trainer.precision=bf16-mixed", "trainer.accumulate_grad_batches=2")
     trainer = study.trainer(cfg, max_epochs=1)
     assert trainer.precision == "bf16-mixed" and trainer.accumulate_grad_batches == 2
     assert trainer.logger is None and not trainer.checkpoint_callback
