@@ -166,7 +166,8 @@ def _decide(module: nn.Module, candidates: list[tuple[str, list[str], int]], act
              if len(inputs) == 1 and "." not in down + inputs[0] and projection_dims(module.get_submodule(down))[0] > d]
     acts = [a for a in acts if "." not in a]
     if len(plain) == 1 and len(acts) == 1:
-        return _Decision(PLAIN_FFN, tuple(plain[0][1]), plain[0][0], acts[0])
+        # whole=False: it did not run as owner(x), so only its parts may be rewired (BLOOM's MLP takes a residual)
+        return _Decision(PLAIN_FFN, tuple(plain[0][1]), plain[0][0], acts[0], whole=False)
     return None
 
 

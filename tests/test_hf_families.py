@@ -45,6 +45,10 @@ MUST_PASS = ("opt", "gpt_neox", "phi")
 FFN_KINDS = (GATED_FFN, PLAIN_FFN, EXPERT_FFN)
 
 
+def passed(row: dict[str, str], col: str) -> bool:
+    return row[col] == "ok" or row[col].startswith("ok (")
+
+
 def _fail(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
 
@@ -195,7 +199,7 @@ def check_prosparse(model, sites, ids, lam=0.1) -> str:
         return f"no x1 seen at {sorted(silent)[:3]}"
     reg = sum(t.abs().sum() / (t.numel() // t.shape[-1]) for t in x1s.values())
     want = grads(loss + lam * reg)
-    if float(reg) == 0 or all(a is None or torch.equal(a, b) for a, b in zip(plain, want)):
+    if float(reg.detach()) == 0 or all(a is None or torch.equal(a, b) for a, b in zip(plain, want)):
         return "the penalty does not change the gradients (test would not fail)"
     for p, a, b in zip(params, got, want):
         if (a is None) != (b is None) or (a is not None and not torch.allclose(a, b, atol=1e-6, rtol=1e-4)):
@@ -256,21 +260,28 @@ def test_family(model_type):
     expected_fail = KNOWN_FAILURES.get(model_type, {})
     for col in COLUMNS:
         if col in expected_fail:
-            assert row[col] != "ok" and expected_fail[col] in row[col], (col, row[col])
+            assert not passed(row, col) and expected_fail[col] in row[col], (col, row[col])
         else:
-            assert row[col] == "ok", (col, row[col])
+            assert passed(row, col), (col, row[col])
 
 
 # Failures named today, with the reason (each asserted, so a fix shows up as a test to update).
-KNOWN_FAILURES: dict[str, dict[str, str]] = {}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {
+    # BloomMLP.forward(hidden, residual) is replaced whole by a one-input SparseFFN; needs
+    # sparse_ffn._owner_is_the_ffn to honour Site.whole (docs/hf_families.md).
+    "bloom": {"convert": "SparseFFN.forward() takes 2 positional arguments"},
+    # convert_to_sparse converts gated/plain blocks, not fused experts (docs/hf_families.md).
+    "mixtral": {"convert": "no FFN block to convert"},
+    "qwen2_moe": {"convert": "expert sites stay dense"},
+}
 
 
 @pytest.mark.slow
 def test_every_family():
     rows = {t: run_family(t) for t in families()}
     for t in MUST_PASS:
-        assert all(rows[t][c] == "ok" for c in COLUMNS), (t, rows[t])
-    passing = [t for t, r in rows.items() if all(r[c] == "ok" for c in COLUMNS)]
+        assert all(passed(rows[t], c) for c in COLUMNS), (t, rows[t])
+    passing = [t for t, r in rows.items() if all(passed(r, c) for c in COLUMNS)]
     assert len(passing) >= 23, passing
 
 
@@ -283,7 +294,7 @@ def write_table(path: Path) -> None:
         except Exception:  # a crash of the harness itself is a row too
             rows[t] = {c: "harness error: " + traceback.format_exc().splitlines()[-1] for c in COLUMNS}
         print(t, rows[t], file=sys.stderr)
-    full = [t for t, r in rows.items() if all(r[c] == "ok" for c in COLUMNS)]
+    full = [t for t, r in rows.items() if all(passed(r, c) for c in COLUMNS)]
     skipped = [t for t, r in rows.items() if r["sites"].startswith("skipped")]
     lines = [
         "# Hugging Face causal-LM families: sites, swap, conversion, ProSparse",
@@ -309,7 +320,31 @@ def write_table(path: Path) -> None:
     ]
     for t, r in rows.items():
         lines.append(f"| {t} | " + " | ".join(r[c].replace("|", "/") for c in COLUMNS) + " |")
+    lines += ["", NOTES]
     path.write_text("\n".join(lines) + "\n")
+
+
+NOTES = """## What the failures need
+
+- **convert, fused experts** (Mixtral, Qwen2/3-MoE, OLMoE, PhiMoE, ...: `no FFN block to convert`, or
+  `partial` where only the shared expert converts): transformers >= 5 stores experts as 3-D parameters
+  (`gate_up_proj [E, 2f, d]`, `down_proj [E, d, f]`) run by one module; each expert is a site
+  (`ExpertSite`, kind `expert_ffn`), but `convert_to_sparse` converts `gated_ffn`/`plain_ffn` blocks
+  only. It needs a sparse experts module in `plugins/sparse_ffn.py` that takes the experts module's
+  `(hidden_states, top_k_index, top_k_weights)` and runs `sparse_gated_ffn` per routed expert on
+  `site.inputs`/`site.down` (views of the fused weights).
+- **convert, `SparseFFN.forward() takes 2 positional arguments`** (BLOOM, MPT): their MLP's forward
+  takes a residual too, so it cannot be replaced whole; the structural finder marks such sites
+  `whole=False` (the module did not run as `owner(x)`), and `plugins/sparse_ffn.py`'s
+  `_owner_is_the_ffn` must honour it: `if site.whole is not None: return site.whole` as its first line.
+  Checked by monkeypatch: BLOOM and MPT then convert exactly.
+- **swap/prosparse `no expert site hook fired`** (Aria): its experts run a grouped GEMM of their own,
+  with no per-expert `F.linear(x1, down_proj[e])` to observe.
+- **sites `NoSitesError`**: no FFN of the two shapes over `nn.Linear`/`Conv1D` (state-space and RWKV
+  mixers, BitNet's quantized linears, ...): the error names what was searched.
+- **skipped**: the family's config cannot be built offline from the tiny sizes (the reason is the
+  config's own error), or is a composite multimodal config whose text model has its own row.
+"""
 
 
 if __name__ == "__main__":
