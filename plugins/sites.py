@@ -32,7 +32,7 @@ from torch import nn
 from actsparse.plugins.activations import FATReLU
 
 GATED_FFN, PLAIN_FFN, ACTIVATION = "gated_ffn", "plain_ffn", "activation"
-EXPERT_FFN = "expert_ffn"  # one expert of a fused mixture-of-experts block (plugins/ffn_structure.py)
+EXPERT_FFN = "expert_ffn"  # one expert of a fused mixture-of-experts block (plugins/ffn_experts.py)
 
 def _get_path(root: nn.Module, path: str):
     obj = root
@@ -330,8 +330,9 @@ def find_sites(
         >>> find_sites(mlp)
         [Site(name='1', kind='activation', activation=ReLU)]
     """
-    # Late import: ffn_structure builds Site objects, so it imports this module.
-    from actsparse.plugins.ffn_structure import expert_sites, structural_site
+    # Late import: ffn_structure and ffn_experts build Site objects, so they import this module.
+    from actsparse.plugins.ffn_experts import expert_sites
+    from actsparse.plugins.ffn_structure import structural_site
 
     sites: list[Site] = []
     claimed: set[str] = set()  # modules inside an FFN site are not sites of their own

@@ -21,12 +21,18 @@ import torch
 import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoModelForCausalLM, CONFIG_MAPPING  # noqa: E402
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # noqa: E402
-
-from actsparse.callbacks import ProSparse  # noqa: E402
-from actsparse.plugins import GATED_FFN, PLAIN_FFN, NoSitesError, convert_to_sparse, find_sites, swap_activation  # noqa: E402
-from actsparse.plugins.sites import EXPERT_FFN, linear_weight  # noqa: E402
+from actsparse.callbacks import ProSparse
+from actsparse.plugins import (
+    GATED_FFN,
+    PLAIN_FFN,
+    NoSitesError,
+    convert_to_sparse,
+    find_sites,
+    swap_activation,
+)
+from actsparse.plugins.sites import EXPERT_FFN, linear_weight
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 VOCAB, HIDDEN, FFN, LAYERS = 128, 32, 64, 2
 TINY = dict(
@@ -215,7 +221,7 @@ def run_family(model_type: str) -> dict[str, str]:
         ids = _ids()
         with torch.no_grad():
             _logits(model, ids)
-    except Exception as err:  # recorded as the row's reason
+    except Exception as err:  # noqa: BLE001  recorded as the row's reason
         return {**row, "sites": f"skipped (cannot build tiny model offline: {_fail(err)})"}
     try:
         sites = [s for s in find_sites(model) if s.kind in FFN_KINDS]
@@ -225,7 +231,7 @@ def run_family(model_type: str) -> dict[str, str]:
             row["sites"] = f"{len(sites)} FFN sites in {len(owners)} blocks for {LAYERS} layers"
             return row
         row["sites"] = f"ok ({len(sites)}: {', '.join(kinds)})"
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  the row names it
         row["sites"] = _fail(err)
         return row
     for col, check in (("swap", lambda: (swap_activation(model, "relu", sites=sites), check_swap(model, sites, ids))[1]),
@@ -233,7 +239,7 @@ def run_family(model_type: str) -> dict[str, str]:
                        ("prosparse", lambda: check_prosparse(model, sites, ids))):
         try:
             row[col] = check()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  the row names it
             row[col] = _fail(err)
             if col == "swap":
                 break
@@ -291,7 +297,7 @@ def write_table(path: Path) -> None:
     for t in families():
         try:
             rows[t] = run_family(t)
-        except Exception:  # a crash of the harness itself is a row too
+        except Exception:  # noqa: BLE001  a crash of the harness itself is a row too
             rows[t] = {c: "harness error: " + traceback.format_exc().splitlines()[-1] for c in COLUMNS}
         print(t, rows[t], file=sys.stderr)
     full = [t for t, r in rows.items() if all(passed(r, c) for c in COLUMNS)]
