@@ -660,3 +660,28 @@ def test_fused_experts_are_one_site_each_recorded_per_expert():
     report = swap_activation(model, "relu", sites="model.layers.0.mlp.experts.*")
     assert len(report) == 4 and isinstance(model.model.layers[0].mlp.experts.act_fn, nn.ReLU)
     assert not isinstance(model.model.layers[1].mlp.experts.act_fn, nn.ReLU)
+
+
+def test_whole_says_whether_the_block_can_be_replaced_as_owner_x():
+    bloom = transformers.BloomForCausalLM(transformers.BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=50))
+    llama = hf_llama()
+    # BloomMLP.forward(hidden, residual) cannot run alone: its parts are rewired, not the block replaced
+    assert [(s.kind, s.whole) for s in find_sites(bloom)] == [(PLAIN_FFN, False)]
+    assert {(s.kind, s.whole) for s in find_sites(llama)} == {(GATED_FFN, True)}
+
+
+def test_expert_hooks_restore_the_experts_implementation_after_an_error():
+    model = _tiny_mixtral()
+    impl = model.config._experts_implementation
+    site = next(s for s in find_sites(model) if s.kind == "expert_ffn")
+
+    def boom(site, x1):
+        raise RuntimeError("boom")
+
+    handle = site.register_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        model(torch.arange(50).reshape(5, 10))  # 50 tokens over 4 experts: expert 0 runs
+    handle.remove()
+    assert model.config._experts_implementation == impl
+    assert torch.overrides._get_current_function_mode() is None  # the tap's mode was popped
+    model(torch.arange(10).reshape(1, 10))  # and the block runs as before
