@@ -26,6 +26,18 @@ from actsparse.plugins.sites import (
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
 from actsparse.plugins.swap import SwapReport, swap_activation
+from actsparse.plugins.training_free import (
+    CATSActivation,
+    MagnitudeSamples,
+    MagnitudeSparsifier,
+    TrainingFree,
+    calibrate_cats,
+    calibrate_teal,
+    collect_cats,
+    collect_teal,
+    install_cats,
+    install_teal,
+)
 from actsparse.plugins.kan import (
     SPACES,
     KANLinear,
@@ -59,6 +71,16 @@ from actsparse.plugins.dendrites import (
 )
 
 __all__ = [
+    "CATSActivation",
+    "MagnitudeSamples",
+    "MagnitudeSparsifier",
+    "TrainingFree",
+    "calibrate_cats",
+    "calibrate_teal",
+    "collect_cats",
+    "collect_teal",
+    "install_cats",
+    "install_teal",
     "ACTIVATION",
     "DendriticLayer",
     "DualActivation",

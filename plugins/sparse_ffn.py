@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.plugins.activations import FATReLU
-from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, find_sites, linear_weight
+from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, NoSitesError, Site, ffn_sites, find_sites, linear_weight
 from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
 from actsparse.plugins.sparse_ffn_reference import reference_ffn, reference_gated_ffn, validate_reference_args
 
@@ -291,9 +291,9 @@ class SparseFFN(nn.Module):
 
 
 def _own_ffn_site(module: nn.Module) -> Site:
-    sites = [s for s in find_sites(module) if s.kind in (GATED_FFN, PLAIN_FFN) and s.owner is module]
+    sites = [s for s in ffn_sites(module) if s.owner is module]
     if not sites:
-        raise TypeError(
+        raise NoSitesError(
             f"{type(module).__name__} is not an FFN block find_sites understands; pass the FFN module itself "
             "(e.g. model.blocks[0].ffn) or a Site, or register it with actsparse.plugins.register_ffn."
         )
@@ -374,10 +374,7 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     """
     if not inplace:
         model = copy.deepcopy(model)
-    sites = [s for s in find_sites(model, include, exclude) if s.kind in (GATED_FFN, PLAIN_FFN)]
-    if not sites:
-        raise TypeError(f"{type(model).__name__} has activation sites but no FFN block to convert "
-                        "(find_sites found only bare activations).")
+    sites = ffn_sites(model, find_sites(model, include, exclude))
     measured = calibrate_sparsity(model, sites, calibration) if calibration is not None else {}
     plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend,
                                                   sparsity=measured.get(s.name))) for s in sites]

@@ -19,6 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# The compiled extension outlives a test run (keyed by its sources, flags and torch version): a
+# second run loads it instead of compiling again. The run's other caches stay per session.
+os.environ.setdefault("ACTSPARSE_EXT_DIR", str(REPO / ".pytest_cache" / "actsparse-ext"))
 
 
 # Real structures for the protein tests (a user's clone has no ../shared: those tests skip).

@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# As in tests/test_sparse_ffn.py: builds outlive the session's cache dir.
-os.environ.setdefault("ACTSPARSE_EXT_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "actsparse-ext"))
-
 from actsparse import ext  # noqa: E402
 
 

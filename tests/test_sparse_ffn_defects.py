@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from test_sparse_ffn import CUDA, DEVICES, TOL, call, make, need, ref64, rel_err  # noqa: F401 (sets ACTSPARSE_EXT_DIR)
+from test_sparse_ffn import CUDA, DEVICES, TOL, call, make, need, ref64, rel_err  # noqa: F401
 
 from actsparse import ext
 from actsparse.plugins.sparse_ffn import sparse_gated_ffn

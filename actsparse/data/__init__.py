@@ -11,10 +11,12 @@ from actsparse.data.minilm_sentences import SentenceDataModule
 from actsparse.data.ntk_sphere import PRESETS, DirichletSphere, SphereDataModule
 from actsparse.data.protein_rpn import ProteinDataModule
 from actsparse.data.skan_functions import FunctionDataModule
+from actsparse.data.smollm2_text import PretrainedTextDataModule
 from actsparse.data.text import TextDataModule, TokenWindows, split_windows
 from actsparse.data.tokenizer import ByteTokenizer
 
 __all__ = [
+    "PretrainedTextDataModule",
     "PRESETS",
     "ByteTokenizer",
     "CorpusError",

@@ -25,6 +25,7 @@ from actsparse.evaluation.joint_cett import (
 )
 from actsparse.evaluation.lm_loss import batch_mask, causal_lm_loss
 from actsparse.evaluation.passes import PreparedModel, dense_pass, prepare_model, truncated_pass
+from actsparse.evaluation.perplexity import PerplexityResult, perplexity
 from actsparse.evaluation.ppl_sparsity import PPLSparsityResult, ppl_p_sparsity
 from actsparse.evaluation.truncation import real_rows, truncate
 
@@ -34,6 +35,7 @@ __all__ = [
     "Calibration",
     "JointCETTResult",
     "PPLSparsityResult",
+    "PerplexityResult",
     "PreparedModel",
     "activation_ratio_at_cett",
     "batch_mask",
@@ -42,6 +44,7 @@ __all__ = [
     "joint_cett",
     "load_lm",
     "neural_codes",
+    "perplexity",
     "ppl_p_sparsity",
     "prepare_model",
     "real_rows",

@@ -11,8 +11,10 @@ from actsparse.models.mlp import MLP
 from actsparse.models.ntk_hermite_mlp import HermiteMLP, ScaledLinear
 from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN
 from actsparse.models.skan import KAN, MLPRegressor, PyKAN, SConvKAN
+from actsparse.models.smollm2 import KNOWN_MODELS, PretrainedSpec, check_tokenizer, load_pretrained, load_tokenizer
 
 __all__ = [
+    "KNOWN_MODELS", "PretrainedSpec", "check_tokenizer", "load_pretrained", "load_tokenizer",
     "CNN",
     "DendriticMLP",
     "FFN_KINDS",
