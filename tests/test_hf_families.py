@@ -276,9 +276,10 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {
     # BloomMLP.forward(hidden, residual) is replaced whole by a one-input SparseFFN; needs
     # sparse_ffn._owner_is_the_ffn to honour Site.whole (docs/hf_families.md).
     "bloom": {"convert": "SparseFFN.forward() takes 2 positional arguments"},
-    # convert_to_sparse converts gated/plain blocks, not fused experts (docs/hf_families.md).
-    "mixtral": {"convert": "no FFN block to convert"},
-    "qwen2_moe": {"convert": "expert sites stay dense"},
+    # convert_to_sparse selects every ffn_sites site, expert sites included, and SparseFFN.from_dense
+    # refuses them (docs/hf_families.md).
+    "mixtral": {"convert": "(expert_ffn), not an FFN block"},
+    "qwen2_moe": {"convert": "(expert_ffn), not an FFN block"},
 }
 
 
@@ -332,13 +333,17 @@ def write_table(path: Path) -> None:
 
 NOTES = """## What the failures need
 
-- **convert, fused experts** (Mixtral, Qwen2/3-MoE, OLMoE, PhiMoE, ...: `no FFN block to convert`, or
-  `partial` where only the shared expert converts): transformers >= 5 stores experts as 3-D parameters
+- **convert, fused experts** (Mixtral, Qwen2/3-MoE, OLMoE, PhiMoE, ...: `Site '...experts.0' is a bare
+  activation (expert_ffn), not an FFN block`): transformers >= 5 stores experts as 3-D parameters
   (`gate_up_proj [E, 2f, d]`, `down_proj [E, d, f]`) run by one module; each expert is a site
-  (`ExpertSite`, kind `expert_ffn`), but `convert_to_sparse` converts `gated_ffn`/`plain_ffn` blocks
-  only. It needs a sparse experts module in `plugins/sparse_ffn.py` that takes the experts module's
-  `(hidden_states, top_k_index, top_k_weights)` and runs `sparse_gated_ffn` per routed expert on
-  `site.inputs`/`site.down` (views of the fused weights).
+  (`ExpertSite`, kind `expert_ffn`, with `inputs`/`down`/`w_down` as views of the fused weights), and
+  `convert_to_sparse` now selects it through `ffn_sites`, but `SparseFFN.from_dense` converts
+  `gated_ffn`/`plain_ffn` only (and calls the expert a bare activation). Converting experts needs a
+  sparse experts module in `plugins/sparse_ffn.py` that replaces the experts module, takes its
+  `(hidden_states, top_k_index, top_k_weights)` and runs `sparse_gated_ffn` per routed expert on the
+  sites' views. Until then: select `s.kind in (GATED_FFN, PLAIN_FFN)` in `convert_to_sparse` (shared
+  experts and dense layers convert, experts stay dense, as the previous table showed: exact) and say
+  `expert_ffn` sites are not converted yet instead of "bare activation".
 - **convert, `SparseFFN.forward() takes 2 positional arguments`** (BLOOM, MPT): their MLP's forward
   takes a residual too, so it cannot be replaced whole; the structural finder marks such sites
   `whole=False` (the module did not run as `owner(x)`), and `plugins/sparse_ffn.py`'s
