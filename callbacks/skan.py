@@ -11,7 +11,13 @@
    parameter set, and training continues. The chosen spaces are logged: a W&B table and
    histogram when a ``WandbLogger`` is attached, a PNG (``skan_spaces.png``) otherwise.
 
-Steps are ``trainer.global_step`` (optimizer steps). Resuming from a checkpoint restores the
+Steps are ``trainer.global_step`` (optimizer steps). The phase lengths are step counts, or
+``full_fraction`` / ``selective_fraction`` of the run's optimizer steps
+(``trainer.estimated_stepping_batches``, resolved when fitting starts), so a config need not
+repeat the run's length. After pruning, every training epoch's end logs the share of nodes that
+chose each space (``skan/space_share/<space>``) and the parameter count before pruning
+(``skan/parameters_unpruned``), so the choice reaches the loggers and a ``MetricHistory``
+watching ``skan/`` (and with it the run's ``summary.json``). Resuming from a checkpoint restores the
 phase exactly: a checkpoint written after pruning loads into the pruned layout (the layers
 convert themselves) before the optimizers are built, and the temperature is a model buffer.
 """
@@ -38,8 +44,12 @@ class SKANTraining(Callback):
     """Full -> selective -> pruned training of every S-KAN layer in the module.
 
     Args:
-        full_steps: length of phase 1 (optimizer steps).
-        selective_steps: length of phase 2; pruning happens at ``full_steps + selective_steps``.
+        full_steps: length of phase 1 (optimizer steps; default 200 unless ``full_fraction``).
+        selective_steps: length of phase 2; pruning happens at ``full_steps + selective_steps``
+            (default 100 unless ``selective_fraction``).
+        full_fraction, selective_fraction: the same lengths as fractions of the run's optimizer
+            steps, ``round(fraction * trainer.estimated_stepping_batches)`` (give both, instead
+            of the step counts).
         initial_temperature, final_temperature: the selection softmax temperature at the start
             and end of phase 2 (geometric schedule). The final one must make the selection
             one-hot in practice (1e-3: logit gaps of 0.01 give weights e^10 apart), so that
@@ -59,36 +69,82 @@ class SKANTraining(Callback):
         0.0316
     """
 
-    def __init__(self, full_steps: int = 200, selective_steps: int = 100, initial_temperature: float = 1.0,
-                 final_temperature: float = 1e-3, freeze_selection_in_full: bool = True,
-                 grid_update_every: int = 0, grid_update_until: int | None = None, prune: bool = True,
-                 out_dir: str | None = None) -> None:
-        if full_steps < 0 or selective_steps < 0:
-            raise ValueError(f"full_steps and selective_steps must be >= 0, got {full_steps}, {selective_steps}.")
+    def __init__(self, full_steps: int | None = None, selective_steps: int | None = None,
+                 initial_temperature: float = 1.0, final_temperature: float = 1e-3,
+                 freeze_selection_in_full: bool = True, grid_update_every: int = 0,
+                 grid_update_until: int | None = None, prune: bool = True, out_dir: str | None = None,
+                 full_fraction: float | None = None, selective_fraction: float | None = None) -> None:
+        fractions = (full_fraction, selective_fraction)
+        if any(f is not None for f in fractions):
+            if any(f is None for f in fractions) or full_steps is not None or selective_steps is not None:
+                raise ValueError("SKANTraining: give the phase lengths either as full_steps/selective_steps or as "
+                                 f"full_fraction/selective_fraction (both), got full_steps={full_steps}, "
+                                 f"selective_steps={selective_steps}, full_fraction={full_fraction}, "
+                                 f"selective_fraction={selective_fraction}.")
+            if min(fractions) < 0 or sum(fractions) > 1:
+                raise ValueError(f"full_fraction and selective_fraction must be >= 0 and sum to <= 1 (the rest is the "
+                                 f"pruned phase), got {full_fraction}, {selective_fraction}.")
+        else:
+            full_steps = 200 if full_steps is None else full_steps
+            selective_steps = 100 if selective_steps is None else selective_steps
+            if full_steps < 0 or selective_steps < 0:
+                raise ValueError(f"full_steps and selective_steps must be >= 0, got {full_steps}, {selective_steps}.")
         if not 0 < final_temperature <= initial_temperature:
             raise ValueError(f"temperatures must satisfy 0 < final_temperature <= initial_temperature, got "
                              f"{final_temperature}, {initial_temperature}.")
         if grid_update_every < 0:
             raise ValueError(f"grid_update_every must be >= 0 (0: no grid updates), got {grid_update_every}.")
-        self.full_steps, self.selective_steps = int(full_steps), int(selective_steps)
+        self.full_fraction = None if full_fraction is None else float(full_fraction)
+        self.selective_fraction = None if selective_fraction is None else float(selective_fraction)
         self.initial_temperature, self.final_temperature = float(initial_temperature), float(final_temperature)
         self.freeze_selection_in_full = freeze_selection_in_full
         self.grid_update_every = int(grid_update_every)
-        self.grid_update_until = self.full_steps if grid_update_until is None else min(int(grid_update_until), self.full_steps)
+        self._grid_update_until = grid_update_until
+        self.full_steps: int | None = None
+        self.selective_steps: int | None = None
+        self.grid_update_until: int | None = None
+        if full_steps is not None:
+            self._set_steps(int(full_steps), int(selective_steps))
         self.prune = prune
         self.out_dir = out_dir
         self.pruned_at: int | None = None
+        self.parameters_unpruned: int | None = None
         self.chosen: dict[str, list[str]] = {}
         self.grid_updates = 0
+
+    def _set_steps(self, full_steps: int, selective_steps: int) -> None:
+        self.full_steps, self.selective_steps = full_steps, selective_steps
+        until = self._grid_update_until
+        self.grid_update_until = full_steps if until is None else min(int(until), full_steps)
+
+    def resolve_steps(self, total_steps: float) -> tuple[int, int]:
+        """Set the phase lengths from the fractions and the run's ``total_steps``; returns them."""
+        if self.full_fraction is None:
+            return self.full_steps, self.selective_steps
+        if total_steps == float("inf"):
+            raise ValueError("SKANTraining's full_fraction/selective_fraction need a finite run: set trainer.max_steps "
+                             "or trainer.max_epochs (or give full_steps/selective_steps).")
+        total = int(total_steps)
+        self._set_steps(int(round(self.full_fraction * total)), int(round(self.selective_fraction * total)))
+        return self.full_steps, self.selective_steps
 
     @property
     @override
     def state_key(self) -> str:
+        if self.full_fraction is not None:  # known before the run's length is
+            return self._generate_state_key(full_fraction=self.full_fraction,
+                                            selective_fraction=self.selective_fraction, prune=self.prune)
         return self._generate_state_key(full_steps=self.full_steps, selective_steps=self.selective_steps,
                                         prune=self.prune)
 
     # -- schedule (pure) ------------------------------------------------------------------------
+    def _check_resolved(self) -> None:
+        if self.full_steps is None:
+            raise RuntimeError("SKANTraining's phase lengths are fractions of the run, known when fitting starts; "
+                               "call resolve_steps(total_steps) first.")
+
     def phase(self, step: int) -> str:
+        self._check_resolved()
         if step < self.full_steps:
             return "full"
         if step < self.full_steps + self.selective_steps or not self.prune:
@@ -96,6 +152,7 @@ class SKANTraining(Callback):
         return "pruned"
 
     def temperature(self, step: int) -> float:
+        self._check_resolved()
         if step < self.full_steps:
             return self.initial_temperature
         if self.selective_steps == 0:
@@ -109,6 +166,13 @@ class SKANTraining(Callback):
         if not skan_layers(pl_module):
             raise ValueError(f"SKANTraining found no S-KAN layer in {type(pl_module).__name__}; build the model "
                              "from actsparse.plugins.kan.SKANLinear / SKANConv2d.")
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.full_fraction is not None:
+            full, selective = self.resolve_steps(trainer.estimated_stepping_batches)
+            rank_zero_info(f"SKANTraining: {full} full + {selective} selective steps of "
+                           f"{int(trainer.estimated_stepping_batches)}, then pruned.")
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -136,6 +200,7 @@ class SKANTraining(Callback):
 
     def _prune(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         before = sum(p.numel() for p in pl_module.parameters())
+        self.parameters_unpruned = before
         self.chosen = prune_spaces(pl_module)
         self.pruned_at = step
         after = sum(p.numel() for p in pl_module.parameters())
@@ -144,6 +209,19 @@ class SKANTraining(Callback):
         rank_zero_info(f"SKANTraining: pruned at step {step}: {before:,} -> {after:,} parameters; "
                        f"spaces per layer: {json.dumps({k: dict(Counter(v)) for k, v in self.chosen.items()})}")
         self._log_choice(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epoch ends reach the loggers whatever log_every_n_steps is: the choice lands in the
+        # logs (and a MetricHistory's curves) once per epoch after pruning.
+        if not self.chosen:
+            return
+        picks = [space for spaces in self.chosen.values() for space in spaces]
+        counts = Counter(picks)
+        for space in dict.fromkeys(s for _, m in skan_layers(pl_module) for s in m.all_spaces):
+            pl_module.log(f"skan/space_share/{space}", counts.get(space, 0) / len(picks), on_step=False, on_epoch=True)
+        if self.parameters_unpruned is not None:
+            pl_module.log("skan/parameters_unpruned", float(self.parameters_unpruned), on_step=False, on_epoch=True)
 
     @rank_zero_only
     def _log_choice(self, trainer: L.Trainer) -> None:
@@ -168,13 +246,15 @@ class SKANTraining(Callback):
     # -- state ----------------------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"pruned_at": self.pruned_at, "chosen": self.chosen, "grid_updates": self.grid_updates}
+        return {"pruned_at": self.pruned_at, "chosen": self.chosen, "grid_updates": self.grid_updates,
+                "parameters_unpruned": self.parameters_unpruned}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned_at = state_dict.get("pruned_at")
         self.chosen = dict(state_dict.get("chosen", {}))
         self.grid_updates = int(state_dict.get("grid_updates", 0))
+        self.parameters_unpruned = state_dict.get("parameters_unpruned")
 
 
 def _space_index(space: str) -> int:
