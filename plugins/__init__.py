@@ -14,10 +14,12 @@ from actsparse.plugins.activations import ACTIVATIONS, FATReLU, make_activation
 from actsparse.plugins.recording import STATS, Recording, SiteRecord, pack_codes, record, unpack_codes
 from actsparse.plugins.sites import (
     ACTIVATION,
+    EXPERT_FFN,
     GATED_FFN,
     PLAIN_FFN,
     NoSitesError,
     Site,
+    eager_name,
     ffn_sites,
     find_sites,
     register_activation_type,
@@ -25,6 +27,7 @@ from actsparse.plugins.sites import (
 )
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.ffn_experts import ExpertSite
 from actsparse.plugins.swap import SwapReport, swap_activation
 from actsparse.plugins.training_free import (
     CATSActivation,
@@ -71,6 +74,9 @@ from actsparse.plugins.dendrites import (
 )
 
 __all__ = [
+    "EXPERT_FFN",
+    "ExpertSite",
+    "eager_name",
     "CATSActivation",
     "MagnitudeSamples",
     "MagnitudeSparsifier",

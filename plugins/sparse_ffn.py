@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, NoSitesError, Site, ffn_sites, find_sites, linear_weight
 from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
 from actsparse.plugins.sparse_ffn_reference import reference_ffn, reference_gated_ffn, validate_reference_args
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SparseFFN",
@@ -305,6 +308,8 @@ def _owner_is_the_ffn(site: Site) -> bool:
     then its forward is the FFN and the whole owner can be replaced. Otherwise (BertLayer,
     nn.TransformerEncoderLayer) attention and norms live there too, and only the FFN's parts may
     be rewired."""
+    if site.whole is not None:  # the structural finder ran the block: it knows whether the FFN is all of it
+        return site.whole
     ffn_params = {id(p) for layer in (*site.inputs, site.down) for p in layer.parameters()}
     return all(id(p) in ffn_params for p in site.owner.parameters())
 
@@ -374,7 +379,15 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     """
     if not inplace:
         model = copy.deepcopy(model)
-    sites = ffn_sites(model, find_sites(model, include, exclude))
+    found = ffn_sites(model, find_sites(model, include, exclude))
+    sites = [s for s in found if s.kind in (GATED_FFN, PLAIN_FFN)]
+    experts = [s.name for s in found if s.kind not in (GATED_FFN, PLAIN_FFN)]
+    if experts:  # fused mixture-of-experts weights: no sparse module for them yet
+        log.warning("convert_to_sparse: %d expert FFNs of mixture-of-experts blocks stay dense (converting fused "
+                    "experts is not implemented yet): %s", len(experts), ", ".join(experts[:4]) + (" ..." if len(experts) > 4 else ""))
+    if not sites:
+        raise NoSitesError(f"{type(model).__name__}'s FFN sites are all mixture-of-experts experts ({len(experts)}), "
+                           "which convert_to_sparse cannot convert yet; its dense experts stay as they are.")
     measured = calibrate_sparsity(model, sites, calibration) if calibration is not None else {}
     plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend,
                                                   sparsity=measured.get(s.name))) for s in sites]

@@ -121,6 +121,15 @@ def format_interval(mean: float, half: float, scale: float = 1.0, digits: int = 
     return f"{mean * scale:.{digits}g} ± {half * scale:.2g}"
 
 
+def final_value(job: Job, key: str) -> float:
+    """A job's final value of ``key``: from its summary, else the last logged point of the series
+    (e.g. ``dnr/mean``, logged by a callback each epoch), else nan."""
+    if key in job.summary:
+        return float(job.summary[key])
+    points = job.history(key)
+    return points[-1][1] if points else float("nan")
+
+
 def final_table(groups: Sequence[Group], columns: Mapping[str, str], scale: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """One row per group: each column's final value, mean ± 95% interval over the group's jobs."""
     scale = scale or {}
@@ -128,7 +137,7 @@ def final_table(groups: Sequence[Group], columns: Mapping[str, str], scale: Mapp
     for group in groups:
         row: dict[str, Any] = {"run": group.label, "repeats": len(group.jobs)}
         for title, key in columns.items():
-            mean, half = t_interval([job.summary.get(key, float("nan")) for job in group.jobs])
+            mean, half = t_interval([final_value(job, key) for job in group.jobs])
             row[title] = format_interval(mean, half, float(scale.get(title, 1.0)))
         table.append(row)
     return table
@@ -223,6 +232,23 @@ def report(sweep_dir: str | Path, study: Mapping[str, Any], config: DictConfig |
     return tables
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m actsparse.experiments.study_report <sweep dir>``: aggregate a finished (or
+    partly finished) multirun again, with the ``study:`` block saved in its ``multirun.yaml``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    saved = args.sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        parser.error(f"{saved} does not exist: give the folder of a multirun (it holds multirun.yaml and one "
+                     "folder per job).")
+    config = OmegaConf.load(saved)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    report(args.sweep_dir, OmegaConf.to_container(config.get("study") or {}, resolve=False))
+
+
 class StudyReport(HydraCallback):
     """Hydra callback: at the end of a multirun, aggregate its jobs into the study's table and
     figures (:func:`report`, configured by the experiment's ``study:`` block)."""
@@ -232,3 +258,7 @@ class StudyReport(HydraCallback):
         sweep_dir = Path(config.hydra.sweep.dir)
         report(sweep_dir, study, config)
         log.info("Study results in %s: results.md, results.json", sweep_dir.absolute())
+
+
+if __name__ == "__main__":
+    main()
