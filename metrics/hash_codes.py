@@ -20,7 +20,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from actsparse.metrics.functional.code_categorization import MAPPINGS, METHODS, PROTOCOLS, code_categorization
 from actsparse.metrics.functional.hash_codes import (
     NeuralCodes,
-    _labels_array,
+    labels_array,
     hash_code_purity,
     packed_codes,
     redundancy_ratio,
@@ -55,7 +55,7 @@ class _CodeMetric(Metric):
         return rows.to(self.device)
 
     def _labels(self, labels: Any, n: int) -> torch.Tensor:
-        y = torch.as_tensor(_labels_array(labels, n)).long()
+        y = torch.as_tensor(labels_array(labels, n)).long()
         return y.to(self.device)
 
     def _require(self, state: str, what: str) -> torch.Tensor:

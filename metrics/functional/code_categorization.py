@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from actsparse.metrics.functional.hash_codes import NeuralCodes, _labels_array, packed_codes, unpack_codes
+from actsparse.metrics.functional.hash_codes import NeuralCodes, labels_array, packed_codes, unpack_codes
 
 METHODS = ("kmeans", "knn", "logreg")
 MAPPINGS = ("majority", "hungarian")
@@ -149,8 +149,8 @@ def code_categorization(
         )
     if len(x_train) == 0 or len(x_test) == 0:
         raise ValueError(f"Need training and test codes, got {len(x_train)} and {len(x_test)}.")
-    y_train = _labels_array(train_labels, len(x_train))
-    y_test = _labels_array(test_labels, len(x_test))
+    y_train = labels_array(train_labels, len(x_train))
+    y_test = labels_array(test_labels, len(x_test))
     classes, y_train_idx = np.unique(y_train, return_inverse=True)
     y_train_idx = y_train_idx.reshape(-1)
 

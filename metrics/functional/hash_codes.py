@@ -163,7 +163,8 @@ def code_buckets(codes: Any, packed: bool = False) -> tuple[np.ndarray, int]:
     return inverse.reshape(-1).astype(np.int64, copy=False), len(uniques)
 
 
-def _labels_array(labels: Any, n: int) -> np.ndarray:
+def labels_array(labels: Any, n: int) -> np.ndarray:
+    """One integer class id per code as a numpy array, checked against the ``n`` codes."""
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D [samples], got shape {tuple(y.shape)}.")
@@ -205,7 +206,7 @@ def hash_code_purity(codes: Any, labels: Any, packed: bool = False) -> torch.Ten
         tensor(0.6000, dtype=torch.float64)
     """
     buckets, _ = code_buckets(codes, packed)
-    y = _labels_array(labels, len(buckets))
+    y = labels_array(labels, len(buckets))
     _, y = np.unique(y, return_inverse=True)
     n_classes = int(y.max()) + 1
     keys, counts = np.unique(buckets * n_classes + y.reshape(-1), return_counts=True)
