@@ -15,18 +15,9 @@ import warnings
 import pytest
 import torch
 
-from test_sparse_ffn import CUDA, DEVICES, TOL, call, make, need, ref64, rel_err  # noqa: F401
+from test_sparse_ffn import CUDA, DEVICES, TOL, call, make, need, ops, ref64, rel_err  # noqa: F401  (ops: the fixture)
 
-from actsparse import ext
 from actsparse.plugins.sparse_ffn import sparse_gated_ffn
-
-
-@pytest.fixture(scope="module")
-def ops():
-    status = ext.load()
-    if not status.available:
-        pytest.skip(f"compiled kernels unavailable: {status.reason}")
-    return torch.ops.actsparse
 
 
 # (backend, dense_above, batch): every route through the op. CPU: the fused single pass
