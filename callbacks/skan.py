@@ -125,7 +125,7 @@ class SKANTraining(Callback):
             raise ValueError("SKANTraining's full_fraction/selective_fraction need a finite run: set trainer.max_steps "
                              "or trainer.max_epochs (or give full_steps/selective_steps).")
         total = int(total_steps)
-        self._set_steps(int(round(self.full_fraction * total)), int(round(self.selective_fraction * total)))
+        self._set_steps(round(self.full_fraction * total), round(self.selective_fraction * total))
         return self.full_steps, self.selective_steps
 
     @property

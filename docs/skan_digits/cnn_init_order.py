@@ -1,12 +1,16 @@
 """Why the CNN row moved: the old study drew the CNN's weights after building ~65 throwaway
 models (matched_cnn_channels(pruned_size(...)) inside build()); the engine builds it right after seeding."""
-import sys, warnings
-import lightning as L, torch
-warnings.filterwarnings("ignore")
+import warnings
+
+import lightning as L
+import torch
+
 from actsparse.data.digits import DigitsDataModule
 from actsparse.models import CNN, SConvKAN
 from actsparse.plugins.kan import prune_spaces
 from actsparse.tasks.classify import Classifier
+
+warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 SPACES = ["bspline", "chebyshev", "fourier", "rbf", "mexican_hat", "legendre", "relu_kan"]
 n = lambda m: sum(p.numel() for p in m.parameters())
