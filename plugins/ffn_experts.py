@@ -31,7 +31,6 @@ from torch.overrides import TorchFunctionMode
 
 
 @dataclass(eq=False, repr=False)
-@dataclass(eq=False, repr=False)
 class ExpertSite(Site):
     """Expert ``expert`` of a fused experts module: ``x1 = act(gate_e x) * up_e x`` (or ``act(up_e x)``)."""
 
