@@ -361,7 +361,8 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     names the site and the fix). A module that is only the FFN (``LlamaMLP``, ``GPT2MLP``,
     actsparse's FFNs) is replaced whole; a plain FFN inside a larger layer (BERT's ``BertLayer``,
     ``nn.TransformerEncoderLayer``) is rewired in place: its fc becomes the :class:`SparseFFN`,
-    its activation and down projection identities. Returns the converted model (``model`` itself
+    its activation and down projection identities. A fused mixture-of-experts module becomes one
+    :class:`~actsparse.plugins.sparse_experts.SparseExperts` (all its experts selected, or none). Returns the converted model (``model`` itself
     unless ``inplace=False``, which converts a deep copy). Conversion is for inference: call the
     result under ``torch.no_grad()``/``inference_mode()`` and in ``eval()`` mode.
 
@@ -381,16 +382,18 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
         model = copy.deepcopy(model)
     found = ffn_sites(model, find_sites(model, include, exclude))
     sites = [s for s in found if s.kind in (GATED_FFN, PLAIN_FFN)]
-    experts = [s.name for s in found if s.kind not in (GATED_FFN, PLAIN_FFN)]
-    if experts:  # fused mixture-of-experts weights: no sparse module for them yet
-        log.warning("convert_to_sparse: %d expert FFNs of mixture-of-experts blocks stay dense (converting fused "
-                    "experts is not implemented yet): %s", len(experts), ", ".join(experts[:4]) + (" ..." if len(experts) > 4 else ""))
-    if not sites:
-        raise NoSitesError(f"{type(model).__name__}'s FFN sites are all mixture-of-experts experts ({len(experts)}), "
-                           "which convert_to_sparse cannot convert yet; its dense experts stay as they are.")
+    # imported here: sparse_experts imports this module's fronts
+    from actsparse.plugins.sparse_experts import plan_experts
+
+    expert_plans, dense_experts = plan_experts(model, [s for s in found if s.kind not in (GATED_FFN, PLAIN_FFN)],
+                                               dense_above=dense_above, backend=backend)
+    if not sites and not expert_plans:
+        raise NoSitesError(f"{type(model).__name__}'s FFN sites are all mixture-of-experts experts whose modules "
+                           f"cannot be converted ({len(dense_experts)}; the warnings say why); they stay dense.")
     measured = calibrate_sparsity(model, sites, calibration) if calibration is not None else {}
     plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend,
                                                   sparsity=measured.get(s.name))) for s in sites]
+    plans += [[step] for step in expert_plans]
     for plan in plans:  # every site validated before the model is touched
         for owner, attr, value in plan:
             if owner is None:

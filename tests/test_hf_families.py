@@ -164,8 +164,8 @@ def check_convert(model, ids) -> str:
     except NoSitesError:  # every site converted
         left = []
     if left:
-        return (f"partial: exact, but the {len(left)} expert sites stay dense (convert_to_sparse converts "
-                "gated/plain blocks only)")
+        return (f"partial: exact, but the {len(left)} expert sites stay dense (their experts module is not "
+                "the routed loop SparseExperts reproduces; convert_to_sparse's warning says why)")
     return "ok"
 
 
@@ -272,12 +272,7 @@ def test_family(model_type):
 
 
 # Failures named today, with the reason (each asserted, so a fix shows up as a test to update).
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    # Fused experts have no sparse module yet: convert_to_sparse leaves them dense (with a warning)
-    # and refuses a model whose FFNs are all experts. Qwen2-MoE converts its shared expert.
-    "mixtral": {"convert": "all mixture-of-experts experts"},
-    "qwen2_moe": {"convert": "partial: exact, but the 8 expert sites stay dense"},
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}  # none today: Mixtral and Qwen2-MoE convert their experts too
 
 
 @pytest.mark.slow
@@ -312,7 +307,8 @@ def write_table(path: Path) -> None:
         "- **swap**: after `swap_activation(model, 'relu')`, each site's `x1` equals `relu(fc x)` or "
         "`relu(gate x) * up x` computed by hand from the site's weights; fused experts: the experts module's "
         "output equals a hand-written loop over tokens and their routed experts.",
-        "- **convert**: `convert_to_sparse(model, inplace=False)` gives the dense model's logits (atol 1e-4).",
+        "- **convert**: `convert_to_sparse(model, inplace=False)` gives the dense model's logits (atol 1e-4); "
+        "fused experts become `SparseExperts`, and none may stay dense for `ok`.",
         "- **prosparse**: gradients with the ProSparse callback's hook equal autograd of "
         "`loss + λ·Σ_sites ‖x1‖₁ / rows` (λ = 0.1), and differ from the loss's alone.",
         "",
@@ -330,22 +326,11 @@ def write_table(path: Path) -> None:
 
 NOTES = """## What the failures need
 
-- **convert, fused experts** (Mixtral, Qwen2/3-MoE, OLMoE, PhiMoE, ...: `Site '...experts.0' is a bare
-  activation (expert_ffn), not an FFN block`): transformers >= 5 stores experts as 3-D parameters
-  (`gate_up_proj [E, 2f, d]`, `down_proj [E, d, f]`) run by one module; each expert is a site
-  (`ExpertSite`, kind `expert_ffn`, with `inputs`/`down`/`w_down` as views of the fused weights), and
-  `convert_to_sparse` now selects it through `ffn_sites`, but `SparseFFN.from_dense` converts
-  `gated_ffn`/`plain_ffn` only (and calls the expert a bare activation). Converting experts needs a
-  sparse experts module in `plugins/sparse_ffn.py` that replaces the experts module, takes its
-  `(hidden_states, top_k_index, top_k_weights)` and runs `sparse_gated_ffn` per routed expert on the
-  sites' views. Until then: select `s.kind in (GATED_FFN, PLAIN_FFN)` in `convert_to_sparse` (shared
-  experts and dense layers convert, experts stay dense, as the previous table showed: exact) and say
-  `expert_ffn` sites are not converted yet instead of "bare activation".
-- **convert, `SparseFFN.forward() takes 2 positional arguments`** (BLOOM, MPT): their MLP's forward
-  takes a residual too, so it cannot be replaced whole; the structural finder marks such sites
-  `whole=False` (the module did not run as `owner(x)`), and `plugins/sparse_ffn.py`'s
-  `_owner_is_the_ffn` must honour it: `if site.whole is not None: return site.whole` as its first line.
-  Checked by monkeypatch: BLOOM and MPT then convert exactly.
+- **convert, partial** (DeepSeek-V4): fused experts convert to one `SparseExperts` per experts module
+  (`plugins/sparse_experts.py`: per routed expert `sparse_gated_ffn`/`sparse_ffn`, the eager loop's
+  order) when the module's forward is `(hidden_states, top_k_index, top_k_weights)` with no post-expert
+  norm and no gate function of its own; `DeepseekV4Experts` defines its own `_apply_gate`, so its experts
+  stay dense (exact, with a warning naming the reason) and its shared experts convert.
 - **swap/prosparse `no expert site hook fired`** (Aria): its experts run a grouped GEMM of their own,
   with no per-expert `F.linear(x1, down_proj[e])` to observe.
 - **sites `NoSitesError`**: no FFN of the two shapes over `nn.Linear`/`Conv1D` (state-space and RWKV
