@@ -352,10 +352,18 @@ def warn_no_cuda_kernels() -> None:
     )
 
 
-def supports(device: torch.device | str) -> bool:
-    """Whether compiled kernels serve tensors on ``device`` (builds on first call)."""
+# What the kernels are compiled for (csrc/sparse_ffn_cpu.cpp, csrc/sparse_ffn_cuda.cu check the same).
+KERNEL_DTYPES = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.float16, torch.bfloat16)}
+
+
+def supports(device: torch.device | str, dtype: torch.dtype | None = None) -> bool:
+    """Whether compiled kernels serve tensors on ``device`` (of ``dtype``, when given); builds on
+    first call."""
     status = load()
-    return status.available and torch.device(device).type in status.devices
+    kind = torch.device(device).type
+    if dtype is not None and dtype not in KERNEL_DTYPES.get(kind, ()):
+        return False
+    return status.available and kind in status.devices
 
 
 def reset_for_tests() -> None:

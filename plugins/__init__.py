@@ -27,6 +27,7 @@ from actsparse.plugins.sites import (
 )
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.sparse_experts import SparseExperts
 from actsparse.plugins.ffn_experts import ExpertSite
 from actsparse.plugins.swap import SwapReport, swap_activation
 from actsparse.plugins.training_free import (
@@ -74,6 +75,7 @@ from actsparse.plugins.dendrites import (
 )
 
 __all__ = [
+    "SparseExperts",
     "EXPERT_FFN",
     "ExpertSite",
     "eager_name",

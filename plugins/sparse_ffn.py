@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import logging
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,6 @@ from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, NoSitesError, Site, ff
 from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
 from actsparse.plugins.sparse_ffn_reference import reference_ffn, reference_gated_ffn, validate_reference_args
 
-log = logging.getLogger(__name__)
 
 __all__ = [
     "SparseFFN",
@@ -92,12 +90,13 @@ def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
         return False  # gradients flow through the (differentiable) reference path
     from actsparse import ext
 
-    ok = ext.supports(x.device)
-    if not ok and x.is_cuda and backend == "auto":
-        ext.warn_no_cuda_kernels()
-    if backend == "ext" and not ok:
+    if backend == "auto" and not ext.supports(x.device, x.dtype):
+        if x.is_cuda and not ext.supports(x.device):
+            ext.warn_no_cuda_kernels()
+        return False  # e.g. float64: the reference path serves every dtype, as documented
+    if backend == "ext" and not ext.supports(x.device):
         raise RuntimeError(f"backend='ext' but no compiled kernel serves {x.device}: {ext.load().reason}")
-    return ok
+    return True
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

@@ -191,3 +191,14 @@ def test_cuda_pdl_kernel_set_matches_and_captures(ops, batch):
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(out, ref64(fresh, p["w_in"], p["w_out_t"], 0.0, p["w_up"], p["b_in"], p["b_up"], p["b_out"])) < 1e-2
+
+
+def test_default_backend_serves_dtypes_the_kernels_lack():
+    """float64 on the CPU has no compiled kernel: the default backend takes the reference path (as the
+    docstring says) instead of raising the kernel's dtype error."""
+    g = torch.Generator().manual_seed(0)
+    x, wg, wu, wd = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 16), (40, 16), (40, 16), (40, 16)))
+    with torch.no_grad():
+        y = sparse_gated_ffn(x, wg, wu, wd, threshold=0.1)
+    expected = (torch.where(x @ wg.T >= 0.1, x @ wg.T, 0) * (x @ wu.T)) @ wd
+    assert y.dtype == torch.float64 and torch.allclose(y, expected, rtol=1e-12, atol=1e-12)
