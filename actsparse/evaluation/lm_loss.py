@@ -66,7 +66,9 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _logits(out: Any) -> torch.Tensor:
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits of a language model's output: a tensor, a Hugging Face output's ``.logits``, or
+    the first element of a tuple."""
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "logits"):
@@ -115,7 +117,7 @@ def causal_lm_loss(model: nn.Module, batch: Any, repeats: int = 1) -> tuple[torc
         )
     big = inputs.repeat(repeats, *([1] * (inputs.dim() - 1)))
     out = model(input_ids=big, **kwargs) if isinstance(batch, dict) else model(big)
-    logits = _logits(out)
+    logits = logits_of(out)
     if shift:
         logits = logits[:, :-1]
     tgt = targets.repeat(repeats, *([1] * (targets.dim() - 1)))

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from actsparse.evaluation.lm_loss import logits_of
 from actsparse.models.llama import TinyLM
 
 
@@ -29,7 +30,8 @@ class CausalLM(L.LightningModule):
     Logs ``train/loss``, ``train/lr``, ``train/tokens`` each step and the DDP-exact
     token-weighted ``val/loss`` and ``val/ppl`` (torchmetrics) each validation.
 
-    ``model`` is any module mapping tokens [B, T] to logits [B, T, V]; when it has a
+    ``model`` is any module mapping tokens [B, T] to logits [B, T, V] (a Hugging Face causal LM's
+    output object counts: its ``.logits`` are read); when it has a
     ``config_dict()`` (actsparse's ``TinyLM``), the config is saved so
     ``CausalLM.load_from_checkpoint(path)`` rebuilds it.
     """
@@ -60,7 +62,7 @@ class CausalLM(L.LightningModule):
         self.tokens_seen = 0
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens)
+        return logits_of(self.model(tokens))
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
