@@ -456,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: checks the plumbing only")
     p.add_argument("--out", default=str(REPO / "outputs" / "gpu_check"))
-    p.add_argument("--tests", nargs="*", default=["tests/test_sparse_ffn.py", "tests/test_sparse_ffn_defects.py",
-                                                   "tests/test_sparse_ffn_dispatch.py", "tests/test_ext_cache.py"])
+    p.add_argument("--tests", nargs="*", default=["tests/plugins/test_sparse_ffn.py", "tests/plugins/test_sparse_ffn_defects.py",
+                                                   "tests/plugins/test_sparse_ffn_dispatch.py", "tests/test_ext_cache.py"])
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one shell-quoted string")
     p.add_argument("--skip", nargs="*", default=[], choices=list(STEPS), help="steps to leave out")
     p.add_argument("--time-limit", type=float, default=None,
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ACTSPARSE_CACHE_DIR", str(out / "cache"))
-    # One build for the build step, the tests and the benchmark (tests/test_sparse_ffn.py would
+    # One build for the build step, the tests and the benchmark (tests/plugins/test_sparse_ffn.py would
     # otherwise point its own processes at the checkout's .pytest_cache and build again).
     os.environ.setdefault("ACTSPARSE_EXT_DIR", str(out / "cache" / "ext"))
 

@@ -1,4 +1,4 @@
-"""The worker of tests/test_dnr.py's DDP test, in a light module: spawned processes import only
+"""The worker of tests/callbacks/test_dnr.py's DDP test, in a light module: spawned processes import only
 this (torch and actsparse.metrics), not the test module with Lightning."""
 
 import torch

@@ -1,4 +1,4 @@
-"""The worker of tests/test_protein_metrics.py's DDP test, in a light module: spawned processes
+"""The worker of tests/metrics/test_protein_metrics.py's DDP test, in a light module: spawned processes
 import only this (torch and actsparse.metrics), not the test module with Lightning."""
 
 import torch

@@ -47,7 +47,7 @@ def test_cpu_dry_run_of_the_gpu_check(tmp_path):
            "PYTHON": os.environ.get("PYTHON", __import__("sys").executable)}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
-        ["bash", "bench/gpu_check.sh", "--dry-run", "--out", str(out), "--tests", "tests/test_sparse_ffn.py",
+        ["bash", "bench/gpu_check.sh", "--dry-run", "--out", str(out), "--tests", "tests/plugins/test_sparse_ffn.py",
          str(probe), "--pytest-args",
          "-k 'opcheck or leading_dims or probe'"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1700,

@@ -6,7 +6,7 @@ linear head, in NTK parametrization by default: weights ~ N(0, 1), each layer mu
 pre-activations), no biases. With ``gain = 1 / sqrt(E[phi(g)^2])`` (sqrt(2) for ReLU, 1 for a
 normalized Hermite expansion) its NNGP and NTK as width -> infinity are exactly
 ``nngp_kernel(xi, depth, activation)`` and ``ntk_kernel(xi, depth, activation)``
-(``tests/test_ntk_hermite.py`` checks the NTK with torch.func). ``parametrization="standard"``
+(``tests/models/test_ntk_hermite.py`` checks the NTK with torch.func). ``parametrization="standard"``
 gives the same function at initialization with the scale moved into the weights (the usual
 PyTorch training dynamics).
 

@@ -3,7 +3,7 @@
 For inputs on the unit sphere and ``xi = x . z``:  ``Sigma^0 = xi``, ``Sigma^{l+1} = a(Sigma^l)``,
 ``K^0 = xi``, ``K^{l+1} = a(Sigma^l) + K^l a'(Sigma^l)``. ``depth`` counts hidden layers
 (activations): a network with ``depth`` activations and ``depth + 1`` weight matrices, no biases,
-in NTK parametrization has NNGP ``Sigma^depth`` and NTK ``K^depth`` (``tests/test_ntk_hermite.py``
+in NTK parametrization has NNGP ``Sigma^depth`` and NTK ``K^depth`` (``tests/models/test_ntk_hermite.py``
 checks the latter against the empirical NTK of a wide random MLP).
 
 Numerics (float64, any depth): the recursions run in the log domain (``log|value|`` and sign),

@@ -1,5 +1,5 @@
 """The issue-15 study experiment=ntk_regimes end to end at tiny sizes (experiment=ntk_finite runs on the
-study engine: tests/test_study_engine.py)."""
+study engine: tests/experiments/test_study_engine.py)."""
 
 import json
 
