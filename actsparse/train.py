@@ -112,15 +112,12 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        tested = trainer.test(task, datamodule=datamodule, verbose=False) if cfg.get("test_after_fit") else []
+        if cfg.get("test_after_fit"):  # the final model on the test split; RunSummary adds test/* to the summary
+            trainer.test(task, datamodule=datamodule, verbose=False)
     finally:
         finish_wandb(loggers)
     summary_file = out_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if tested and trainer.is_global_zero:  # the final model on the test split, beside the validation values
-        summary.update({key: float(value) for key, value in tested[0].items()})
-        summary_file.write_text(json.dumps(summary, indent=2))
-    return summary
+    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
 
 
 def results_line(out_dir: Path, summary: dict[str, Any]) -> str:

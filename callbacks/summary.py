@@ -22,6 +22,7 @@ class RunSummary(Callback):
     ``summary.json`` (the table's values, plus under ``"history"`` the curves kept by a
     :class:`MetricHistory` callback, ``{key: [[step, value], ...]}``); plot those curves
     (``loss.png``, ``perplexity.png``, one PNG per other validation metric) and send them to W&B.
+    A ``trainer.test`` after the fit adds its ``test/*`` values to ``summary.json``.
 
     Runs inside the training process, so it also reports ``ddp_spawn`` runs.
     """
@@ -78,8 +79,7 @@ class RunSummary(Callback):
         table = {k: v for k, v in summary.items() if v is not None}
         curves = history.history.by_key() if history else {}
         self.summary = {**table, "history": curves} if curves else table
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+        self._write(out_dir)
         from actsparse.report import plot_run_curves, print_summary  # matplotlib and rich only at fit end
 
         plots = plot_run_curves(curves, out_dir) if curves else []
@@ -87,3 +87,17 @@ class RunSummary(Callback):
             if isinstance(logger, WandbLogger) and plots:
                 logger.log_image(key="curves", images=[str(p) for p in plots], step=trainer.global_step)
         print_summary(table)
+
+    @override
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A test after the fit (``test_after_fit``) joins the run's summary beside the validation values.
+        if not self.summary:
+            return
+        self.summary.update({k: float(v) for k, v in trainer.callback_metrics.items()
+                             if k.startswith("test/") and v.numel() == 1})
+        self._write(Path(self.out_dir or trainer.default_root_dir))
+
+    def _write(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
