@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from actsparse.checkpoints import (
     LIGHTNING_NAMES, check_checkpoint, check_fits, checkpoint_state, load_weights, resume_run_dir, resumes_in,
@@ -65,6 +65,10 @@ def instantiate_each(group: DictConfig | None) -> list[Any]:
 def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):  # small models (the studies' MLPs) run fastest, and alike, on one thread
         torch.set_num_threads(int(cfg.threads))
+    if isinstance(cfg.get("init_from"), DictConfig):  # a run that yields the checkpoint (cached_fit): before seeding
+        init_from = instantiate(cfg.init_from)
+        with open_dict(cfg):
+            cfg.init_from = str(init_from)
     L.seed_everything(cfg.seed, workers=True)
     os.environ.setdefault("WANDB_MODE", "offline")  # online only when the user says so
     ckpt_path = cfg.get("ckpt_path")
@@ -113,7 +117,8 @@ def _fit(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.get("test_after_fit"):  # the final model on the test split; RunSummary adds test/* to the summary
-            trainer.test(task, datamodule=datamodule, verbose=False)
+            # test_ckpt_path: best tests the checkpoint ModelCheckpoint kept (e.g. with early stopping)
+            trainer.test(task, datamodule=datamodule, verbose=False, ckpt_path=cfg.get("test_ckpt_path"))
     finally:
         finish_wandb(loggers)
     summary_file = out_dir / "summary.json"
