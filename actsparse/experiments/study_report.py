@@ -17,6 +17,8 @@ the grid keys named in ``study.rows`` (the remaining keys, e.g. ``seed``, are re
       columns: {test acc: test/acc}              # table column -> summary key (final value)
       curves:                                    # figure -> logged series, y against x
         accuracy: {x: prune/remaining, y: val/acc, xscale: log, invert_x: true, scale: 100}
+      paired: {key: model, against: cnn, on: test/acc, better: higher}   # optional: per-seed paired
+                                                 # tests and win counts (experiments/study_paired.py)
 
 What a key of a YAML says is what runs: the job configs are the composed configs, nothing is
 rebuilt in Python.
@@ -221,6 +223,10 @@ def report(sweep_dir: str | Path, study: Mapping[str, Any], config: DictConfig |
     tables: dict[str, list[dict[str, Any]]] = {}
     if study.get("columns"):
         tables[title] = final_table(groups, study["columns"], study.get("scale"))
+    if study.get("paired"):
+        from actsparse.experiments.study_paired import paired_tables
+
+        tables.update(paired_tables(jobs, study["paired"], list(study.get("rows", [])), study.get("labels")))
     figures = {}
     for name, spec in (study.get("curves") or {}).items():
         tables[f"{name}: {spec['y']} vs {spec['x']}"] = curve_table(groups, spec)
