@@ -11,11 +11,13 @@ the noise. :class:`~actsparse.experiments.study_report.StudyReport` runs this wh
       paired:
         key: model              # the row key whose values are compared
         against: skan_fit/skan  # the value compared with every other value of ``key``
-        on: test/rmse           # a summary key (its final value, as for columns)
+        metric: test/rmse           # a summary key (its final value, as for columns)
         better: lower           # lower | higher
         alpha: 0.05             # a win or loss needs p < alpha (paired t-test)
         sets:                   # optional: "better than every member" counts
           every single-space KAN: [skan_fit/bspline, skan_fit/chebyshev]
+
+(``metric``, not ``on``: YAML reads a bare ``on`` key as the boolean true.)
 
 Two jobs pair when every override other than ``key`` is equal (the same seed and the same other
 row values). Holm's correction over all comparisons of the table is reported beside the raw
@@ -76,7 +78,11 @@ def paired_tables(jobs: Sequence[Job], spec: Mapping[str, Any], rows: Sequence[s
     from actsparse.experiments.study_report import format_interval, t_interval
 
     labels = labels or {}
-    key, against, on = str(spec["key"]), str(spec["against"]), str(spec["on"])
+    missing = [k for k in ("key", "against", "metric") if k not in spec]
+    if missing:
+        raise ValueError(f"study.paired needs {missing} (it has {sorted(spec)}); e.g. "
+                         "{key: model, against: <a value of model>, metric: test/rmse}.")
+    key, against, metric = str(spec["key"]), str(spec["against"]), str(spec["metric"])
     better = str(spec.get("better", "lower"))
     if better not in ("lower", "higher"):
         raise ValueError(f"study.paired.better must be 'lower' or 'higher', got {better!r}.")
@@ -96,7 +102,7 @@ def paired_tables(jobs: Sequence[Job], spec: Mapping[str, Any], rows: Sequence[s
             continue
         context = tuple(job.overrides.get(k, "") for k in context_keys)
         pair = tuple(sorted((k, v) for k, v in job.overrides.items() if k != key))
-        cells.setdefault((context, job.overrides[key]), {})[pair] = _value(job, on)
+        cells.setdefault((context, job.overrides[key]), {})[pair] = _value(job, metric)
     contexts = list(dict.fromkeys(c for c, _ in cells))
     others = [v for v in values if v != against]
 
@@ -124,7 +130,7 @@ def paired_tables(jobs: Sequence[Job], spec: Mapping[str, Any], rows: Sequence[s
     for (context, other, n, diffs, wins, t_p, w_p), h_p in zip(results, adjusted):
         mean, half = t_interval(diffs)
         row = {**{k: name(k, v) for k, v in zip(context_keys, context)}, "vs": name(key, other), "pairs": n,
-               f"{on}: {name(key, against)} − other": format_interval(mean, half, digits=3),
+               f"{metric}: {name(key, against)} − other": format_interval(mean, half, digits=3),
                f"seeds {name(key, against)} better": f"{wins}/{n}", "t-test p": _fmt_p(t_p),
                "Wilcoxon p": _fmt_p(w_p), "Holm p (t)": _fmt_p(h_p), "verdict": verdict(mean, t_p)}
         table.append(row)
@@ -151,5 +157,5 @@ def paired_tables(jobs: Sequence[Job], spec: Mapping[str, Any], rows: Sequence[s
                        "tie": "–",
                        "better (Holm)": sum(all(outcome[(c, m)][1] == "better" for m in members) for c in full),
                        "worse (Holm)": sum(any(outcome[(c, m)][1] == "worse" for m in members) for c in full)})
-    title = f"{name(key, against)} vs each {key} on {on}, paired over seeds"
+    title = f"{name(key, against)} vs each {key} on {metric}, paired over seeds"
     return {f"{title}: wins per comparison": counts, f"{title}: every comparison": table}

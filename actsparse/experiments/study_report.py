@@ -17,7 +17,7 @@ the grid keys named in ``study.rows`` (the remaining keys, e.g. ``seed``, are re
       columns: {test acc: test/acc}              # table column -> summary key (final value)
       curves:                                    # figure -> logged series, y against x
         accuracy: {x: prune/remaining, y: val/acc, xscale: log, invert_x: true, scale: 100}
-      paired: {key: model, against: cnn, on: test/acc, better: higher}   # optional: per-seed paired
+      paired: {key: model, against: cnn, metric: test/acc, better: higher}   # optional: per-seed paired
                                                  # tests and win counts (experiments/study_paired.py)
 
 What a key of a YAML says is what runs: the job configs are the composed configs, nothing is

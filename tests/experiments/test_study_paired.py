@@ -52,7 +52,7 @@ def _sweep(tmp_path: Path) -> Path:
 
 def test_wins_count_only_significant_gaps(tmp_path):
     jobs = read_jobs(_sweep(tmp_path))
-    tables = paired_tables(jobs, {"key": "model", "against": "new", "on": "test/rmse"}, ["task", "model"],
+    tables = paired_tables(jobs, {"key": "model", "against": "new", "metric": "test/rmse"}, ["task", "model"],
                            {"model": {"new": "New"}})
     counts, rows = tables.values()
     assert [r["task"] for r in rows] == ["a", "b"]
@@ -64,7 +64,7 @@ def test_wins_count_only_significant_gaps(tmp_path):
     # means, a tie by the test
     assert (old["mean better"], old["better (p < 0.05)"], old["tie"], old["worse (p < 0.05)"]) == (2, 1, 1, 0)
     # "higher is better" turns the win into a loss
-    flipped = paired_tables(jobs, {"key": "model", "against": "new", "on": "test/rmse", "better": "higher"},
+    flipped = paired_tables(jobs, {"key": "model", "against": "new", "metric": "test/rmse", "better": "higher"},
                             ["task", "model"])
     assert next(iter(flipped.values()))[0]["worse (p < 0.05)"] == 1
 
@@ -76,17 +76,19 @@ def test_pairs_are_matched_by_seed_not_by_order(tmp_path):
     order = [("new", s) for s in range(5)] + [("old", s) for s in reversed(range(5))]
     for num, (model, seed) in enumerate(order):
         _job(sweep, num, [f"model={model}", f"seed={seed}"], {"err": base[seed] + (0.0 if model == "new" else 1.0 + 0.01 * seed)})
-    counts, rows = paired_tables(read_jobs(sweep), {"key": "model", "against": "new", "on": "err"}, ["model"]).values()
+    counts, rows = paired_tables(read_jobs(sweep), {"key": "model", "against": "new", "metric": "err"}, ["model"]).values()
     assert rows[0]["seeds new better"] == "5/5" and float(rows[0]["t-test p"]) < 1e-6
 
 
 def test_sets_and_report_integration(tmp_path):
     sweep = _sweep(tmp_path)
     study = {"title": "T", "rows": ["task", "model"], "columns": {"rmse": "test/rmse"},
-             "paired": {"key": "model", "against": "new", "on": "test/rmse", "sets": {"all baselines": ["old"]}}}
+             "paired": {"key": "model", "against": "new", "metric": "test/rmse", "sets": {"all baselines": ["old"]}}}
     tables = report(sweep, study)
     counts = next(v for k, v in tables.items() if k.endswith("wins per comparison"))
     assert counts[-1]["vs"] == "all baselines (all of 1)" and counts[-1]["better (p < 0.05)"] == 1
     assert "every comparison" in (sweep / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"needs \['metric'\]"):
+        paired_tables(read_jobs(sweep), {"key": "model", "against": "new", "on": "test/rmse"}, ["task", "model"])
     with pytest.raises(ValueError, match="not a value of 'model'"):
-        paired_tables(read_jobs(sweep), {"key": "model", "against": "nope", "on": "test/rmse"}, ["task", "model"])
+        paired_tables(read_jobs(sweep), {"key": "model", "against": "nope", "metric": "test/rmse"}, ["task", "model"])
