@@ -305,13 +305,14 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], w_out_t.shape[1]))
 
     @torch.library.register_fake("actsparse::sparse_gated_ffn")
-    def _(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None, dense_above=1.0, kernel=0):
+    def _(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None, dense_above=1.0, kernel=0,
+          activation=0):
         torch._check(x.dim() == 2 and w_gate.shape[1] == x.shape[1] and w_up.shape == w_gate.shape)
         torch._check(w_down_t.shape[0] == w_gate.shape[0])
         return out_like(x, w_down_t)
 
     @torch.library.register_fake("actsparse::sparse_ffn")
-    def _(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0, kernel=0):
+    def _(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0, kernel=0, activation=0):
         torch._check(x.dim() == 2 and w_fc.shape[1] == x.shape[1] and w_proj_t.shape[0] == w_fc.shape[0])
         return out_like(x, w_proj_t)
 
