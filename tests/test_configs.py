@@ -62,7 +62,10 @@ def test_callbacks_group(option, tmp_path):
     names = {type(c).__name__ for c in built}
     default = {"ModelCheckpoint", "MetricHistory", "RunSummary", "TQDMProgressBar"}
     # What each option adds to the defaults (none: no callbacks at all).
-    extra = {"default": set(), "prosparse": {"ActivationSwap", "ProSparse", "ThresholdShift"},
+    relu = {"ValidationSparsity", "ActivationSwap"}
+    extra = {"default": set(), "sparsity": {"ValidationSparsity"}, "relu": relu,
+             "relu_fixed": relu | {"ProSparse"}, "prosparse": relu | {"ProSparse"},
+             "prosparse_fatrelu": relu | {"ProSparse", "ThresholdShift"},
              "imp": {"DeadNeuronMonitor", "IterativeMagnitudePruning"},
              "imp_ap": {"DeadNeuronMonitor", "IterativeMagnitudePruning", "ActivatingWhilePruning"}}
     if option == "none":
@@ -70,9 +73,10 @@ def test_callbacks_group(option, tmp_path):
         return
     assert option in extra, f"callbacks={option} is new: say here which callbacks it adds"
     assert default | extra[option] <= names
-    if option == "prosparse":  # the three ProSparse steps, swap before L1
+    if "ProSparse" in extra[option]:  # the ProSparse steps in order: swap before L1 (before the shift)
         order = [type(c).__name__ for c in built]
         assert order.index("ActivationSwap") < order.index("ProSparse")
+        assert option != "prosparse_fatrelu" or order.index("ProSparse") < order.index("ThresholdShift")
 
 
 @pytest.mark.parametrize("option", options("logger"))

@@ -310,7 +310,9 @@ SMOKE = ["experiment=smoke", "logger=none", "trainer.enable_progress_bar=false"]
 
 
 def test_prosparse_resume_continues_lambda_and_weights_exactly(tmp_path):
-    common = [*SMOKE, "callbacks=prosparse", "callbacks.prosparse.stages=[[0.0,4],[0.01,12],[0.02,16]]",
+    # The llama2-7b schedule scaled to 20 steps: stage ends 6, 7, 12, 15, 19, 20 (step 10 is mid-rise).
+    common = [*SMOKE, "callbacks=prosparse", "+prosparse.schedule=llama2-7b", "+prosparse.steps=20",
+              "+prosparse.final_lambda=0.02", "+prosparse.normalize=mean",
               "callbacks.model_checkpoint.every_n_train_steps=10", "callbacks.model_checkpoint.monitor=null",
               "callbacks.model_checkpoint.save_top_k=-1", "trainer.log_every_n_steps=2"]
     fit_config(compose_train(common, tmp_path / "full"))
