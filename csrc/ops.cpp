@@ -67,14 +67,53 @@ void check_ffn_args(const char* op, const FfnArgs& a) {
   check_bias(op, "b_up", a.b_up, x, f);
   check_bias(op, a.w_up ? "b_down" : "b_proj", a.b_out, x, a.w_out_t.size(1));
   TORCH_CHECK(std::isfinite(a.threshold), op, ": threshold must be finite, got ", a.threshold, ".");
-  TORCH_CHECK(a.kernel == kKernelThree || a.kernel == kKernelThreePdl, op, ": kernel must be 0 (three kernels) or 1 "
-              "(three kernels with programmatic dependent launch), got ", a.kernel, ".");
+  TORCH_CHECK(a.kernel >= 0 && a.kernel < kKernelCount, op, ": kernel must be 0 (three kernels), 1 (three kernels "
+              "with programmatic dependent launch), 2 (persistent, batch 1) or 3 (tensor cores, batches 2-8), got ",
+              a.kernel, ". The Python fronts take names: actsparse.plugins.sparse_ffn_dispatch.KERNELS.");
+  TORCH_CHECK(a.activation == kActFatrelu || a.activation == kActCatsSilu, op, ": activation must be 0 (FATReLU: "
+              "z where z >= threshold) or 1 (CATS: SiLU(z) where |SiLU(z)| > threshold), got ", a.activation, ".");
+  TORCH_CHECK(a.activation != kActCatsSilu || a.threshold >= 0.0, op, ": the CATS threshold is a magnitude "
+              "(|SiLU(z)| > threshold) and must be >= 0, got ", a.threshold, ".");
 }
 
 float threshold_f32(double t) {
   float f = static_cast<float>(t);
   if (static_cast<double>(f) < t) f = std::nextafter(f, INFINITY);
   return f;
+}
+
+float threshold_for(double t, int64_t act) {
+  if (act != kActCatsSilu) return threshold_f32(t);
+  float f = static_cast<float>(t);
+  if (static_cast<double>(f) > t) f = std::nextafter(f, -INFINITY);
+  return f;
+}
+
+double threshold_in_down(double t, at::ScalarType dt) {
+  if (dt == at::kDouble) return t;
+  if (dt == at::kFloat) return threshold_for(t, kActCatsSilu);
+  at::Tensor v = at::scalar_tensor(t, at::kDouble).to(dt);
+  if (v.to(at::kDouble).item<double>() > t) v = at::nextafter(v, at::scalar_tensor(-INFINITY, v.options()));
+  return v.to(at::kDouble).item<double>();
+}
+
+void activate_dense_(at::Tensor& h, double threshold, int64_t act) {
+  if (act == kActCatsSilu) {
+    h = at::silu(h);
+    // keep |a| > t; a NaN a is dropped, as CATSActivation's where(|a| > t, a, 0) does
+    h.masked_fill_(at::logical_not(h.abs() > threshold_in_down(threshold, h.scalar_type())), 0);
+  } else if (threshold == 0.0) {
+    h.relu_();  // FATReLU_0 == ReLU: relu(z) and z >= 0 ? z : 0 agree everywhere
+  } else {
+    // FATReLU: keep z >= t (and NaN, which propagates as in relu), exact zeros elsewhere; the
+    // threshold rounded up to h's dtype, so the comparison is exact (see threshold_in).
+    h.masked_fill_(h < threshold_in(threshold, h.scalar_type()), 0);
+  }
+}
+
+at::Tensor active_dense(const at::Tensor& z, double threshold, int64_t act) {
+  if (act == kActCatsSilu) return at::silu(z).abs() > threshold_in_down(threshold, z.scalar_type());
+  return at::logical_not(z < threshold_in(threshold, z.scalar_type()));  // NaN counts as active
 }
 
 double threshold_in(double t, at::ScalarType dt) {
@@ -90,13 +129,7 @@ at::Tensor dense_tail(const FfnArgs& a, const at::Tensor& z_in) {
   // In place on a private copy of z: one elementwise kernel for the activation and one for the
   // gating product, the same as the dense F.linear path (no compare + zeros + where).
   at::Tensor h = z_in.scalar_type() == a.x.scalar_type() && z_in.is_contiguous() ? z_in : z_in.to(a.x.scalar_type()).contiguous();
-  if (a.threshold == 0.0) {
-    h.relu_();  // FATReLU_0 == ReLU: relu(z) and z >= 0 ? z : 0 agree everywhere
-  } else {
-    // FATReLU: keep z >= t (and NaN, which propagates as in relu), exact zeros elsewhere; the
-    // threshold rounded up to h's dtype, so the comparison is exact (see threshold_in).
-    h.masked_fill_(h < threshold_in(a.threshold, h.scalar_type()), 0);
-  }
+  activate_dense_(h, a.threshold, a.activation);
   if (a.w_up) h.mul_(a.b_up ? at::addmm(*a.b_up, a.x, a.w_up->t()) : at::mm(a.x, a.w_up->t()));
   return a.b_out ? at::addmm(*a.b_out, h, a.w_out_t) : at::mm(h, a.w_out_t);
 }
@@ -110,14 +143,15 @@ at::Tensor dense_ffn(const FfnArgs& a) {
 }  // namespace actsparse
 
 TORCH_LIBRARY(actsparse, m) {
-  // y = (FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down.
+  // y = (FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down (activation=0), or with
+  // CATS's SiLU(z)·1[|SiLU(z)| > t] in place of FATReLU (activation=1).
   // All weights neuron-major [f, d]; x [batch, d]. Up and down touch only the neurons active
   // for some row of the batch; above `dense_above` * f active neurons they run dense.
   m.def("sparse_gated_ffn(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down_t, float threshold=0., "
-        "Tensor? b_gate=None, Tensor? b_up=None, Tensor? b_down=None, float dense_above=1., int kernel=0) -> Tensor");
+        "Tensor? b_gate=None, Tensor? b_up=None, Tensor? b_down=None, float dense_above=1., int kernel=0, int activation=0) -> Tensor");
   // y = FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj (GPT-2 / BERT / OPT FFNs carry biases).
   m.def("sparse_ffn(Tensor x, Tensor w_fc, Tensor w_proj_t, float threshold=0., "
-        "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1., int kernel=0) -> Tensor");
+        "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1., int kernel=0, int activation=0) -> Tensor");
   // Tests only: NaN-fill outputs and scratch before kernels run. Returns the previous setting.
   m.def("_set_debug_poison(bool on) -> bool", &actsparse::set_debug_poison);
 }

@@ -5,7 +5,9 @@
 // batch row. The kernels therefore aim at streaming bandwidth, not flops:
 //   1. gate / fc pass: dense GEMV over w_in in chunks of 64 contiguous rows (1 MB sequential
 //      streams), several accumulators, software prefetch ahead of the hardware prefetcher; the
-//      threshold test is fused, producing the active mask.
+//      threshold test is fused, producing the active mask (FATReLU, or CATS's SiLU and magnitude
+//      test: act_value / act_on in sparse_ffn.h; the pre-activation z is kept raw, so the dense
+//      tail can start from it).
 //   2. up pass (gated FFNs): dot products for the active rows only, prefetching the next active
 //      row in lockstep because a gather defeats the hardware prefetcher.
 //   3. down pass: y += h_k * w_out_t[j_k] over chunks of active rows, each chunk into its own
@@ -166,9 +168,9 @@ void parallel_tasks(int64_t n_tasks, const Fn& fn, bool parallel = true) {
   for (int64_t i = 0; i < n_tasks; ++i) fn(i);
 }
 
-// z[b][j] = x[b] . w_in[j] + b_in[j] for all j; active[j] = any_b fatrelu_active(z[b][j], t).
+// z[b][j] = x[b] . w_in[j] + b_in[j] for all j; active[j] = any_b act_on(act_value(z[b][j])).
 template <int NB, typename T>
-void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, float t, float* z,
+void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, float t, int64_t act, float* z,
                uint8_t* active) {
   constexpr int64_t kRows = 64;  // rows per task: a 1 MB (fp32, d = 4096) sequential stream
   parallel_tasks((f + kRows - 1) / kRows, [&](int64_t task) {
@@ -182,7 +184,7 @@ void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, 
       for (int b = 0; b < NB; ++b) {
         const float v = s[b] + (bias ? static_cast<float>(bias[j]) : 0.f);
         z[b * f + j] = v;
-        any |= fatrelu_active(v, t);
+        any |= act_on(act_value(v, act), t, act);
       }
       active[j] = any;
     }
@@ -190,20 +192,20 @@ void gate_pass(const T* w, const float* x, const T* bias, int64_t f, int64_t d, 
 }
 
 // For the gate computed by at::mm (large batches): only the mask.
-void mask_pass(const float* z, int64_t nb, int64_t f, float t, uint8_t* active) {
+void mask_pass(const float* z, int64_t nb, int64_t f, float t, int64_t act, uint8_t* active) {
   at::parallel_for(0, f, 4096, [&](int64_t r0, int64_t r1) {
     for (int64_t j = r0; j < r1; ++j) {
       bool any = false;
-      for (int64_t b = 0; b < nb; ++b) any |= fatrelu_active(z[b * f + j], t);
+      for (int64_t b = 0; b < nb; ++b) any |= act_on(act_value(z[b * f + j], act), t, act);
       active[j] = any;
     }
   });
 }
 
-// h[k][b] = FATReLU_t(z[b][j_k]) * (x[b] . w_up[j_k] + b_up[j_k])  (or FATReLU alone, plain FFN).
+// h[k][b] = act_t(z[b][j_k]) * (x[b] . w_up[j_k] + b_up[j_k])  (or the activation alone, plain FFN).
 template <int NB, typename T>
 void up_pass(const T* w_up, const float* x, const T* b_up, const float* z, const int64_t* idx,
-             int64_t n, int64_t f, int64_t d, float t, float* h) {
+             int64_t n, int64_t f, int64_t d, float t, int64_t act, float* h) {
   constexpr int64_t kRows = 16;
   parallel_tasks((n + kRows - 1) / kRows, [&](int64_t task) {
     const int64_t k0 = task * kRows, k1 = std::min(n, k0 + kRows);
@@ -215,9 +217,8 @@ void up_pass(const T* w_up, const float* x, const T* b_up, const float* z, const
         dot_rows<NB, T>(w_up + j * d, x, d, next, s);
       }
       for (int b = 0; b < NB; ++b) {
-        const float zj = z[b * f + j];
-        const float act = fatrelu_active(zj, t) ? zj : 0.f;  // NaN propagates
-        h[k * NB + b] = w_up ? act * (s[b] + (b_up ? static_cast<float>(b_up[j]) : 0.f)) : act;
+        const float hj = activate(z[b * f + j], t, act);  // FATReLU: NaN propagates; CATS: dropped
+        h[k * NB + b] = w_up ? hj * (s[b] + (b_up ? static_cast<float>(b_up[j]) : 0.f)) : hj;
       }
     }
   });
@@ -272,7 +273,8 @@ void fused_task(const FfnArgs& a, const float* x32, int64_t task, float* y, bool
   const T* w_out_t = a.w_out_t.data_ptr<T>();
   const T* b_in = ptr_or_null<T>(a.b_in);
   const T* b_up = ptr_or_null<T>(a.b_up);
-  const float t = threshold_f32(a.threshold);
+  const int64_t act = a.activation;
+  const float t = threshold_for(a.threshold, act);
   const int64_t r0 = task * kFusedRows, r1 = std::min(f, r0 + kFusedRows);
   const int64_t ahead = kPrefetchBytes / int64_t(sizeof(T));
 
@@ -287,8 +289,9 @@ void fused_task(const FfnArgs& a, const float* x32, int64_t task, float* y, bool
     bool any = false;
     for (int b = 0; b < NB; ++b) {
       const float v = s[b] + (b_in ? static_cast<float>(b_in[j]) : 0.f);
-      const bool on = fatrelu_active(v, t);  // FATReLU; a NaN gate is active and propagates
-      h[n * NB + b] = on ? v : 0.f;
+      const float av = act_value(v, act);
+      const bool on = act_on(av, t, act);  // FATReLU: a NaN gate is active and propagates
+      h[n * NB + b] = on ? av : 0.f;
       any |= on;
     }
     if (any) idx[n++] = j;
@@ -359,7 +362,8 @@ void sparse_tail_chunk(const FfnArgs& a, const float* x32, const float* z, const
                        int64_t n, float* h, float* partial, float* y) {
   const int64_t f = a.w_in.size(0), d = a.x.size(1), d_out = a.w_out_t.size(1);
   const T* w_up = a.w_up ? a.w_up->data_ptr<T>() : nullptr;
-  up_pass<NB, T>(w_up, x32, ptr_or_null<T>(a.b_up), z, idx, n, f, d, threshold_f32(a.threshold), h);
+  up_pass<NB, T>(w_up, x32, ptr_or_null<T>(a.b_up), z, idx, n, f, d, threshold_for(a.threshold, a.activation),
+                 a.activation, h);
   down_pass<NB, T>(a.w_out_t.data_ptr<T>(), h, idx, n, d_out, partial);
   sum_partials<NB, T>(partial, down_chunks(n), ptr_or_null<T>(a.b_out), d_out, y);
 }
@@ -367,7 +371,8 @@ void sparse_tail_chunk(const FfnArgs& a, const float* x32, const float* z, const
 template <int NB, typename T>
 void gate_chunk(const FfnArgs& a, const float* x32, float* z, uint8_t* active) {
   const int64_t f = a.w_in.size(0), d = a.x.size(1);
-  gate_pass<NB, T>(a.w_in.data_ptr<T>(), x32, ptr_or_null<T>(a.b_in), f, d, threshold_f32(a.threshold), z, active);
+  gate_pass<NB, T>(a.w_in.data_ptr<T>(), x32, ptr_or_null<T>(a.b_in), f, d, threshold_for(a.threshold, a.activation),
+                   a.activation, z, active);
 }
 
 // Compile-time batch sizes 1..8: the accumulators must live in registers.
@@ -406,7 +411,8 @@ at::Tensor sparse_ffn_cpu_impl(const FfnArgs& a) {
     });
   } else {
     z = (a.b_in ? at::addmm(*a.b_in, a.x, a.w_in.t()) : at::mm(a.x, a.w_in.t())).to(at::kFloat).contiguous();
-    mask_pass(z.data_ptr<float>(), nb, f, threshold_f32(a.threshold), active.data_ptr<uint8_t>());
+    mask_pass(z.data_ptr<float>(), nb, f, threshold_for(a.threshold, a.activation), a.activation,
+              active.data_ptr<uint8_t>());
   }
 
   // 2. compact the union (serial: f bytes, microseconds against milliseconds of streaming).
@@ -450,19 +456,19 @@ at::Tensor dispatch_cpu(const char* op, const FfnArgs& a) {
 at::Tensor sparse_gated_ffn_cpu(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                                 const at::Tensor& w_down_t, double threshold, const OptTensor& b_gate,
                                 const OptTensor& b_up, const OptTensor& b_down, double dense_above,
-                                int64_t kernel) {
+                                int64_t kernel, int64_t activation) {
   const at::Tensor xc = x.contiguous();
-  return dispatch_cpu("actsparse.sparse_gated_ffn",
-                      FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above, kernel});
+  return dispatch_cpu("actsparse.sparse_gated_ffn", FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up,
+                                                            b_down, dense_above, kernel, activation});
 }
 
 at::Tensor sparse_ffn_cpu(const at::Tensor& x, const at::Tensor& w_fc, const at::Tensor& w_proj_t,
                           double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above,
-                          int64_t kernel) {
+                          int64_t kernel, int64_t activation) {
   const at::Tensor xc = x.contiguous();
   const OptTensor none;
-  return dispatch_cpu("actsparse.sparse_ffn",
-                      FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above, kernel});
+  return dispatch_cpu("actsparse.sparse_ffn", FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj,
+                                                      dense_above, kernel, activation});
 }
 
 }  // namespace

@@ -24,7 +24,8 @@
 // between 0 and 1 keeps the schema's meaning (dense above that union fraction) at the price of
 // one host read-back of the union size per call, refused under CUDA-graph capture.
 // FATReLU keeps NaN (fatrelu_active), as the dense path's relu does; the threshold is rounded up
-// to float (threshold_f32), so z >= t is decided exactly.
+// to float (threshold_for), so z >= t is decided exactly. CATS (activation=1) keeps SiLU(z) where
+// |SiLU(z)| > t, its threshold rounded down.
 #include "sparse_ffn.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -163,7 +164,7 @@ __device__ __forceinline__ void warp_dot_rows(const T* __restrict__ w, int64_t j
 template <typename T, int NB, bool VEC>
 __global__ void __launch_bounds__(kGateWarps * kWarp)
 gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __restrict__ w_up,
-               const T* __restrict__ b_in, const T* __restrict__ b_up, float threshold, int nb,
+               const T* __restrict__ b_in, const T* __restrict__ b_up, float threshold, int act, int nb,
                int64_t f, int64_t d, float* __restrict__ h) {
   constexpr int R = kGateRows, U = kGateUnroll;
   const int lane = threadIdx.x % kWarp;
@@ -180,8 +181,8 @@ gate_up_kernel(const T* __restrict__ x, const T* __restrict__ w_in, const T* __r
     for (int b = 0; b < NB; ++b) {
       if (b < nb) {
         z[r][b] += (b_in && (rows >> r) & 1u) ? to_f(b_in[j0 + r]) : 0.f;
-        z[r][b] = fatrelu_active(z[r][b], threshold) ? z[r][b] : 0.f;  // FATReLU; NaN stays NaN
-        any |= z[r][b] != 0.f;  // NaN != 0: active. A pre-activation of exactly 0 contributes 0 either way
+        z[r][b] = activate(z[r][b], threshold, act);  // FATReLU: NaN stays NaN; CATS: SiLU, |a| > t
+        any |= z[r][b] != 0.f;  // NaN != 0: active. An active value of exactly 0 contributes 0 either way
       }
     }
     active |= (any && (rows >> r) & 1u) ? 1u << r : 0u;
@@ -393,7 +394,7 @@ at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
     constexpr bool V = decltype(vec_tag)::value;
     gate_up_kernel<T, NB, V><<<gate_grid, kGateWarps * kWarp, 0, stream>>>(
         x, reinterpret_cast<const T*>(a.w_in.data_ptr()), w_up, opt_ptr<T>(a.b_in), opt_ptr<T>(a.b_up),
-        threshold_f32(a.threshold), nb, f, d, h.data_ptr<float>());
+        threshold_for(a.threshold, a.activation), int(a.activation), nb, f, d, h.data_ptr<float>());
   };
 
   // Slices of the neuron range: enough blocks to fill the GPU, few enough partials to stay in L2.
@@ -438,8 +439,7 @@ bool union_says_dense(const char* op, const FfnArgs& a, at::Tensor* z_out) {
               "back: a synchronization a CUDA graph cannot capture. Pass dense_above=0 (dense) or 1 (sparse "
               "kernels), or None for the measured dispatch table (actsparse.plugins.sparse_ffn_dispatch).");
   at::Tensor z = a.b_in ? at::addmm(*a.b_in, a.x, a.w_in.t()) : at::mm(a.x, a.w_in.t());
-  const double t = threshold_in(a.threshold, z.scalar_type());
-  const int64_t n = at::logical_not(z < t).any(0).sum().item<int64_t>();  // NaN counts as active
+  const int64_t n = active_dense(z, a.threshold, a.activation).any(0).sum().item<int64_t>();
   *z_out = z;
   return union_runs_dense(n, a.w_in.size(0), a.dense_above);
 }
@@ -466,7 +466,7 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
     x_aligned = args.x.clone(at::MemoryFormat::Contiguous);
   }
   const FfnArgs a{x_aligned.defined() ? x_aligned : args.x, args.w_in, args.w_up, args.w_out_t, args.threshold,
-                  args.b_in, args.b_up, args.b_out, args.dense_above, args.kernel};
+                  args.b_in, args.b_up, args.b_out, args.dense_above, args.kernel, args.activation};
   if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
   if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
   return sparse_ffn_cuda_impl<at::BFloat16>(a);
@@ -475,19 +475,19 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
 at::Tensor sparse_gated_ffn_cuda(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up,
                                  const at::Tensor& w_down_t, double threshold, const OptTensor& b_gate,
                                  const OptTensor& b_up, const OptTensor& b_down, double dense_above,
-                                int64_t kernel) {
+                                 int64_t kernel, int64_t activation) {
   const at::Tensor xc = x.contiguous();
-  return dispatch_cuda("actsparse.sparse_gated_ffn",
-                       FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above, kernel});
+  return dispatch_cuda("actsparse.sparse_gated_ffn", FfnArgs{xc, w_gate, &w_up, w_down_t, threshold, b_gate, b_up,
+                                                             b_down, dense_above, kernel, activation});
 }
 
 at::Tensor sparse_ffn_cuda(const at::Tensor& x, const at::Tensor& w_fc, const at::Tensor& w_proj_t,
                            double threshold, const OptTensor& b_fc, const OptTensor& b_proj, double dense_above,
-                          int64_t kernel) {
+                           int64_t kernel, int64_t activation) {
   const at::Tensor xc = x.contiguous();
   const OptTensor none;
-  return dispatch_cuda("actsparse.sparse_ffn",
-                       FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj, dense_above, kernel});
+  return dispatch_cuda("actsparse.sparse_ffn", FfnArgs{xc, w_fc, nullptr, w_proj_t, threshold, b_fc, none, b_proj,
+                                                       dense_above, kernel, activation});
 }
 
 }  // namespace

@@ -40,7 +40,9 @@ from torch import nn
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, NoSitesError, Site, ffn_sites, find_sites, linear_weight
 from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
-from actsparse.plugins.sparse_ffn_reference import reference_ffn, reference_gated_ffn, validate_reference_args
+from actsparse.plugins.sparse_ffn_reference import (activation_id, reference_ffn, reference_gated_ffn,
+                                                   validate_reference_args)
+from actsparse.plugins.training_free import CATSActivation
 
 
 __all__ = [
@@ -103,16 +105,25 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _activation(op: str, activation: str, threshold: float) -> int:
+    act = activation_id(activation)
+    if activation == "cats" and not threshold >= 0:
+        raise ValueError(f"{op}: the CATS threshold is a magnitude (|SiLU(z)| > threshold) and must be >= 0, "
+                         f"got {threshold}.")
+    return act
+
+
 def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gate=None, b_up=None, b_down=None,
                      dense_above: float | None = None, sparsity: float | None = None,
-                     kernel: str | None = None, backend: str = "auto") -> torch.Tensor:
+                     kernel: str | None = None, activation: str = "fatrelu", backend: str = "auto") -> torch.Tensor:
     """``(FATReLU_t(x w_gateᵀ + b_gate) * (x w_upᵀ + b_up)) w_down_t + b_down`` for x ``[..., d]``.
 
     Args:
         x: activations ``[..., d]`` (leading dimensions are flattened into one batch).
         w_gate, w_up: ``[f, d]`` (``nn.Linear`` layout), contiguous.
         w_down_t: ``[f, d_out]``, the down weight transposed once (``down.weight.t().contiguous()``).
-        threshold: FATReLU threshold: a neuron is active where its gate pre-activation is ``>= threshold``.
+        threshold: FATReLU threshold: a neuron is active where its gate pre-activation is ``>= threshold``
+            (with ``activation="cats"``: where ``|SiLU(z)| > threshold``).
         dense_above: union fraction of active neurons above which up/down run dense; ``None``
             picks :func:`default_dense_above`, ``0`` forces dense, ``1`` forces sparse. On CUDA a
             value strictly between 0 and 1 reads the union size back to the host (one
@@ -120,8 +131,13 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
         sparsity: the layer's measured sparsity (fraction of inactive neurons per token), which the
             dispatch table uses when ``dense_above`` is None (``SparseFFN`` passes its own).
         kernel: the sparse CUDA kernel set by name (``"three_kernel"``, the measured default;
-            ``"three_kernel_pdl"``, the same with programmatic dependent launch, H100/H200 only,
-            not yet measured); None: the dispatch table's choice. The CPU has one set.
+            ``"three_kernel_pdl"``, the same with programmatic dependent launch, H100/H200 only;
+            ``"persistent"``, one persistent pipelined kernel for batch 1; ``"tensor_core"``, bf16
+            mma for batches 2-8; the last three not yet measured); None: the dispatch table's
+            choice. The CPU has one set.
+        activation: ``"fatrelu"`` (default) or ``"cats"``: ``h = SiLU(z)`` where ``|SiLU(z)| > threshold``,
+            else 0 (CATS, Lee et al. 2024; what ``convert_to_sparse`` uses for a site carrying
+            :class:`~actsparse.plugins.training_free.CATSActivation`).
         backend: ``"auto"`` (compiled kernels when available), ``"ext"`` (require them) or ``"reference"``.
 
     Example:
@@ -134,21 +150,22 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
     """
     op = "actsparse.sparse_gated_ffn"
     x2 = _flat(x)
+    act = _activation(op, activation, threshold)
     dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
     tensors = (x, w_gate, w_up, w_down_t, b_gate, b_up, b_down)
     if _use_ext(x, tensors, backend):
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
-                                                 dense_above, kernel_id)
+                                                 dense_above, kernel_id, act)
     else:
         validate_reference_args(op, x, {"w_gate": w_gate, "w_up": w_up, "w_down_t": w_down_t},
                {"b_gate": b_gate, "b_up": b_up, "b_down": b_down}, "w_down_t")
-        y = reference_gated_ffn(x2, w_gate, w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above)
+        y = reference_gated_ffn(x2, w_gate, w_up, w_down_t, threshold, b_gate, b_up, b_down, dense_above, activation)
     return y.reshape(*x.shape[:-1], w_down_t.shape[1])
 
 
 def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=None,
                dense_above: float | None = None, sparsity: float | None = None, kernel: str | None = None,
-               backend: str = "auto") -> torch.Tensor:
+               activation: str = "fatrelu", backend: str = "auto") -> torch.Tensor:
     """``FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj`` for x ``[..., d]`` (GPT-2/BERT-style FFN).
 
     Arguments as in :func:`sparse_gated_ffn`; ``w_proj_t`` is ``proj.weight.t().contiguous()``.
@@ -162,12 +179,14 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     """
     op = "actsparse.sparse_ffn"
     x2 = _flat(x)
+    act = _activation(op, activation, threshold)
     dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
     if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
-        y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above, kernel_id)
+        y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above, kernel_id,
+                                           act)
     else:
         validate_reference_args(op, x, {"w_fc": w_fc, "w_proj_t": w_proj_t}, {"b_fc": b_fc, "b_proj": b_proj}, "w_proj_t")
-        y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above)
+        y = reference_ffn(x2, w_fc, w_proj_t, threshold, b_fc, b_proj, dense_above, activation)
     return y.reshape(*x.shape[:-1], w_proj_t.shape[1])
 
 
@@ -179,19 +198,38 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.Tensor.relu)
 _RELU_NAMES = ("relu",)
 
 
-def _threshold_of(site: Site) -> float:
+def _computes_silu(fn) -> bool:
+    """Whether ``fn`` is SiLU, judged by its values (``nn.SiLU``, ``F.silu``, transformers'
+    ``SiLUActivation``, ...) on a float64 grid, so no list of SiLU classes has to be kept."""
+    z = torch.linspace(-30, 30, 241, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            out = fn(z)
+    except Exception:  # noqa: BLE001  (not callable on a float64 tensor: not SiLU as the kernels compute it)
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, F.silu(z), rtol=1e-12, atol=0)
+
+
+def _activation_of(site: Site) -> tuple[str, float]:
+    """(activation name for the ops, threshold) of a site, or a TypeError naming the fix."""
     act = site.activation
     if isinstance(act, FATReLU):
-        return act.threshold
+        return "fatrelu", act.threshold
     if isinstance(act, nn.ReLU):
-        return 0.0
+        return "fatrelu", 0.0
+    if isinstance(act, CATSActivation):
+        base = act.base
+        if not _computes_silu(base):
+            raise TypeError(f"Site {site.name!r} carries CATS over {base!r}; the sparse FFN computes CATS over SiLU "
+                            "only (LLaMA-style gates). Keep this site dense (exclude=...) or swap its activation.")
+        return "cats", act.threshold
     if isinstance(act, str):
         if act.lower() in _RELU_NAMES:
-            return 0.0
+            return "fatrelu", 0.0
         name = repr(act)
     elif callable(act) and not isinstance(act, nn.Module):
         if any(act is fn for fn in _RELU_FUNCTIONS):
-            return 0.0
+            return "fatrelu", 0.0
         name = f"the function {getattr(act, '__qualname__', repr(act))}"
     elif act is None:
         raise TypeError(
@@ -202,8 +240,8 @@ def _threshold_of(site: Site) -> float:
     else:
         name = type(act).__name__
     raise TypeError(
-        f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU activations only (zeros are "
-        "what it skips). Swap the activation first (actsparse.plugins.swap_activation(model, 'relu') or "
+        f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU and CATS (SiLU) activations only "
+        "(zeros are what it skips). Install CATS (actsparse.plugins.training_free.calibrate_cats), or swap the activation (actsparse.plugins.swap_activation(model, 'relu') or "
         "'fatrelu') and fine-tune, e.g. with the ProSparse callback, then convert."
     )
 
@@ -220,7 +258,7 @@ class SparseFFN(nn.Module):
 
     def __init__(self, kind: str, w_in: torch.Tensor, w_out_t: torch.Tensor, w_up: torch.Tensor | None = None,
                  b_in=None, b_up=None, b_out=None, threshold: float = 0.0, dense_above: float | None = None,
-                 backend: str = "auto", sparsity: float | None = None) -> None:
+                 backend: str = "auto", sparsity: float | None = None, activation: str = "fatrelu") -> None:
         super().__init__()
         if kind not in (GATED_FFN, PLAIN_FFN):
             raise ValueError(f"kind must be {GATED_FFN!r} or {PLAIN_FFN!r}, got {kind!r}.")
@@ -228,6 +266,8 @@ class SparseFFN(nn.Module):
             raise ValueError("A gated FFN needs w_up; a plain FFN must not have one.")
         self.kind, self.threshold, self.dense_above, self.backend = kind, float(threshold), dense_above, backend
         self.sparsity = sparsity
+        activation_id(activation)
+        self.activation = activation
         for name, t in (("w_in", w_in), ("w_up", w_up), ("w_out_t", w_out_t), ("b_in", b_in), ("b_up", b_up),
                         ("b_out", b_out)):
             self.register_buffer(name, None if t is None else t.detach().contiguous())
@@ -253,7 +293,7 @@ class SparseFFN(nn.Module):
         site = module_or_site if isinstance(module_or_site, Site) else _own_ffn_site(module_or_site)
         if site.kind not in (GATED_FFN, PLAIN_FFN):
             raise TypeError(f"Site {site.name!r} is a bare activation ({site.kind}), not an FFN block.")
-        threshold = _threshold_of(site)
+        activation, threshold = _activation_of(site)
 
         def bias(layer):
             return getattr(layer, "bias", None)
@@ -263,10 +303,10 @@ class SparseFFN(nn.Module):
         if site.kind == GATED_FFN:
             gate, up = site.inputs
             return cls(GATED_FFN, linear_weight(gate), w_out_t, linear_weight(up), bias(gate), bias(up), bias(down),
-                       threshold, dense_above, backend, sparsity)
+                       threshold, dense_above, backend, sparsity, activation)
         (fc,) = site.inputs
         return cls(PLAIN_FFN, linear_weight(fc), w_out_t, None, bias(fc), None, bias(down), threshold, dense_above,
-                   backend, sparsity)
+                   backend, sparsity, activation)
 
     @property
     def sparsity(self) -> float | None:
@@ -282,14 +322,16 @@ class SparseFFN(nn.Module):
         if self.kind == GATED_FFN:
             return sparse_gated_ffn(x, self.w_in, self.w_up, self.w_out_t, self.threshold, b_gate=self.b_in,
                                     b_up=self.b_up, b_down=self.b_out, dense_above=self.dense_above,
-                                    sparsity=self._sparsity, backend=self.backend)
+                                    sparsity=self._sparsity, activation=self.activation, backend=self.backend)
         return sparse_ffn(x, self.w_in, self.w_out_t, self.threshold, b_fc=self.b_in, b_proj=self.b_out,
-                          dense_above=self.dense_above, sparsity=self._sparsity, backend=self.backend)
+                          dense_above=self.dense_above, sparsity=self._sparsity, activation=self.activation,
+                          backend=self.backend)
 
     def extra_repr(self) -> str:
         f, d = self.w_in.shape
         sparsity = "" if self._sparsity is None else f", sparsity={self._sparsity:.3f}"
-        return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}{sparsity}"
+        act = "" if self.activation == "fatrelu" else f", activation={self.activation}"
+        return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}{act}{sparsity}"
 
 
 def _own_ffn_site(module: nn.Module) -> Site:
@@ -356,8 +398,10 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     """Replace every FFN site of ``model`` (gated and plain) with a :class:`SparseFFN`.
 
     ``include``/``exclude`` select sites as in :func:`find_sites`. Every selected FFN must use a
-    ReLU or FATReLU activation (a module, ``F.relu``, or the name ``"relu"``; else a ``TypeError``
-    names the site and the fix). A module that is only the FFN (``LlamaMLP``, ``GPT2MLP``,
+    ReLU or FATReLU activation (a module, ``F.relu``, or the name ``"relu"``) or carry CATS over
+    SiLU (:class:`~actsparse.plugins.training_free.CATSActivation`, installed by ``calibrate_cats``:
+    the layer then computes ``activation="cats"`` with its threshold); else a ``TypeError``
+    names the site and the fix. A module that is only the FFN (``LlamaMLP``, ``GPT2MLP``,
     actsparse's FFNs) is replaced whole; a plain FFN inside a larger layer (BERT's ``BertLayer``,
     ``nn.TransformerEncoderLayer``) is rewired in place: its fc becomes the :class:`SparseFFN`,
     its activation and down projection identities. A fused mixture-of-experts module becomes one

@@ -5,6 +5,10 @@ Used for gradients, for dtypes or devices without compiled kernels and with ``ba
 is active where NOT ``z < t`` (a NaN gate propagates, as in the dense path), the threshold is
 compared exactly (:func:`threshold_like`), and above ``dense_above`` of the neurons in the union
 up/down run dense.
+
+Two gate activations (``activation``, :data:`ACTIVATIONS`): ``"fatrelu"`` keeps ``z`` where
+``z >= t``; ``"cats"`` (Lee et al. 2024, CATS) keeps ``a = SiLU(z)`` where ``|a| > t``, the rule of
+:class:`actsparse.plugins.training_free.CATSActivation` (a NaN ``a`` is dropped there, and here).
 """
 
 from __future__ import annotations
@@ -14,11 +18,24 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fatrelu", "inactive", "reference_ffn", "reference_gated_ffn", "threshold_like", "validate_reference_args"]
+__all__ = ["ACTIVATIONS", "activate", "activation_id", "fatrelu", "inactive", "reference_ffn", "reference_gated_ffn",
+           "threshold_like", "validate_reference_args"]
+
+# The op's ``activation`` argument by name (csrc/sparse_ffn.h: kActFatrelu, kActCatsSilu).
+ACTIVATIONS = {"fatrelu": 0, "cats": 1}
 
 
-def threshold_like(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``threshold`` as the smallest value of ``z``'s dtype that is ``>= threshold`` (0-dim, on CPU).
+def activation_id(activation: str) -> int:
+    """The op's integer for an activation name, with the fix named for an unknown one."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} ('fatrelu': z where z >= threshold; "
+                         f"'cats': SiLU(z) where |SiLU(z)| > threshold), got {activation!r}.")
+    return ACTIVATIONS[activation]
+
+
+def threshold_like(z: torch.Tensor, threshold: float, down: bool = False) -> torch.Tensor:
+    """``threshold`` as the smallest value of ``z``'s dtype that is ``>= threshold`` (0-dim, on CPU);
+    with ``down``, the largest that is ``<= threshold`` (for CATS's ``|a| > t``).
 
     ``z >= 0.1`` with a Python float rounds the threshold to ``z``'s dtype (nearest), so a ``z``
     between the two would flip; against the value rounded up the comparison is exact, as in the
@@ -30,18 +47,30 @@ def threshold_like(z: torch.Tensor, threshold: float) -> torch.Tensor:
         (True, False)
     """
     t = torch.tensor(float(threshold), dtype=torch.float64).to(z.dtype)
-    if float(t) < threshold:
+    if down and float(t) > threshold:
+        t = torch.nextafter(t, torch.tensor(float("-inf"), dtype=z.dtype))
+    elif not down and float(t) < threshold:
         t = torch.nextafter(t, torch.tensor(float("inf"), dtype=z.dtype))
     return t
 
 
-def inactive(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    # NOT active = z < t: a NaN pre-activation is active and propagates, as in the dense path.
+def inactive(z: torch.Tensor, threshold: float, activation: str = "fatrelu") -> torch.Tensor:
+    """Where the activation of the pre-activation ``z`` is dropped. FATReLU: ``z < t`` (a NaN is
+    active and propagates, as in the dense path); CATS: NOT ``|SiLU(z)| > t`` (a NaN is dropped)."""
+    if activation_id(activation) == ACTIVATIONS["cats"]:
+        a = F.silu(z)
+        return ~(a.abs() > threshold_like(a, threshold, down=True))
     return z < threshold_like(z, threshold)
 
 
+def activate(z: torch.Tensor, threshold: float, activation: str = "fatrelu") -> torch.Tensor:
+    """The gate activation with exact zeros where inactive: FATReLU's ``z`` or CATS's ``SiLU(z)``."""
+    a = F.silu(z) if activation_id(activation) == ACTIVATIONS["cats"] else z
+    return torch.where(inactive(z, threshold, activation), torch.zeros((), dtype=z.dtype, device=z.device), a)
+
+
 def fatrelu(z: torch.Tensor, threshold: float) -> torch.Tensor:
-    return torch.where(inactive(z, threshold), torch.zeros((), dtype=z.dtype, device=z.device), z)
+    return activate(z, threshold, "fatrelu")
 
 
 _warned_capture = False
@@ -69,7 +98,7 @@ def _gather_allowed(x: torch.Tensor, dense_above: float) -> bool:
 
 
 def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b_up=None, b_down=None,
-                        dense_above=1.0):
+                        dense_above=1.0, activation="fatrelu"):
     """Pure PyTorch sparse gated FFN on 2-D ``x`` (gather of the active rows; differentiable).
 
     Example:
@@ -79,18 +108,18 @@ def reference_gated_ffn(x, w_gate, w_up, w_down_t, threshold=0.0, b_gate=None, b
     """
     z = F.linear(x, w_gate, b_gate)
     gather = _gather_allowed(x, dense_above)
-    active = (~inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
+    active = (~inactive(z, threshold, activation)).any(0).nonzero().squeeze(1) if gather else None
     if not gather or active.numel() > dense_above * w_gate.shape[0]:
-        h = fatrelu(z, threshold) * F.linear(x, w_up, b_up)
+        h = activate(z, threshold, activation) * F.linear(x, w_up, b_up)
         out = h @ w_down_t
     else:
         up = F.linear(x, w_up.index_select(0, active), None if b_up is None else b_up.index_select(0, active))
-        h = fatrelu(z.index_select(1, active), threshold) * up
+        h = activate(z.index_select(1, active), threshold, activation) * up
         out = h @ w_down_t.index_select(0, active)
     return out if b_down is None else out + b_down
 
 
-def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0):
+def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dense_above=1.0, activation="fatrelu"):
     """Pure PyTorch sparse plain FFN on 2-D ``x`` (gather of the active rows; differentiable).
 
     Example:
@@ -99,11 +128,11 @@ def reference_ffn(x, w_fc, w_proj_t, threshold=0.0, b_fc=None, b_proj=None, dens
     """
     z = F.linear(x, w_fc, b_fc)
     gather = _gather_allowed(x, dense_above)
-    active = (~inactive(z, threshold)).any(0).nonzero().squeeze(1) if gather else None
+    active = (~inactive(z, threshold, activation)).any(0).nonzero().squeeze(1) if gather else None
     if not gather or active.numel() > dense_above * w_fc.shape[0]:
-        out = fatrelu(z, threshold) @ w_proj_t
+        out = activate(z, threshold, activation) @ w_proj_t
     else:
-        out = fatrelu(z.index_select(1, active), threshold) @ w_proj_t.index_select(0, active)
+        out = activate(z.index_select(1, active), threshold, activation) @ w_proj_t.index_select(0, active)
     return out if b_proj is None else out + b_proj
 
 
