@@ -1,7 +1,10 @@
 """S-KAN: KAN layers whose nodes select among several activation spaces (DESIGN §4, arXiv 2408.08338).
 
-- :mod:`~actsparse.plugins.kan.bases`: the basis registry (``SPACES``, ``register_basis``):
-  B-spline (with grid update), Chebyshev, Legendre, Fourier, Gaussian RBF, Mexican hat, ReLU-KAN.
+- :mod:`~actsparse.plugins.kan.bases`: the basis registry (``SPACES``, ``register_basis``,
+  ``KANCONV_SPACES``: the S-KAN paper's pool); the families by idea in
+  :mod:`~actsparse.plugins.kan.splines` (B-spline with grid update, ReLU-KAN),
+  :mod:`~actsparse.plugins.kan.polynomials` (Chebyshev, Legendre, Jacobi, GRAM, Fourier) and
+  :mod:`~actsparse.plugins.kan.radial` (Gaussian RBF, FastKAN, RSWAF, Mexican hat, Wav-KAN wavelet).
 - :mod:`~actsparse.plugins.kan.layers`: ``SKANLinear`` (selection per node, ``prune_``),
   ``KANLinear`` (one space), ``prune_spaces``/``update_grids`` for whole models.
 - :mod:`~actsparse.plugins.kan.conv`: ``SKANConv2d`` (S-ConvKAN).
@@ -12,7 +15,14 @@ Both layer types are activation sites (their output is the site tensor), so
 three-phase training is the callback ``actsparse.callbacks.skan.SKANTraining``.
 """
 
-from actsparse.plugins.kan.bases import SPACES, Basis, bspline_basis, make_basis, register_basis
+from actsparse.plugins.kan import polynomials, radial  # noqa: F401  (importing a family module registers its spaces)
+from actsparse.plugins.kan.bases import (
+    KANCONV_SPACES,
+    SPACES,
+    Basis,
+    make_basis,
+    register_basis,
+)
 from actsparse.plugins.kan.conv import SKANConv2d
 from actsparse.plugins.kan.layers import (
     DEFAULT_SPACES,
@@ -24,14 +34,16 @@ from actsparse.plugins.kan.layers import (
     update_grids,
 )
 from actsparse.plugins.kan.regularization import edge_l1_entropy, kan_regularization
+from actsparse.plugins.kan.splines import bspline_basis
 
 __all__ = [
-    "Basis",
     "DEFAULT_SPACES",
+    "KANCONV_SPACES",
+    "SPACES",
+    "Basis",
     "KANLinear",
     "SKANConv2d",
     "SKANLinear",
-    "SPACES",
     "SelectableKAN",
     "bspline_basis",
     "edge_l1_entropy",

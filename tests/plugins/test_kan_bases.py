@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from actsparse.plugins.kan import SPACES, Basis, make_basis, register_basis
-from actsparse.plugins.kan.bases import BSpline
+from actsparse.plugins.kan import (
+    KANCONV_SPACES,
+    SPACES,
+    Basis,
+    make_basis,
+    register_basis,
+)
+from actsparse.plugins.kan.splines import BSpline
 
 torch.set_default_dtype(torch.float32)
 
@@ -38,8 +44,11 @@ def _loop(basis: Basis, x: torch.Tensor, fn) -> torch.Tensor:
     return out
 
 
-def test_registry_has_the_seven_families():
+def test_registry_has_every_family_and_the_authors_pool():
     assert {"bspline", "chebyshev", "fourier", "rbf", "mexican_hat", "legendre", "relu_kan"} <= set(SPACES)
+    # the S-KAN paper's KANConv2d family (torch-conv-kan)
+    assert set(KANCONV_SPACES) == {"bspline", "fastkan", "rswaf", "chebyshev", "gram", "wavelet", "jacobi", "relu_kan"}
+    assert set(KANCONV_SPACES) <= set(SPACES)
 
 
 @pytest.mark.parametrize("grid_size,order", [(5, 3), (4, 2), (7, 1)])
@@ -189,3 +198,86 @@ def test_a_new_basis_is_one_registration():
         assert layer(torch.randn(5, 2)).shape == (5, 3)
     finally:
         SPACES.pop("_test_monomial")
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.0, 0.0), (2.5, -0.5)])
+def test_jacobi_is_scipys_jacobi_polynomial(alpha, beta):
+    from scipy.special import eval_jacobi
+
+    basis = make_basis("jacobi", 3, degree=6, alpha=alpha, beta=beta, outside="clamp").double()
+    x = _inputs()
+    ref = _loop(basis, x, lambda v, k, i: float(eval_jacobi(k, alpha, beta, v)))
+    torch.testing.assert_close(basis(x), ref, rtol=1e-10, atol=1e-10)
+    # default: squashed by tanh first (JacobiKAN)
+    torch.testing.assert_close(make_basis("jacobi", 3, degree=6, alpha=alpha, beta=beta).double()(3 * x),
+                               basis(torch.tanh(3 * x)), rtol=0, atol=1e-12)
+
+
+def test_gram_is_the_kagn_recurrence_written_out():
+    """With the β weights at w: p2 = x² − β(1,2)·w1, p3 = x·p2 − β(2,3)·w2·x, β(n, m) =
+    (m+n)(m−n)n²(4n²−1)/m²: β(1,2) = 9/4, β(2,3) = 100/3; each value through silu."""
+    basis = make_basis("gram", 3, degree=3, outside="clamp").double()
+    w = torch.tensor([0.0, 0.7, -0.3, 0.0], dtype=torch.float64)
+    with torch.no_grad():
+        basis.beta_weights.copy_(w)
+    x = _inputs()
+
+    def gram(v: float, k: int, _i: int) -> float:
+        p = [1.0, v, v * v - 9 / 4 * 0.7, v * (v * v - 9 / 4 * 0.7) - 100 / 3 * -0.3 * v][k]
+        return p / (1 + math.exp(-p))
+
+    torch.testing.assert_close(basis(x), _loop(basis, x, gram), rtol=0, atol=1e-12)
+    assert basis.beta_weights.requires_grad  # learnable, as in GRAM-KAN
+
+
+def test_rswaf_is_sech_squared():
+    basis = make_basis("rswaf", 3, grid_size=6, grid_range=(-1, 2)).double()
+    x = _inputs(low=-2, high=3)
+    centres = [-1 + 3 * k / 5 for k in range(6)]
+    ref = _loop(basis, x, lambda v, k, i: 1 / math.cosh((v - centres[k]) / 0.6) ** 2)
+    torch.testing.assert_close(basis(x), ref, rtol=0, atol=1e-12)
+
+
+def test_fastkan_normalizes_the_inputs_then_rbf():
+    basis = make_basis("fastkan", 3).double()
+    with torch.no_grad():
+        basis.norm.weight.copy_(torch.tensor([1.5, 0.5, 2.0]))
+        basis.norm.bias.copy_(torch.tensor([0.1, -0.2, 0.0], dtype=torch.float64))
+    x = _inputs(low=-3, high=3)
+    centres = [-2 + 4 * k / 7 for k in range(8)]
+    ref = torch.empty(x.shape[0], 3, 8, dtype=torch.float64)
+    for a in range(x.shape[0]):
+        row = [float(v) for v in x[a]]
+        mean = sum(row) / 3
+        var = sum((v - mean) ** 2 for v in row) / 3  # LayerNorm: biased variance, eps 1e-5
+        for i in range(3):
+            z = (row[i] - mean) / math.sqrt(var + 1e-5) * [1.5, 0.5, 2.0][i] + [0.1, -0.2, 0.0][i]
+            for k in range(8):
+                ref[a, i, k] = math.exp(-((z - centres[k]) / (4 / 7)) ** 2)
+    torch.testing.assert_close(basis(x), ref, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="select='outputs'"):
+        basis.select_inputs(torch.tensor([0, 2]))
+
+
+def test_wavelet_has_learnable_translation_and_scale():
+    basis = make_basis("wavelet", 2, grid_size=3).double()
+    tau = torch.tensor([[-0.5, 0.0, 0.9], [0.3, -1.2, 0.4]], dtype=torch.float64)
+    scale = torch.tensor([[0.2, 1.0, 0.7], [2.0, 0.5, 0.3]], dtype=torch.float64)
+    with torch.no_grad():
+        basis.translation.copy_(tau)
+        basis.scale.copy_(scale)
+    x = _inputs(in_features=2, low=-2, high=2)
+
+    def ricker(v: float, k: int, i: int) -> float:
+        t = (v - float(tau[i, k])) / float(scale[i, k])
+        return 2 / (math.sqrt(3) * math.pi ** 0.25) * (1 - t * t) * math.exp(-t * t / 2)
+
+    torch.testing.assert_close(basis(x), _loop(basis, x, ricker), rtol=0, atol=1e-12)
+    basis(x).sum().backward()
+    assert basis.translation.grad is not None and basis.scale.grad is not None
+    # initialised as the fixed-grid Mexican hat
+    fresh = make_basis("wavelet", 2, grid_size=5, width=0.3).double()
+    torch.testing.assert_close(fresh(x), make_basis("mexican_hat", 2, grid_size=5, width=0.3).double()(x))
+    # pruning to a subset of inputs keeps each input's own wavelets
+    basis.select_inputs(torch.tensor([1]))
+    torch.testing.assert_close(basis(x[:, 1:]), _loop(basis, x[:, 1:], lambda v, k, i: ricker(v, k, 1)), rtol=0, atol=1e-12)

@@ -10,6 +10,7 @@ from torch import nn
 
 from actsparse.plugins import find_sites, record
 from actsparse.plugins.kan import (
+    KANCONV_SPACES,
     KANLinear,
     SKANConv2d,
     SKANLinear,
@@ -138,7 +139,9 @@ def test_pruned_state_dict_loads_into_a_fresh_layer():
 
 
 @pytest.mark.parametrize("make", [lambda: SKANLinear(3, 4), lambda: KANLinear(3, 4, space="legendre"),
-                                  lambda: SKANLinear(3, 4).prune_()])
+                                  lambda: SKANLinear(3, 4).prune_(),
+                                  lambda: SKANLinear(3, 4, spaces=list(KANCONV_SPACES)),
+                                  lambda: SKANLinear(3, 4, spaces=list(KANCONV_SPACES)).prune_()])
 def test_gradients_are_finite_everywhere(make):
     layer = make()
     x = (torch.randn(32, 3) * 4).requires_grad_(True)  # well outside the grids too
@@ -246,3 +249,19 @@ def test_prune_spaces_on_a_model():
     chosen = prune_spaces(model)
     assert list(chosen) == ["0", "1"] and len(chosen["0"]) == 3
     assert all(m.pruned for m in model)
+
+
+@pytest.mark.parametrize("select", ["outputs", "inputs"])
+def test_authors_pool_prunes_losslessly_with_one_hot_selections(select):
+    """The KANConv2d family (with its learnable basis parameters: GRAM's β, Wav-KAN's translation
+    and scale, FastKAN's LayerNorm) keeps the outputs when pruned at a one-hot selection."""
+    spaces = [s for s in KANCONV_SPACES if select == "outputs" or s != "fastkan"]  # LayerNorm: outputs only
+    layer = SKANLinear(3, len(spaces), spaces=spaces, select=select).double()
+    _randomize(layer, seed=3)
+    with torch.no_grad():
+        layer.selection_logits.copy_(torch.eye(len(spaces), dtype=torch.float64)[: layer.selection_logits.shape[0]] * 100)
+        layer.temperature.fill_(1e-3)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    before = layer(x)
+    layer.prune_()
+    torch.testing.assert_close(layer(x), before, rtol=1e-9, atol=1e-9)
