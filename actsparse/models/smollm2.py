@@ -254,3 +254,35 @@ def load_tokenizer(name: str = "smollm2-135m", cache_dir: str | os.PathLike | No
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(_cached(name, cache_dir))
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}: use a torch dtype name such as float32 or bfloat16.")
+    return value
+
+
+def pretrained_model(name: str = "smollm2-135m", dtype: torch.dtype | str = "float32",
+                     cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """The model of :func:`load_pretrained` alone: what a config's ``model:`` builds
+    (``conf/model/smollm2.yaml``); the data module loads the matching tokenizer by name."""
+    return load_pretrained(name, _dtype(dtype), cache_dir)[0]
+
+
+def tiny_llama(vocab_size: int = 49152, hidden_size: int = 32, intermediate_size: int = 64, layers: int = 2,
+               heads: int = 2, kv_heads: int = 1, max_position_embeddings: int = 512, seed: int = 0) -> nn.Module:
+    """A randomly initialized ``LlamaForCausalLM`` of SmolLM2's shape family (gated SiLU FFN, GQA,
+    tied embeddings) but tiny: the whole SmolLM2 pipeline runs on it in seconds (tests, quick checks).
+    ``vocab_size`` defaults to SmolLM2's, so the real tokenizer feeds it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=max_position_embeddings, hidden_act="silu",
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)

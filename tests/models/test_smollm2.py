@@ -309,3 +309,27 @@ def test_real_relu_swap_runs(real):
             site.set_activation(act)
     with torch.no_grad():
         assert model(x, labels=x).loss.item() == pytest.approx(SENTENCE_LOSS, abs=2e-4)
+
+
+@pytest.mark.slow
+@needs_wheel
+def test_real_relu_swap_and_conversion_give_the_dense_logits(real):
+    """The speed path of the study: SmolLM2 with ReLU sites, converted to SparseFFN, computes what
+    the unconverted ReLU model computes (a whole sentence, and the one-row decoding case)."""
+    import copy
+
+    from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse
+
+    model, tokenizer, _ = real
+    x = tokenizer(SENTENCE, return_tensors="pt")["input_ids"]
+    relu = copy.deepcopy(model)
+    swap_activation(relu, "relu")
+    sparse = convert_to_sparse(relu, inplace=False, calibration=[x])
+    assert sum(isinstance(m, SparseFFN) for m in sparse.modules()) == 30
+    with torch.no_grad():
+        for tokens in (x, x[:, :1]):
+            want, got = relu(tokens).logits, sparse(tokens).logits
+            torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+    with torch.no_grad():  # the dense reference is really the ReLU model, not the SiLU one
+        assert not torch.allclose(model(x).logits, relu(x).logits, atol=1e-2)
