@@ -7,29 +7,44 @@ width gives the same number of effective parameters (trainable weights that can 
 the dendritic model's pruned segment synapses do not count).
 
 Both take ``model(x, context)``; the plain MLP ignores the context (:class:`ContextFree`).
+:func:`continual_model` builds any arm of the continual-learning study from one set of
+architecture keys, so the baselines follow every change to the dendritic network.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from actsparse.models.mlp import MLP
 from actsparse.plugins.dendrites.kwinners import KWinners
-from actsparse.plugins.dendrites.segments import DendriticLayer
+from actsparse.plugins.dendrites.segments import DendriticLayer, kept_count
 
-__all__ = ["DendriticMLP", "KWinnersMLP", "ContextFree", "matched_mlp", "effective_parameters"]
+__all__ = [
+    "ARMS",
+    "ContextFree",
+    "DendriticMLP",
+    "KWinnersMLP",
+    "continual_model",
+    "dendritic_parameter_count",
+    "effective_parameters",
+    "matched_mlp",
+]
+
+ARMS = ("dendritic", "mlp", "kwta_mlp")
 
 
 def effective_parameters(model: nn.Module) -> int:
-    """Trainable weights that can be nonzero: every parameter, less pruned segment synapses."""
+    """Trainable weights that can be nonzero: every parameter, less pruned segment and
+    feed-forward synapses (the fair size to match a dense baseline to)."""
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for module in model.modules():
         if isinstance(module, DendriticLayer):
-            total -= int((~module.segment_mask).sum())
+            total -= int((~module.segment_mask).sum()) + int((~module.ff_mask).sum())
     return total
 
 
@@ -37,10 +52,12 @@ class DendriticMLP(nn.Module):
     """MLP whose hidden layers are ``DendriticLayer -> KWinners``.
 
     Args:
-        context_dim: size of the context vector (e.g. the number of tasks for one-hot task ids).
+        context_dim: size of the context vector (the input size for prototype contexts, the number
+            of tasks for one-hot task ids).
         widths: hidden widths (or ``width`` x ``depth``).
         num_segments: dendritic segments per unit; ``weight_sparsity``: fraction of zero segment
-            weights; ``percent_on``: k-WTA density; ``boost_strength``, ``boost_strength_factor``,
+            weights; ``ff_weight_sparsity``: fraction of zero feed-forward weights of the hidden
+            layers (the authors' 0.5); ``percent_on``: k-WTA density; ``boost_strength``, ``boost_strength_factor``,
             ``duty_cycle_period``, ``k_inference_factor``: see :class:`KWinners`.
 
     Example:
@@ -58,14 +75,16 @@ class DendriticMLP(nn.Module):
                  num_classes: int = 10, num_segments: int = 5, weight_sparsity: float = 0.5,
                  percent_on: float = 0.1, boost_strength: float = 1.0, boost_strength_factor: float = 1.0,
                  duty_cycle_period: int = 1000, k_inference_factor: float = 1.0,
-                 widths: Sequence[int] | None = None, seed: int | None = None) -> None:
+                 widths: Sequence[int] | None = None, seed: int | None = None,
+                 ff_weight_sparsity: float = 0.0) -> None:
         super().__init__()
         widths = [int(w) for w in widths] if widths is not None else [int(width)] * int(depth)
         if not widths or min(widths) < 1 or in_features < 1 or num_classes < 1:
             raise ValueError(f"DendriticMLP needs at least one hidden layer and positive sizes, got widths={widths}.")
         self.context_dim = int(context_dim)
         self._config = dict(in_features=in_features, context_dim=context_dim, widths=widths, num_classes=num_classes,
-                            num_segments=num_segments, weight_sparsity=weight_sparsity, percent_on=percent_on,
+                            num_segments=num_segments, weight_sparsity=weight_sparsity,
+                            ff_weight_sparsity=ff_weight_sparsity, percent_on=percent_on,
                             boost_strength=boost_strength, boost_strength_factor=boost_strength_factor,
                             duty_cycle_period=duty_cycle_period, k_inference_factor=k_inference_factor)
         blocks = []
@@ -73,7 +92,8 @@ class DendriticMLP(nn.Module):
         for i, w in enumerate(widths):
             blocks.append(nn.ModuleDict({
                 "dendrites": DendriticLayer(fan_in, w, num_segments, context_dim, weight_sparsity,
-                                            seed=None if seed is None else seed + i),
+                                            seed=None if seed is None else seed + i,
+                                            ff_weight_sparsity=ff_weight_sparsity),
                 "kwinners": KWinners(w, percent_on=percent_on, boost_strength=boost_strength,
                                      boost_strength_factor=boost_strength_factor,
                                      duty_cycle_period=duty_cycle_period, k_inference_factor=k_inference_factor),
@@ -198,3 +218,46 @@ def matched_mlp(reference: nn.Module | int, in_features: int = 64, depth: int = 
                                        boost_strength_factor), kind="kwinners_mlp")
     return ContextFree(MLP(in_features=in_features, width=width, depth=depth, num_classes=num_classes,
                            activation=activation), kind="dendritic_matched_mlp")
+
+
+def dendritic_parameter_count(in_features: int = 64, context_dim: int = 64, width: int = 128, depth: int = 2,
+                              num_classes: int = 10, num_segments: int = 10, weight_sparsity: float = 0.5,
+                              ff_weight_sparsity: float = 0.0) -> int:
+    """Effective parameters of a :class:`DendriticMLP`, counted without building one (so a matched
+    baseline's initialization does not depend on a throwaway network drawing from the RNG)."""
+    total, fan_in = 0, in_features
+    for _ in range(int(depth)):
+        ff = kept_count(fan_in, ff_weight_sparsity) if ff_weight_sparsity > 0 else fan_in
+        total += width * ff + width + width * num_segments * kept_count(context_dim, weight_sparsity)
+        fan_in = width
+    return total + fan_in * num_classes + num_classes
+
+
+def continual_model(arm: str = "dendritic", in_features: int = 64, context_dim: int = 64, width: int = 128,
+                    depth: int = 2, num_classes: int = 10, num_segments: int = 10, weight_sparsity: float = 0.5,
+                    ff_weight_sparsity: float = 0.0, percent_on: float = 0.1, boost_strength: float = 1.0,
+                    boost_strength_factor: float = 1.0, duty_cycle_period: int = 1000,
+                    k_inference_factor: float = 1.0) -> nn.Module:
+    """One arm of the continual-learning comparison, all called as ``model(x, context)``:
+
+    - ``dendritic``: :class:`DendriticMLP` with these keys;
+    - ``mlp``: the ReLU MLP with that network's effective parameter count (:func:`matched_mlp`);
+    - ``kwta_mlp``: the same-width MLP with k-WTA (``percent_on``, boosting) instead of ReLU: the
+      ablation with sparsity but no dendrites or context.
+
+    Example:
+        >>> [type(continual_model(a, width=16, num_segments=2)).__name__ for a in ARMS]
+        ['DendriticMLP', 'ContextFree', 'ContextFree']
+    """
+    if arm not in ARMS:
+        raise ValueError(f"model.arm must be one of {ARMS}, got {arm!r}.")
+    shape = {"in_features": in_features, "context_dim": context_dim, "width": width, "depth": depth,
+             "num_classes": num_classes, "num_segments": num_segments, "weight_sparsity": weight_sparsity,
+             "ff_weight_sparsity": ff_weight_sparsity}
+    kwta = {"percent_on": percent_on, "boost_strength": boost_strength, "boost_strength_factor": boost_strength_factor}
+    if arm == "dendritic":
+        return DendriticMLP(**shape, **kwta, duty_cycle_period=duty_cycle_period, k_inference_factor=k_inference_factor)
+    target = dendritic_parameter_count(**shape)
+    if arm == "mlp":
+        return matched_mlp(target, in_features, depth, num_classes)
+    return matched_mlp(target, in_features, depth, num_classes, **kwta)

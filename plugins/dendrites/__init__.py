@@ -4,7 +4,8 @@
   exact in log space for large populations;
 - :mod:`.montecarlo`: a batched torch simulator of random SDRs and segments estimating the same;
 - :mod:`.kwinners`: ``KWinners`` / ``KWinners2d`` (k-WTA with duty-cycle boosting);
-- :mod:`.segments`: ``DendriticLayer`` (context-gated units, absolute-max segment gating).
+- :mod:`.segments`: ``DendriticLayer`` (context-gated units, absolute-max segment gating, segment
+  masks covering every context input).
 
 The layers register themselves as activation sites on import.
 """
@@ -35,7 +36,12 @@ from actsparse.plugins.dendrites.sdr import (
     union_size_distribution,
     union_synapse_count,
 )
-from actsparse.plugins.dendrites.segments import DendriticLayer, dendritic_gate
+from actsparse.plugins.dendrites.segments import (
+    DendriticLayer,
+    covering_mask,
+    dendritic_gate,
+    kept_count,
+)
 
 __all__ = [
     "DendriticLayer",
@@ -43,9 +49,11 @@ __all__ = [
     "KWinners",
     "KWinners2d",
     "count_overlaps",
+    "covering_mask",
     "dendritic_gate",
     "false_match_probability",
     "false_negative_probability",
+    "kept_count",
     "kwinners_mask",
     "log_false_match_probability",
     "log_overlap_set_size",
