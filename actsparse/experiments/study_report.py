@@ -17,6 +17,8 @@ the grid keys named in ``study.rows`` (the remaining keys, e.g. ``seed``, are re
       columns: {test acc: test/acc}              # table column -> summary key (final value)
       curves:                                    # figure -> logged series, y against x
         accuracy: {x: prune/remaining, y: val/acc, xscale: log, invert_x: true, scale: 100}
+      plots:                                     # figure -> final values against a grid key
+        vs_width: {x: model.width, y: {k-NN: test/knn_acc}, group: model.depth, xscale: log}
       paired: {key: model, against: cnn, metric: test/acc, better: higher}   # optional: per-seed paired
                                                  # tests and win counts (experiments/study_paired.py)
 
@@ -207,6 +209,39 @@ def plot_curve(groups: Sequence[Group], spec: Mapping[str, Any], path: Path, tit
     return save_figure(fig, path)
 
 
+def plot_finals(groups: Sequence[Group], spec: Mapping[str, Any], path: Path, title: str = "") -> Path:
+    """Final values against a grid key (``x``, e.g. ``model.width``), one panel per ``y`` entry
+    (panel title -> summary key), one line per value of ``group`` (a grid key, optional): mean
+    ± 95% interval over each row's repeats. For grids, where ``curves`` plot logged series."""
+    from actsparse.report import figure, save_figure
+
+    x_key, group_key = spec["x"], spec.get("group")
+    ys = dict(spec["y"])
+    scale = float(spec.get("scale", 1.0))
+    fig, axes = figure(1, len(ys), figsize=(4 * len(ys), 3.6), squeeze=False)
+    lines: dict[str, list[Group]] = {}
+    for group in groups:
+        overrides = group.jobs[0].overrides
+        lines.setdefault(overrides.get(group_key, "") if group_key else "", []).append(group)
+    for ax, (panel, key) in zip(axes[0], ys.items()):
+        for line, members in lines.items():
+            points = sorted((float(g.jobs[0].overrides[x_key]), *t_interval([final_value(j, key) for j in g.jobs]))
+                            for g in members)
+            xs, means, halves = zip(*points)
+            ax.plot(xs, [m * scale for m in means], marker="o", ms=3, label=f"{group_key} {line}" if group_key else None)
+            ax.fill_between(xs, [(m - h) * scale for m, h in zip(means, halves)],
+                            [(m + h) * scale for m, h in zip(means, halves)], alpha=0.2)
+        if spec.get("xscale"):
+            ax.set_xscale(spec["xscale"])
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(spec.get("xlabel", x_key))
+        ax.grid(alpha=0.3)
+    if group_key:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title or f"final values vs {x_key} (mean ± 95% CI)", fontsize=10)
+    return save_figure(fig, path)
+
+
 def report(sweep_dir: str | Path, study: Mapping[str, Any], config: DictConfig | None = None) -> dict[str, Any]:
     """Aggregate the multirun in ``sweep_dir`` as ``study`` (the experiment's ``study:`` block)
     says; write ``results.md``, ``results.json`` and the figures there, and log them to W&B when
@@ -231,6 +266,8 @@ def report(sweep_dir: str | Path, study: Mapping[str, Any], config: DictConfig |
     for name, spec in (study.get("curves") or {}).items():
         tables[f"{name}: {spec['y']} vs {spec['x']}"] = curve_table(groups, spec)
         figures[name] = plot_curve(groups, spec, sweep_dir / f"{name}.png", spec.get("title", ""))
+    for name, spec in (study.get("plots") or {}).items():  # final values against a grid key
+        figures[name] = plot_finals(groups, spec, sweep_dir / f"{name}.png", spec.get("title", ""))
     payload = {"jobs": [{"folder": str(j.folder), "overrides": j.overrides, "summary": j.summary} for j in jobs]}
     write_results(sweep_dir, tables, payload, title=title)
     if config is not None:
