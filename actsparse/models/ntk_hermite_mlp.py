@@ -10,9 +10,10 @@ normalized Hermite expansion) its NNGP and NTK as width -> infinity are exactly
 gives the same function at initialization with the scale moved into the weights (the usual
 PyTorch training dynamics).
 
-Activations: ``relu`` (``nn.ReLU``), or any dual with a finite Hermite expansion (``opt3``,
-``opt5``, ``opt9``, ``hermite_<k>``, a list of normalized coefficients) as
-:class:`~actsparse.plugins.ntk.hermite.HermiteActivation`. Both are bare activation sites.
+Activations: ``relu`` (``nn.ReLU``); any dual with a finite Hermite expansion (``opt2``, ``opt3``,
+``opt5``, ``opt9``, ``optimal_<d>``, ``hermite_<k>``, a list of normalized coefficients) as
+:class:`~actsparse.plugins.ntk.hermite.HermiteActivation`; any other registered dual with a known
+activation (``erf``, ``sine_<a>``) as :class:`DualActivationModule`. All are bare activation sites.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actsparse.plugins.ntk.duals import dual_activation
 from actsparse.plugins.ntk.hermite import HermiteActivation
+from actsparse.plugins.sites import register_activation_type
 
 PARAMETRIZATIONS = ("ntk", "standard")
 
@@ -46,19 +49,42 @@ class ScaledLinear(nn.Module):
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, multiplier={self.multiplier:.4g}"
 
 
+class DualActivationModule(nn.Module):
+    """The unit-variance activation ``phi`` of a registered dual (``erf``, ``sine_<a>``), whose
+    dual ``E[phi(u) phi(v)]`` is the named one, as a module."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        dual = dual_activation(name)
+        if dual.activation is None:
+            raise ValueError(f"The dual {dual.name!r} has no known activation, so no network can use it.")
+        self.name, self.fn = dual.name, dual.activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+register_activation_type(DualActivationModule)
+
+
 def make_theory_activation(activation: str | Sequence[float]) -> tuple[nn.Module, float]:
     """The activation module for a dual name and its gain ``1 / sqrt(E[phi(g)^2])``."""
     if isinstance(activation, str) and activation.strip().lower() == "relu":
         return nn.ReLU(), math.sqrt(2.0)
     try:
-        module = (HermiteActivation.from_name(activation) if isinstance(activation, str)
-                  else HermiteActivation([float(c) for c in activation]))
+        if not isinstance(activation, str):
+            return HermiteActivation([float(c) for c in activation]), 1.0
+        if dual_activation(activation).hermite_coeffs is not None:
+            return HermiteActivation.from_name(activation), 1.0
+        return DualActivationModule(activation), 1.0  # erf, sine_<a>: normalized to unit variance
     except ValueError as err:
         raise ValueError(
-            f"HermiteMLP activation {activation!r}: {err} Supported: relu, opt3, opt5, opt9, hermite_<k>, "
-            "or normalized Hermite coefficients."
+            f"HermiteMLP activation {activation!r}: {err} Supported: relu, erf, sine_<a>, opt2, opt3, opt5, "
+            "opt9, optimal_<d>, hermite_<k>, or normalized Hermite coefficients."
         ) from None
-    return module, 1.0
 
 
 class HermiteMLP(nn.Module):

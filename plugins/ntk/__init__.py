@@ -7,6 +7,10 @@
 - :mod:`.classifiers`: kernel regression with a singular-Gram check, 1-NN, majority vote, the
   singular kernel ``||x - z||^-alpha``.
 - :mod:`.hermite`: ``HermiteActivation`` (an activation site), ``hermite_series``.
+- :mod:`.optimal`: ``optimal_dual(d, k)``, the consistent dual ``c xi + (1 - c) xi^k`` for any input
+  dimension d (``opt2``, ``optimal_<d>``, ``optimal_<d>_<k>`` in the registry).
+- :mod:`.regimes`: ``regime_agreement``, the deep kernel predictors vs depth against 1-NN,
+  majority vote, the singular kernel and Bayes (``authors_kind``: NNGP, NTK for ReLU).
 
 Kept free of Hydra, wandb and matplotlib.
 """
@@ -33,8 +37,18 @@ from actsparse.plugins.ntk.kernels import (
     sphere_gram,
     to_sphere,
 )
+from actsparse.plugins.ntk.optimal import default_degree, optimal_coefficient, optimal_dual, optimal_exponent
+from actsparse.plugins.ntk.regimes import BASELINES, authors_kind, baseline_predictions, regime_agreement
 
 __all__ = [
+    "BASELINES",
+    "authors_kind",
+    "baseline_predictions",
+    "default_degree",
+    "optimal_coefficient",
+    "optimal_dual",
+    "optimal_exponent",
+    "regime_agreement",
     "DualActivation",
     "HermiteActivation",
     "KernelDepthOverflow",

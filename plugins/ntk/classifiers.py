@@ -19,6 +19,10 @@ from actsparse.plugins.ntk.kernels import LogKernel
 
 Tensor = torch.Tensor
 SINGULAR_RCOND = 1e-13
+# Cholesky answers when LAPACK's 1-norm estimate (dpocon) of 1/cond is this far above rcond: the
+# 1-norm rcond of a symmetric matrix is at most its eigenvalue ratio, and the estimate is rarely
+# off by more than a factor 10, so such a matrix is certainly not singular by the eigenvalue test.
+FAST_PATH_MARGIN = 1e4
 
 
 class SingularKernelError(ValueError):
@@ -33,7 +37,8 @@ def one_hot(y: Tensor, num_classes: int | None = None) -> Tensor:
 
 
 def solve_gram(gram: Tensor, targets: Tensor, on_singular: str = "raise", rcond: float = SINGULAR_RCOND) -> Tensor:
-    """``K^{-1} targets`` for a symmetric PSD Gram matrix ``K`` (float64, by eigendecomposition).
+    """``K^{-1} targets`` for a symmetric PSD Gram matrix ``K`` (float64: by Cholesky when ``K`` is
+    clearly well conditioned, else by eigendecomposition).
 
     When ``lambda_min / lambda_max < rcond`` the system is singular to working precision: with
     ``on_singular="raise"`` a :class:`SingularKernelError` says so and what to do; ``"lstsq"`` warns
@@ -46,6 +51,10 @@ def solve_gram(gram: Tensor, targets: Tensor, on_singular: str = "raise", rcond:
         raise ValueError(f"The Gram matrix must be square, got shape {tuple(gram.shape)}.")
     if not torch.isfinite(gram).all():
         raise ValueError("The Gram matrix has inf/NaN entries; for deep NTKs use ntk_kernel(..., normalize=True).")
+    targets = torch.as_tensor(targets, dtype=torch.float64)
+    fast = _cholesky_solve((gram + gram.T) / 2, targets, rcond * FAST_PATH_MARGIN)
+    if fast is not None:
+        return fast
     evals, evecs = torch.linalg.eigh((gram + gram.T) / 2)
     top = evals.abs().max()
     ratio = float(evals.min() / top) if top > 0 else 0.0
@@ -61,9 +70,24 @@ def solve_gram(gram: Tensor, targets: Tensor, on_singular: str = "raise", rcond:
         if on_singular == "raise":
             raise SingularKernelError(message)
         warnings.warn(message + " Using the pseudo-inverse.", RuntimeWarning, stacklevel=2)
-    targets = torch.as_tensor(targets, dtype=torch.float64)
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
     return evecs @ (inv[:, None] * (evecs.T @ targets)) if targets.dim() == 2 else evecs @ (inv * (evecs.T @ targets))
+
+
+def _cholesky_solve(gram: Tensor, targets: Tensor, min_rcond: float) -> Tensor | None:
+    """``gram^{-1} targets`` by Cholesky (10-20x faster than eigh) when ``gram`` is positive
+    definite and its estimated reciprocal condition number exceeds ``min_rcond``; else None."""
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return None
+    from scipy.linalg.lapack import dpocon  # LAPACK's condition estimate from the Cholesky factor
+
+    estimate, status = dpocon(chol.numpy(), float(gram.abs().sum(0).max()), uplo="L")
+    if status != 0 or not estimate > min_rcond:
+        return None
+    rhs = targets if targets.dim() == 2 else targets[:, None]
+    out = torch.cholesky_solve(rhs, chol)
+    return out if targets.dim() == 2 else out[:, 0]
 
 
 def kernel_regression(

@@ -193,21 +193,44 @@ class KernelProfile:
     logabs: Tensor
     sign: Tensor
 
-    def __call__(self, xi: Tensor) -> LogKernel:
+    def locate(self, xi: Tensor) -> "ProfilePoints":
+        """Where ``xi`` falls on the grid: computed once, it serves every profile of the same grid
+        (all depths of one :func:`kernel_profiles` call), so each further depth costs one gather."""
         xi = check_cosines(xi)
-        exact_one = xi >= 1.0
         tq = torch.atanh(xi.clamp(-1.0 + SNAP_TO_ONE, 1.0 - SNAP_TO_ONE))
         hi = torch.searchsorted(self.t, tq.reshape(-1)).clamp(1, self.t.numel() - 1).reshape(tq.shape)
         lo = hi - 1
         w = ((tq - self.t[lo]) / (self.t[hi] - self.t[lo])).clamp(0.0, 1.0)
+        return ProfilePoints(self.t, lo, hi, w, xi >= 1.0)
+
+    def __call__(self, xi: Tensor, points: "ProfilePoints | None" = None) -> LogKernel:
+        """The kernel at ``xi``; pass ``points = profile.locate(xi)`` of any profile on the same
+        grid to skip locating ``xi`` again."""
+        if points is None:
+            points = self.locate(xi)
+        elif points.t is not self.t and not torch.equal(points.t, self.t):
+            raise ValueError("points were located on another grid; call this profile's locate(xi).")
+        lo, hi, w = points.lo, points.hi, points.w
         l0, l1, s0, s1 = self.logabs[lo], self.logabs[hi], self.sign[lo], self.sign[hi]
-        same = (s0 == s1) & torch.isfinite(l0) & torch.isfinite(l1)
-        log_interp = torch.where(same, (1 - w) * torch.where(same, l0, 0.0) + w * torch.where(same, l1, 0.0), 0.0)
-        # across a sign change or a zero, interpolate the values instead
-        v_log, v_sign = to_log((1 - w) * from_log(l0, s0) + w * from_log(l1, s1))
-        logabs = torch.where(same, log_interp, v_log)
-        sign = torch.where(same, s0, v_sign)
-        return LogKernel(torch.where(exact_one, 0.0, logabs), torch.where(exact_one, 1.0, sign))
+        logabs, sign = torch.lerp(l0, l1, w), s0.clone()
+        # across a sign change or a zero (or an infinite log), interpolate the values instead
+        other = (s0 != s1) | ~torch.isfinite(logabs)
+        if bool(other.any()):
+            w_o = w[other]
+            logabs[other], sign[other] = to_log((1 - w_o) * from_log(l0[other], s0[other]) + w_o * from_log(l1[other], s1[other]))
+        logabs[points.exact_one], sign[points.exact_one] = 0.0, 1.0
+        return LogKernel(logabs, sign)
+
+
+@dataclass
+class ProfilePoints:
+    """Positions of cosines on a profile grid (:meth:`KernelProfile.locate`)."""
+
+    t: Tensor
+    lo: Tensor
+    hi: Tensor
+    w: Tensor
+    exact_one: Tensor
 
 
 def kernel_profiles(

@@ -60,6 +60,7 @@ def points(n=4, d=3):
     ("relu", 3, 1024, 2, 0.08),
     ([0.0, math.sqrt(0.9), math.sqrt(0.1)], 2, 1024, 6, 0.1),  # mild Hermite: dual 0.9 xi + 0.1 xi^2
     ("opt3", 1, 1024, 12, 0.1),  # a cubic's kernel fluctuates ~20% at width 1024: average inits
+    ("erf", 2, 1024, 2, 0.08),   # DualActivationModule: the normalized erf of dual_activation("erf")
 ])
 def test_empirical_ntk_of_a_wide_random_mlp_matches_ntk_kernel(activation, depth, width, seeds, tol):
     torch.manual_seed(0)
@@ -98,3 +99,18 @@ def test_standard_parametrization_is_the_same_function_at_init():
     b = HermiteMLP(3, 32, 2, 2, "opt3", parametrization="standard")
     x = points().float()
     assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+def test_every_dual_with_an_activation_builds_a_network():
+    """opt2/optimal_<d> as Hermite expansions, erf and sine_<a> as their normalized activations."""
+    from actsparse.models.ntk_hermite_mlp import DualActivationModule
+    from actsparse.plugins.ntk.duals import dual_activation
+
+    x = torch.linspace(-3, 3, 13, dtype=F64)
+    for name, kind in [("opt2", HermiteActivation), ("optimal_5", HermiteActivation), ("erf", DualActivationModule),
+                       ("sine_2.676", DualActivationModule)]:
+        net = HermiteMLP(in_features=2, width=4, depth=2, activation=name).double()
+        acts = [s.activation for s in find_sites(net)]
+        assert len(acts) == 2 and all(isinstance(a, kind) for a in acts)
+        assert torch.allclose(acts[0](x), dual_activation(name).activation(x), atol=1e-12)
+    assert torch.allclose(DualActivationModule("erf")(x), torch.erf(x) / math.sqrt(2 / math.pi * math.asin(2 / 3)))

@@ -1,5 +1,5 @@
-"""Dual activations, deep NNGP/NTK kernels and the comparison classifiers (issue 15, DESIGN §4),
-each checked against an independent formula, a direct loop or Monte Carlo."""
+"""Dual activations (the consistent ``opt2``/``optimal_<d>`` of issue 25 too), deep NNGP/NTK kernels,
+the comparison classifiers and the regime measurement (issue 15, DESIGN §4), each checked against an independent formula, a direct loop or Monte Carlo."""
 
 import math
 import warnings
@@ -29,6 +29,8 @@ from actsparse.plugins.ntk.kernels import (
     ntk_kernel,
     sphere_gram,
 )
+from actsparse.plugins.ntk.optimal import default_degree, optimal_coefficient, optimal_dual
+from actsparse.plugins.ntk.regimes import authors_kind, regime_agreement
 
 NAMES = ["relu", "erf", "sine_1", "sine_2.676", "sine_13.8258", "opt3", "opt5", "opt9", "hermite_0", "hermite_1",
          "hermite_2", "hermite_5"]
@@ -307,3 +309,132 @@ def test_deep_limits_are_1nn_and_the_singular_kernel():
     agree = (opt9 == singular_kernel_predict(xtr, ytr, xte, alpha=8.0)).double().mean()
     assert agree >= 0.98
     assert (values == 0).all()  # why the log domain: the values alone cannot classify
+
+
+# -- consistent duals for any dimension (plugins/ntk/optimal.py) -----------------------------------
+
+def gauss_hermite_dual(activation, xi, nodes=40):
+    """E[phi(u) phi(v)] for standard Gaussians with correlation xi, by 2-d Gauss-Hermite quadrature
+    (exact for the polynomial activations here): v = xi u + sqrt(1 - xi^2) w."""
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    u, g = torch.tensor(x, dtype=F64)[:, None], torch.tensor(x, dtype=F64)[None, :]
+    weights = torch.tensor(w, dtype=F64)
+    v = xi * u + math.sqrt(1 - xi * xi) * g
+    return float((weights[:, None] * weights[None, :] * activation(u) * activation(v)).sum())
+
+
+def he7(x):
+    return x ** 7 - 21 * x ** 5 + 105 * x ** 3 - 105 * x
+
+
+def test_opt2_is_the_authors_2d_dual():
+    """The authors' 2d_opt (inf_depth_ntks/models.py): a = xi^7/2 + xi/2, a' = 7 xi^6/2 + 1/2."""
+    dual, xi = dual_activation("opt2"), grid()
+    assert torch.allclose(dual(xi), xi ** 7 / 2 + xi / 2, atol=1e-15)
+    assert torch.allclose(dual.derivative(xi), 7 * xi ** 6 / 2 + 0.5, atol=1e-14)
+    assert dual.hermite_coeffs == pytest.approx((0, 2 ** -0.5, 0, 0, 0, 0, 0, 2 ** -0.5), abs=1e-15)
+    x = torch.linspace(-3, 3, 25, dtype=F64)
+    assert torch.allclose(dual.activation(x), (x + he7(x) / math.sqrt(5040)) / math.sqrt(2), atol=1e-12)
+    for rho in (-0.8, 0.0, 0.3, 0.95):
+        assert gauss_hermite_dual(dual.activation, rho) == pytest.approx(rho ** 7 / 2 + rho / 2, abs=1e-12)
+    assert dual.singular_exponent() == pytest.approx(0.5, abs=1e-12)  # log 2 / log 4 = (d - 1)/2 at d = 2
+    assert dual.regime() == "singular kernel (beta=0.5)"
+
+
+@pytest.mark.parametrize("dim, degree, c", [
+    (2, 7, 0.5),                          # the authors' 2d_opt
+    (3, 3, 0.5),                          # their 3d_opt: opt3
+    (2, 4, (1 + math.sqrt(13)) / 6),      # 1/c^2 = 4 - 3c  <=>  (c - 1)(3c^2 - c - 1) = 0
+    (5, 2, (3 - math.sqrt(5)) / 2),       # 1/c = (2 - c)^2  <=>  (c - 1)(c^2 - 3c + 1) = 0
+    (5, 3, 1 - math.sqrt(3) / 2),         # 1/c = (3 - 2c)^2 <=>  (c - 1)(4c^2 - 8c + 1) = 0
+    (3, 5, 0.25),                         # 1/c = c + 5(1 - c) at c = 1/4: 4 = 4
+])
+def test_optimal_dual_has_the_closed_form_coefficient(dim, degree, c):
+    dual, xi = optimal_dual(dim, degree), grid()
+    assert optimal_coefficient(dim, degree) == pytest.approx(c, abs=1e-14)
+    assert torch.allclose(dual(xi), c * xi + (1 - c) * xi ** degree, atol=1e-14)
+    assert torch.allclose(dual.derivative(xi), c + degree * (1 - c) * xi ** (degree - 1), atol=1e-13)
+    expected = [0.0] * (degree + 1)
+    expected[1], expected[degree] = math.sqrt(c), math.sqrt(1 - c)
+    assert dual.hermite_coeffs == pytest.approx(expected, abs=1e-14)
+    he = {2: lambda x: x ** 2 - 1, 3: lambda x: x ** 3 - 3 * x, 4: lambda x: x ** 4 - 6 * x ** 2 + 3,
+          5: lambda x: x ** 5 - 10 * x ** 3 + 15 * x, 7: he7}[degree]
+    x = torch.linspace(-3, 3, 25, dtype=F64)
+    phi = math.sqrt(c) * x + math.sqrt(1 - c) * he(x) / math.sqrt(math.factorial(degree))
+    assert torch.allclose(dual.activation(x), phi, atol=1e-11)
+    for rho in (-0.6, 0.2, 0.9):
+        assert gauss_hermite_dual(dual.activation, rho) == pytest.approx(float(dual(torch.tensor(rho, dtype=F64))),
+                                                                          abs=1e-12)
+    assert dual.singular_exponent() == pytest.approx((dim - 1) / 2, abs=1e-10)
+    assert math.log(1 / c) / math.log(c + degree * (1 - c)) == pytest.approx((dim - 1) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("dim", [2, 3, 4, 5, 7, 9, 16])
+def test_default_optimal_dual_is_consistent_in_every_dimension(dim):
+    dual = optimal_dual(dim)
+    beta = math.log(1 / dual.slope_at_zero) / math.log(dual.slope_at_one)
+    assert beta == pytest.approx((dim - 1) / 2, abs=1e-10)
+    assert dual.value_at_zero == 0.0 and float(dual(torch.tensor(1.0, dtype=F64))) == pytest.approx(1.0, abs=1e-14)
+    assert dual_activation(f"optimal_{dim}").poly == pytest.approx(dual.poly, abs=1e-15)
+    # c closest to 1/2 over the admissible degrees (2-d: 7, 3-d: 3, the authors' choices)
+    k = default_degree(dim)
+    others = [abs(optimal_coefficient(dim, j) - 0.5) for j in range(2, 30) if 1 / (j - 1) < (dim - 1) / 2]
+    assert abs(optimal_coefficient(dim, k) - 0.5) == pytest.approx(min(others))
+    assert {2: 7, 3: 3}.get(dim, k) == k
+
+
+def test_optimal_dual_names_and_errors():
+    assert dual_activation("optimal_2_7").poly == pytest.approx(dual_activation("opt2").poly, abs=1e-15)
+    assert dual_activation("optimal_3").poly == pytest.approx(dual_activation("opt3").poly, abs=1e-15)
+    with pytest.raises(ValueError, match=r"degree k >= 4"):
+        optimal_dual(2, 3)  # beta > 1/(k - 1) = 1/2 for every c
+    with pytest.raises(ValueError, match="integer >= 2"):
+        optimal_dual(1)
+    with pytest.raises(ValueError, match="optimal_5"):
+        dual_activation("optimal_x")
+
+
+# -- solvers and profiles used by the regime study -------------------------------------------------
+
+def test_cholesky_fast_path_matches_a_float64_solve_and_keeps_the_singular_check():
+    _, xtr, ytr, _, _ = sphere_data(n_train=150)
+    gram = nngp_kernel(sphere_gram(xtr), 30, "opt3")  # well conditioned: close to the identity
+    targets = torch.nn.functional.one_hot(ytr).to(F64)
+    assert torch.allclose(solve_gram(gram, targets), torch.linalg.solve(gram, targets), atol=1e-10)
+    near = torch.ones(5, 5, dtype=F64) + 1e-15 * torch.eye(5, dtype=F64)  # PD for Cholesky, singular by eigenvalues
+    with pytest.raises(SingularKernelError):
+        solve_gram(near, torch.ones(5, dtype=F64))
+
+
+def test_profile_points_located_once_serve_every_depth():
+    _, xtr, _, xte, _ = sphere_data(n_train=40, n_test=30)
+    xi = sphere_gram(xte, xtr)
+    profiles = kernel_profiles([10, 80], "opt5", kind="nngp", grid_size=1024)
+    points = profiles[10].locate(xi)
+    for depth, profile in profiles.items():
+        a, b = profile(xi), profile(xi, points)
+        assert torch.equal(a.logabs, b.logabs) and torch.equal(a.sign, b.sign)
+        exact = dict(kernel_path(xi, [depth], "opt5", "nngp"))[depth]
+        assert torch.allclose(b.logabs, exact.logabs, rtol=5e-2)  # the depth asked for (accuracy: check_profile)
+
+
+def test_regime_agreement_against_a_direct_float64_kernel_regression():
+    """The NNGP at depth 40 (exact recursion) against the authors' procedure written out: iterate
+    the dual on the cosines in float64 values, set the train diagonal to 1, np.linalg.solve."""
+    _, xtr, ytr, xte, yte = sphere_data(dim=2, n_train=80, n_test=120)
+    rows = regime_agreement(xtr, ytr, xte, yte, "opt2", [40, 300], kind="authors", exact_max_depth=40, grid_size=4096)
+    sig_tr, sig_te = sphere_gram(xtr).numpy(), sphere_gram(xte, xtr).numpy()
+    for _ in range(40):
+        sig_tr, sig_te = [np.clip(s ** 7 / 2 + s / 2, -1, 1) for s in (sig_tr, sig_te)]
+    np.fill_diagonal(sig_tr, 1.0)
+    pm = np.where(ytr.numpy() == 1, 1.0, -1.0)
+    preds = (sig_te @ np.linalg.solve(sig_tr, pm) > 0).astype(int)
+    assert rows[0]["depth"] == 40 and rows[0]["acc"] == pytest.approx(float((preds == yte.numpy()).mean()))
+    assert rows[1]["depth"] == 300 and rows[1]["profile_check"] >= 0.97
+    singular = singular_kernel_predict(xtr, ytr, xte, alpha=1.0).numpy()
+    assert rows[1]["agree_singular"] == pytest.approx(float((preds == singular).mean()), abs=0.05)
+    assert rows[1]["agree_singular"] >= 0.95  # opt2 is the 2-d singular kernel ||x - z||^-1
+    assert authors_kind("relu") == "ntk" and authors_kind("opt2") == "nngp" and authors_kind("sine_1") == "nngp"
+    with pytest.raises(ValueError, match="authors"):
+        regime_agreement(xtr, ytr, xte, yte, "opt2", [1], kind="gp")
