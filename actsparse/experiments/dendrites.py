@@ -8,7 +8,8 @@ anything under a test key is refused, since it would mean test data was touched.
 
     python -m actsparse.experiments.dendrites outputs/dendrites_tune/multiruns/<time> [<more sweeps>]
 
-(several sweep folders when the grid was split, e.g. one ``model.arm=...`` per process) writes the picks to ``conf/experiment/dendrites_picks.yaml`` (``--out`` to write elsewhere), which
+(several sweep folders when the grid was split, e.g. one ``model.arm=...`` per process) writes
+the picks to ``conf/dendrites_picks/dendrites_tuned.yaml`` (``--out`` to write elsewhere), which
 ``experiment=dendrites`` reads per arm.
 """
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SELECT_BY = "cl/val/final_mean_acc"
 SEARCHED = {"lr": "task.lr", "epochs_per_task": "data.epochs_per_task"}
-PICKS_FILE = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "dendrites_picks.yaml"
+PICKS_FILE = Path(__file__).resolve().parents[2] / "conf" / "dendrites_picks" / "dendrites_tuned.yaml"
 
 
 def touched_test(job: Job) -> list[str]:
@@ -79,7 +80,7 @@ def _number(text: str) -> int | float:
 
 
 def picks_yaml(picks: dict[str, dict[str, Any]], source: str) -> str:
-    """The picks as the ``dendrites_picks`` experiment file (``dendrites.picks.<arm>.{lr, epochs_per_task}``)."""
+    """The picks as the ``dendrites_picks`` config file (``dendrites.picks.<arm>.{lr, epochs_per_task}``)."""
     lines = ["# @package _global_",
              "# Per model arm: the learning rate and epochs per task experiment=dendrites trains with, picked by",
              "# best mean final VALIDATION accuracy over the tuning seeds (python -m actsparse.experiments.dendrites).",
