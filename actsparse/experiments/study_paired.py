@@ -26,12 +26,15 @@ p-values, since a study makes many comparisons at once.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from actsparse.experiments.study_report import Job
+
+log = logging.getLogger(__name__)
 
 
 def paired_p_values(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -90,9 +93,10 @@ def paired_tables(jobs: Sequence[Job], spec: Mapping[str, Any], rows: Sequence[s
     sign = -1.0 if better == "lower" else 1.0  # sign * (a - b) > 0: `against` is better
     context_keys = [k for k in rows if k != key]
     values = list(dict.fromkeys(j.overrides.get(key) for j in jobs if key in j.overrides))
-    if against not in values:
-        raise ValueError(f"study.paired.against={against!r} is not a value of {key!r} in this multirun "
-                         f"(values: {values}).")
+    if against not in values:  # e.g. a sweep narrowed on the command line: the other tables still come
+        log.warning("study.paired.against=%r is not a value of %r in this multirun (values: %s): no paired "
+                    "tables.", against, key, values)
+        return {}
     name = lambda k, v: str(labels.get(k, {}).get(v, v))  # noqa: E731
 
     # pair key: every override but `key`; context: the other row keys' values
