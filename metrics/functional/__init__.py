@@ -22,11 +22,12 @@ from actsparse.metrics.functional.cett import (
 )
 from actsparse.metrics.functional.cett_calibration import MemoBisection, SiteCalibration, calibrate_thresholds
 from actsparse.metrics.functional.code_categorization import code_categorization
+from actsparse.metrics.functional.go_ontology import ancestor_matrix, information_content, propagate
 from actsparse.metrics.functional.go_terms import (
     aupr,
     average_precision,
     fmax,
-    information_content,
+    fmax_result,
     precision_recall_curve_go,
     smin,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "average_precision",
     "activation_sparsity",
     "active_mask",
+    "ancestor_matrix",
     "as_rows",
     "bisect_thresholds",
     "calibrate_thresholds",
@@ -84,12 +86,14 @@ __all__ = [
     "dead_neurons",
     "fit_activation_law",
     "fmax",
+    "fmax_result",
     "hash_code_purity",
     "information_content",
     "neuron_norms",
     "pack_codes",
     "per_token_cett",
     "precision_recall_curve_go",
+    "propagate",
     "redundancy_ratio",
     "smin",
     "sparsity_counts",
