@@ -67,9 +67,10 @@ def main() -> None:
     rows, record = [], {}
     for name, fn in cases.items():
         seconds, value = timed(fn, args.repeats)
-        shown = f"{float(value):.4f}" if isinstance(value, torch.Tensor) else "-"
+        scalar = isinstance(value, torch.Tensor) and value.dim() == 0  # packing returns the codes themselves
+        shown = f"{float(value):.4f}" if scalar else "-"
         rows.append({"operation": name, "median (s)": round(seconds, 3), "value": shown})
-        record[name] = {"seconds": seconds, "value": float(value) if isinstance(value, torch.Tensor) else None}
+        record[name] = {"seconds": seconds, "value": float(value) if scalar else None}
         if "redundancy" in name.lower():
             assert abs(float(value) - expected) < 1e-12, (name, float(value), expected)
     print(f"{args.n:,} codes x {args.units:,} units ({packed.shape[1]} bytes/code packed), "

@@ -2,8 +2,6 @@
 ``entry:`` on tiny settings, writes its tables through the shared study helper, and builds its
 trainers from ``cfg.trainer``."""
 
-import json
-
 import pytest
 from omegaconf import open_dict
 
@@ -29,20 +27,3 @@ def test_markdown_tables_and_mean_std():
     assert text.splitlines() == ["| method | acc | n |", "| --- | ---: | ---: |", "| a | 0.5 | 1,200 |", "| b | 0.25 | 3 |"]
     assert study.mean_std([1.0, 3.0]) == pytest.approx((2.0, 2**0.5))
     assert study.mean_std([4.0]) == (4.0, 0.0)
-
-
-def test_hash_codes_runs_through_its_entry_with_both_protocols(tmp_path):
-    from hydra.utils import get_method
-
-    cfg = _compose("hash_codes", tmp_path, "hash_codes.widths=[16]", "hash_codes.depths=[1]", "hash_codes.epochs=1",
-                   "hash_codes.epoch_curve.width=16", "hash_codes.epoch_curve.depth=1", "hash_codes.epoch_curve.at=[0,1]",
-                   "hash_codes.train_sizes.width=16", "hash_codes.train_sizes.depth=1",
-                   "hash_codes.train_sizes.sizes=[0.1]", "hash_codes.categorization.methods=[knn,logreg]")
-    out = get_method(cfg.entry)(cfg)
-    results = json.loads((tmp_path / "results.json").read_text())
-    (width_row,) = results["width"]
-    assert {"test_knn", "test_knn@fit_predict", "test_redundancy@fit_predict", "units@fit_predict"} <= set(width_row)
-    # dropping constant units over train ∪ test keeps at least the units kept over train alone
-    assert width_row["units"] >= width_row["units@fit_predict"]
-    assert 0 <= out["test_knn"] <= 1 and len(results["tables"]) == 3
-    assert (tmp_path / "vs_width.png").is_file()

@@ -357,3 +357,10 @@ def test_reference_protocol_equals_a_direct_sklearn_computation():
     assert 0.3 < want["knn"] < 1.0  # noisy enough that a wrong protocol would show
     with pytest.raises(ValueError, match="protocol"):
         code_categorization(tr, torch.from_numpy(y_tr), te, torch.from_numpy(y_te), protocol="paper")
+
+
+def test_hash_code_monitor_rejects_an_unknown_stage_or_protocol():
+    with pytest.raises(ValueError, match="stage must be one of validation, test"):
+        HashCodeMonitor(stage="train")
+    with pytest.raises(ValueError, match="Unknown categorization protocol 'authors'"):
+        HashCodeMonitor(protocol="authors")
