@@ -179,6 +179,8 @@ def curve_table(groups: Sequence[Group], spec: Mapping[str, Any]) -> list[dict[s
                 mx, my, hy = points[i]
                 row[f"{spec['x']} ({label})"] = f"{mx * scale:.4g}"
                 row[f"{spec['y']} ({label})"] = format_interval(my, hy, scale)
+            else:  # a shorter series (a kernel past float64 before the deepest depth): same columns, no value
+                row[f"{spec['x']} ({label})"] = row[f"{spec['y']} ({label})"] = "–"
         rows.append(row)
     return rows
 
