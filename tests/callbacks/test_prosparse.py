@@ -330,35 +330,6 @@ def test_prosparse_resume_continues_lambda_and_weights_exactly(tmp_path):
     assert len(history(a)) == 10 and history(a) == history(b)
 
 
-def test_prosparse_experiment_pipeline(tmp_path, monkeypatch):
-    """The experiment's pipeline end to end at toy size: five regimes, table, figure."""
-    overrides = ["experiment=prosparse", "logger=none", "trainer.enable_progress_bar=false",
-                 "data.max_chars=150000", "data.seq_len=64", "data.batch_size=8",
-                 "model.d_model=64", "model.n_layers=2", "model.n_heads=2",
-                 "prosparse.pretrain_steps=20", "prosparse.steps=12", "prosparse.warmup_steps=2",
-                 "prosparse.stage_fractions=[[0.0,2],[0.5,6],[1.0,10]]", "prosparse.final_lambda=0.02",
-                 "trainer.limit_val_batches=4", "trainer.log_every_n_steps=2"]
-    from actsparse.experiments.prosparse import run
-
-    result = run(compose_train(overrides, tmp_path))
-    res = result["results"]
-    assert list(res) == ["silu_dense", "relu", "relu_fixed", "prosparse", "prosparse_fatrelu"]
-    assert res["silu_dense"]["sparsity"] < 0.01  # SiLU has (almost) no exact zeros
-    assert res["relu"]["sparsity"] > 0.3
-    assert res["prosparse_fatrelu"]["sparsity"] >= res["prosparse"]["sparsity"]  # a higher threshold
-    assert res["relu"]["ppl_ratio_to_relu"] == pytest.approx(1.0)
-    assert result["stages"] == [[0.0, 2], [0.01, 6], [0.02, 10]]
-    assert result["fixed_stages"] == [[0.0, 2], [0.02, 12]]  # Table 5: substitution, then lambda held
-    for name in ("results.md", "results.json", "tradeoff.png"):
-        assert (tmp_path / name).is_file()
-    assert "ProSparse + FATReLU" in (tmp_path / "results.md").read_text()
-    # The second run reuses the cached SiLU baseline.
-    assert len(list((tmp_path / "pretrain_silu").glob("checkpoints/*.ckpt"))) >= 1
-    result2 = run(compose_train([*overrides, "prosparse.regimes=[relu]"], tmp_path / "again"))
-    assert not (tmp_path / "again" / "pretrain_silu").exists()
-    assert result2["results"]["relu"]["val_ppl"] == pytest.approx(res["relu"]["val_ppl"], rel=1e-5)
-
-
 def test_penalty_hooks_do_not_keep_activations_alive():
     """Each step's x1 must be freed after backward (a hook capturing x1 itself leaked it)."""
     import gc
