@@ -137,35 +137,102 @@ def test_sparsity_evaluator_joint_mode_in_a_fit(tmp_path):
         SparsityEvaluator(joint_last=0)
 
 
-def test_study_config_defaults_to_the_papers_protocol():
-    from actsparse.experiments import study
+def test_sparsing_law_callback_against_its_pieces(tmp_path):
+    """SparsingLaw's curve, law and final PPL-p% sparsity against the public functions run by hand
+    on the same snapshots (tokens per step counted by hand: 4 sequences x 16 tokens)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
 
-    cfg = study.compose("sparsing_law", ["paths.output_dir=/tmp/unused"])
-    assert cfg.entry == "actsparse.experiments.sparsing_law.run"
-    assert cfg.sparsing_law.cett == "joint" and cfg.sparsing_law.joint_last == 5
+    from actsparse.callbacks import MetricHistory, SparsityMonitor
+    from actsparse.callbacks.sparsing_law import SparsingLaw
+    from actsparse.metrics.functional.laws import fit_activation_law
+    from actsparse.tasks.lm import CausalLM
+
+    torch.manual_seed(0)
+    task = CausalLM(model=TinyLM(**SHAPE), lr=1e-2)
+    data = bigram_batches(n_batches=8, seed=2)
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    train = DataLoader(list(zip(x[:24], y[:24])), batch_size=4)
+    val = DataLoader(list(zip(x[24:], y[24:])), batch_size=4)
+    law = SparsingLaw(p=P, joint_last=3, skip_first=1, calibration_dtype=torch.float64)
+    history = MetricHistory(every_n_steps=5)
+    trainer = L.Trainer(accelerator="cpu", max_steps=60, val_check_interval=6, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, callbacks=[history, SparsityMonitor(every_n_steps=5, heatmap=False), law],
+                        default_root_dir=tmp_path)
+    trainer.fit(task, train, val)
+    per_step = 4 * x.shape[1]
+    curves = history.history.by_key()
+    steps = [s for s, _ in curves["sparsing_law/activation_ratio"]]
+    assert steps == list(range(6, 61, 6))
+    models = []
+    for _, state in law.snapshots:
+        m = CausalLM(model=TinyLM(**SHAPE))
+        m.load_state_dict(state)
+        models.append(m)
+    joint = joint_cett(models[-3:], val, P, calibration_dtype=torch.float64)
+    ratios = [activation_ratio_at_cett(m, val, joint.cett, calibration_dtype=torch.float64).activation_ratio
+              for m in models]
+    assert [r for _, r in curves["sparsing_law/activation_ratio"]] == pytest.approx(ratios, rel=1e-12)
+    assert dict(curves["sparsing_law/tokens"])[60] == 60 * per_step
+    by_hand = fit_activation_law([s * per_step for s in steps][1:], ratios[1:], kind="relu")
+    measured = law.measured
+    assert measured["sparsing_law/A0"] == pytest.approx(by_hand.A0, rel=1e-6)
+    assert measured["sparsing_law/alpha"] == pytest.approx(by_hand.alpha, rel=1e-6)
+    assert measured["sparsing_law/joint_cett"] == joint.cett
+    final = ppl_p_sparsity(task, val, P, calibration_dtype=torch.float64)
+    assert measured["sparsing_law/ppl_p1_sparsity"] == pytest.approx(final.sparsity, rel=1e-12)
+    zero = curves["sparsing_law/zero_ratio"]
+    assert [s for s, _ in zero] == list(range(5, 61, 5)) and all(0 < r < 1 for _, r in zero)
+    assert dict(curves["sparsing_law/ppl_p1_sparsity"]) == {60: measured["sparsing_law/ppl_p1_sparsity"]}
+    with pytest.raises(ValueError, match="kind must be"):
+        SparsingLaw(kind="gelu")
+
+
+SPARSING_TINY = ["trainer.max_steps=40", "trainer.val_check_interval=10", "data.max_chars=200000",
+                 "callbacks.sparsing_law.joint_last=2", "callbacks.sparsing_law.skip_first=0",
+                 "callbacks.sparsing_law.max_batches=2", "trainer.limit_val_batches=2"]
+
+
+def _sweep(tmp_path, overrides, name="sweep"):
+    from conftest import run_cli
+
+    sweep = tmp_path / name
+    proc = run_cli(["experiment=sparsing_law", f"hydra.sweep.dir={sweep}", *SPARSING_TINY, *overrides],
+                   cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return sweep, json.loads((sweep / "results.json").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["joint", "per_checkpoint"])
-def test_study_runs_end_to_end(tmp_path, mode):
-    from actsparse.experiments import study
-    from actsparse.experiments.sparsing_law import report, run
+def test_sparsing_law_study_through_the_cli(tmp_path):
+    sweep, results = _sweep(tmp_path, ["sparsing_law.shape=base"])
+    table = results["tables"][next(iter(results["tables"]))]
+    assert [r["run"] for r in table] == ["relu · d64×L4 (w/d 16)", "silu · d64×L4 (w/d 16)"]
+    jobs = {j["overrides"]["model.activation"]: j["summary"] for j in results["jobs"]}
+    for summary in jobs.values():
+        assert len(summary["history"]["sparsing_law/activation_ratio"]) == 4
+        assert 0 < summary["sparsing_law/joint_cett"] < 1
+    assert jobs["silu"]["sparsing_law/final_zero_ratio"] == 1.0  # SiLU has no exact zeros
+    assert "sparsing_law/zero_A0" in jobs["relu"] and "sparsing_law/zero_A0" not in jobs["silu"]
+    assert (sweep / "ratio_vs_tokens.png").is_file() and (sweep / "zero_ratio_vs_tokens.png").is_file()
 
-    cfg = study.compose("sparsing_law", [f"paths.output_dir={tmp_path / 'job'}", "trainer.max_steps=40",
-                                         "sparsing_law.eval_every_n_steps=10", "sparsing_law.skip_first=0",
-                                         "sparsing_law.joint_last=2", f"sparsing_law.cett={mode}",
-                                         "data.max_chars=200000", "sparsing_law.eval_batches=2",
-                                         "trainer.limit_val_batches=2"]
-                        + (["logger=none"] if mode == "per_checkpoint" else []))
-    if mode == "per_checkpoint":  # without the CSV log the zero-based curve is left out, and it says so
-        with pytest.warns(UserWarning, match="no CSV logger"):
-            run(cfg)
-    else:
-        run(cfg)
-    res = json.loads((tmp_path / "job" / "results.json").read_text())
-    assert res["cett_mode"] == mode and len(res["tokens"]) == 4
-    assert bool(res["zero_ratio"]) == (mode == "joint")
-    assert (res["joint_cett"] is not None) == (mode == "joint")
-    assert all(0 <= r <= 1 for r in res["ratio"])
-    text = report([tmp_path / "job" / "results.json"], tmp_path)
-    assert "c (D in 1e9 tokens)" in text and (tmp_path / "ratio_vs_tokens.png").exists()
+
+@pytest.mark.slow
+def test_sparsing_law_yaml_keys_change_what_runs(tmp_path):
+    """sparsing_law.shape sets the model's shape; callbacks.sparsing_law.joint_last=null switches
+    to a PPL-p% search at every validation (no joint CETT)."""
+    from actsparse.experiments import study
+
+    cfg = study.compose("sparsing_law", ["sparsing_law.shape=wide", "hydra.mode=RUN"])
+    assert (cfg.model.d_model, cfg.model.n_layers) == (92, 2)
+    _, results = _sweep(tmp_path, ["sparsing_law.shape=widest", "model.activation=relu",
+                                   "callbacks.sparsing_law.joint_last=null"])
+    (job,) = results["jobs"]
+    summary = job["summary"]
+    assert "sparsing_law/joint_cett" not in summary
+    assert len(summary["history"]["val/ppl_p1_sparsity"]) == 4  # searched at each validation
+    ratios = [r for _, r in summary["history"]["sparsing_law/activation_ratio"]]
+    assert ratios == pytest.approx([1 - s for _, s in summary["history"]["val/ppl_p1_sparsity"]])
+    widest = TinyLM(d_model=128, n_layers=1, n_heads=2, max_seq_len=64)
+    assert summary["parameters"] == sum(p.numel() for p in widest.parameters())
