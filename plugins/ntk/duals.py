@@ -22,6 +22,9 @@ hermite_<k>     ``xi^k``                                    ``h_k = He_k / sqrt(
 [a0, a1, ...]   ``sum a_k^2 xi^k``                          ``sum a_k h_k`` (``sum a_k^2 = 1``)
 ==============  ==========================================  =============================
 
+``opt2`` (the authors' 2-d dual ``xi^7/2 + xi/2``) and ``optimal_<d>[_<k>]`` (a consistent dual for any
+input dimension) are registered by :mod:`actsparse.plugins.ntk.optimal`.
+
 The sine parameter follows the authors' code (``sine_2.676`` is consistent in 3-d). A new dual
 is one entry: ``register_dual("name", factory)`` (``family=True`` for ``name_<param>``).
 """

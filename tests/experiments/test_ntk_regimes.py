@@ -26,19 +26,23 @@ def _series(job, key):
 
 
 def test_ntk_regimes_table_and_curves_come_from_the_jobs_histories(tmp_path):
-    sweep, results = _study(tmp_path, ["model.activation=hermite_2,opt2", "callbacks.kernel_regimes.kind=nngp"])
+    sweep, results = _study(tmp_path, ["model.activation=hermite_2,opt2", "callbacks.kernel_regimes.kind=nngp",
+                                       "callbacks.kernel_regimes.depths=[1,5,60,1200]"])
     jobs = {j["overrides"]["model.activation"]: j for j in results["jobs"]}
     assert set(jobs) == {"hermite_2", "opt2"}
+    # x = depth, one row per depth; hermite_2's log|Sigma| = 2^L log(xi) leaves float64 before 1200
+    assert _series(jobs["opt2"], "kernel/depth") == [1, 5, 60, 1200]
+    assert _series(jobs["hermite_2"], "kernel/depth") == [1, 5, 60]
     for job in jobs.values():
-        assert _series(job, "kernel/depth") == [1, 5, 60]  # x = depth, one row per depth
         assert job["summary"]["steps"] == 0  # nothing trained
-        assert _series(job, "kernel/is_ntk") == [0, 0, 0]
+        assert set(_series(job, "kernel/is_ntk")) == {0}
     assert _series(jobs["hermite_2"], "kernel/agree_1nn")[-1] == 1.0  # a'(0) = 0: the 1-NN regime
     (table,) = [rows for title, rows in results["tables"].items() if title.startswith("Deep kernel")]
     assert [r["run"] for r in table] == ["d=2 · hermite_2 · NNGP", "d=2 · opt2 · NNGP"]
     assert table[0]["agree 1-NN"] == "1" and table[0]["depth"] == "60"  # the column: the deepest depth
     curve = next(rows for title, rows in results["tables"].items() if title.startswith("agree_singular:"))
-    assert [r["kernel/depth (d=2 · opt2 · NNGP)"] for r in curve] == ["1", "5", "60"]
+    assert [r["kernel/depth (d=2 · opt2 · NNGP)"] for r in curve] == ["1", "5", "60", "1200"]
+    assert curve[-1]["kernel/agree_singular (d=2 · hermite_2 · NNGP)"] == "–"  # the shorter series
     for name in ("agree_singular", "agree_1nn", "agree_majority", "agree_bayes", "accuracy"):
         assert (sweep / f"{name}.png").is_file()
 
