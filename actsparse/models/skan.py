@@ -6,7 +6,8 @@ whose parameter count is closest to a target (a KAN's).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,6 +88,24 @@ def mlp_width_for(target: int, in_features: int, depth: int = 2, out_features: i
     """The hidden width whose ``depth``-hidden-layer MLP has the parameter count closest to ``target``."""
     best = min(range(1, 4097), key=lambda w: abs(mlp_parameters(in_features, w, depth, out_features) - target))
     return best
+
+
+def mlp_matching_kan(widths: Sequence[int], space: str = "bspline", depth: int = 2, activation: str = "silu",
+                     basis_options: Mapping[str, Mapping[str, Any]] | None = None) -> MLPRegressor:
+    """An MLP ``widths[0] -> [w] * depth -> widths[-1]`` whose parameter count is closest to the
+    single-space KAN ``KAN(widths, spaces=space)`` (the S-KAN study's matched baseline). The KAN
+    is built on the meta device, so counting it draws no random numbers.
+
+    Example:
+        >>> mlp = mlp_matching_kan([2, 5, 1])
+        >>> sum(p.numel() for p in mlp.parameters())  # the B-spline KAN [2, 5, 1] has 156
+        155
+    """
+    widths = _widths(widths)
+    with torch.device("meta"):
+        target = sum(p.numel() for p in KAN(widths, spaces=space, basis_options=basis_options).parameters())
+    width = mlp_width_for(target, widths[0], depth=depth, out_features=widths[-1])
+    return MLPRegressor(widths[0], [width] * int(depth), widths[-1], activation=activation)
 
 
 class PyKAN(nn.Module):

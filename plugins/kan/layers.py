@@ -16,7 +16,8 @@ no loop over nodes or edges (a loop over the spaces only). :class:`KANLinear` is
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import nn
 from actsparse.plugins.kan.bases import SPACES, Basis, make_basis
 from actsparse.plugins.sites import register_activation_type
 
-#: the seven families of the S-KAN study, each with K = 8 functions per edge by default
+#: the seven families of the first S-KAN studies (skan_digits; skan_fit uses KANCONV_SPACES), K = 8 each
 DEFAULT_SPACES = ("bspline", "chebyshev", "fourier", "rbf", "mexican_hat", "legendre", "relu_kan")
 
 SpacesArg = str | Sequence[str] | Mapping[str, Mapping[str, Any] | None]
@@ -187,7 +188,7 @@ class SelectableKAN(nn.Module):
 
     # -- pruning ------------------------------------------------------------------------------
     @torch.no_grad()
-    def prune_(self) -> "SelectableKAN":
+    def prune_(self) -> SelectableKAN:
         """Keep one space per node (the largest ``α``), folding ``α`` into its scale; drop the
         other spaces' coefficients and every space no node kept. In place; returns ``self``.
         When a node's ``α`` is already one-hot, its output is unchanged."""
@@ -334,13 +335,18 @@ def prune_spaces(model: nn.Module) -> dict[str, list[str]]:
 
 def update_grids(model: nn.Module, x: torch.Tensor) -> int:
     """Update the B-spline grids of every KAN layer from the inputs each layer sees when ``model``
-    runs on ``x`` (one forward, like pykan's ``update_grid_from_samples``). Returns how many
-    layers were updated."""
+    runs on ``x`` (one forward, like pykan's ``update_grid_from_samples``). A module that offers
+    pykan's own ``update_grid_from_samples`` (pykan's ``KAN`` inside a wrapper) is updated by it,
+    from the inputs it sees. Returns how many layers or pykan models were updated."""
     layers = [m for _, m in skan_layers(model) if any(hasattr(m.bases[s], "update_grid") for s in m.spaces)]
-    if not layers:
+    offered = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "update_grid_from_samples", None))]
+    # the outermost only: pykan's KAN updates its own KANLayers (which offer the method too)
+    pykans = [m for n, m in offered if not any(n.startswith(f"{o}.") or (o == "" and n) for o, _ in offered if o != n)]
+    if not layers and not pykans:
         return 0
     seen: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(id(mod), args[0])) for m in layers]
+    handles = [m.register_forward_pre_hook(lambda mod, args: seen.__setitem__(id(mod), args[0]))
+               for m in [*layers, *pykans]]
     was_training = model.training
     try:
         model.eval()
@@ -353,10 +359,20 @@ def update_grids(model: nn.Module, x: torch.Tensor) -> int:
     for layer in layers:
         inputs = layer.input_rows(seen[id(layer)]) if hasattr(layer, "input_rows") else seen[id(layer)]
         layer.update_grid(inputs.reshape(-1, layer.in_features))
-    return len(layers)
+    for kan in pykans:
+        kan.update_grid_from_samples(seen[id(kan)])
+    return len(layers) + len(pykans)
 
 
 register_activation_type(SKANLinear)
 
-__all__ = ["DEFAULT_SPACES", "KANLinear", "SKANLinear", "SelectableKAN", "prune_spaces", "skan_layers",
-           "update_grids", "Basis"]
+__all__ = [
+    "DEFAULT_SPACES",
+    "Basis",
+    "KANLinear",
+    "SKANLinear",
+    "SelectableKAN",
+    "prune_spaces",
+    "skan_layers",
+    "update_grids",
+]
