@@ -1,7 +1,7 @@
 """experiment=dendrites and its tuning stage end to end at toy size, through the CLI: the grid of
 model arms x seeds, the continual-learning columns from the callback's logged values, per-arm
 picks read from the YAML, and the picks chosen by validation values only (the test split is
-never read). Also the SDR theory study."""
+never read)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
-from omegaconf import open_dict
 
 from actsparse.data.dendrites_permuted_digits import PermutedDigitsDataModule
 from actsparse.experiments.dendrites import main as pick_main
@@ -56,8 +55,8 @@ def test_dendrites_study_through_the_cli(tmp_path):
     # the picks are read per arm: give the MLP 2 epochs per task and its own learning rate
     sweep, results = _sweep(tmp_path, ["experiment=dendrites", "seed=0", *TINY,
                                        "dendrites.picks.mlp.epochs_per_task=2", "dendrites.picks.mlp.lr=0.002",
-                                       "dendrites.picks.dendritic.epochs_per_task=1",
-                                       "dendrites.picks.kwta_mlp.epochs_per_task=1"])
+                                       "dendrites.picks.dendritic.epochs_per_task=1", "dendrites.picks.dendritic.lr=0.001",
+                                       "dendrites.picks.kwta_mlp.epochs_per_task=1", "dendrites.picks.kwta_mlp.lr=0.001"])
     (table, _curve) = results["tables"].values()
     assert [r["run"] for r in table] == ["dendritic + k-WTA (prototype context)", "MLP (same size)",
                                          "k-WTA MLP (same size)"]
@@ -66,7 +65,7 @@ def test_dendrites_study_through_the_cli(tmp_path):
     assert steps == {"dendritic": 2 * 17, "mlp": 2 * 2 * 17, "kwta_mlp": 2 * 17}
     lrs = {arm: yaml.safe_load((Path(j["folder"]) / "config_resolved.yaml").read_text())["task"]["lr"]
            for arm, j in jobs.items()}
-    assert lrs["mlp"] == 0.002 and lrs["dendritic"] == lrs["kwta_mlp"] != 0.002
+    assert lrs == {"dendritic": 0.001, "mlp": 0.002, "kwta_mlp": 0.001}
     dendritic = jobs["dendritic"]["summary"]
     # model.width reached the network: its effective size against the count for width 16, 2 segments
     assert _last(dendritic, "cl/test/effective_parameters") == dendritic_parameter_count(width=16, num_segments=2)
@@ -121,33 +120,3 @@ def test_the_pick_follows_validation_and_refuses_test_values():
         pick_by_validation(jobs, select_by="cl/test/final_mean_acc")
     with pytest.raises(ValueError, match="unequal seed counts"):  # a point with fewer seeds: not the same search
         pick_by_validation([*jobs, _job("mlp", "0.001", 0.65)])
-
-
-# -- the SDR theory study ------------------------------------------------------------------------
-
-def _compose(name, overrides, tmp_path):
-    from actsparse.experiments import study
-
-    cfg = study.compose(name, ["logger=none", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-    return cfg
-
-
-def test_sdr_theory_study_end_to_end(tmp_path):
-    from actsparse.experiments.sdr_theory import run
-
-    cfg = _compose("sdr_theory", [
-        "sdr_theory.trials=20000", "sdr_theory.union_trials=5000", "sdr_theory.noise_trials=5000",
-        "sdr_theory.false_match.ns=[1000,4000]", "sdr_theory.union.ns=[1000]", "sdr_theory.union.max_m=4",
-        "sdr_theory.noise.levels=8", "sdr_theory.noise.step=0.1", "sdr_theory.noise.optimal_noise=[0.3]",
-        "sdr_theory.timing.grid=10", "sdr_theory.timing.repeats=1", "sdr_theory.timing.trials=2000"], tmp_path)
-    result = run(cfg)
-    for row in result["agreement"]:
-        if not row["comparison"].startswith("union (paper"):
-            assert row["share"] >= 0.9, row  # 99.9% intervals; a few thousand trials
-    assert result["optimal"][0]["optimal θ"] == 11
-    for f in ("false_match_vs_theta.png", "union_capacity.png", "noise.png", "results.md", "results.json"):
-        assert (tmp_path / f).exists(), f
-    data = json.loads((tmp_path / "results.json").read_text())
-    assert len(data["false_match"]["curves"]["1000"]["theory"]) == 24
