@@ -80,7 +80,8 @@ def bench_pair(label: str, dense, prompt: torch.Tensor, steps: int, repeats: int
             "same_tokens": bool(torch.equal(outputs["dense"], outputs["sparse"])), "runs": runs}
 
 
-def run(checkpoint=None, threshold=0.0, cats=None, steps=64, repeats=5, relu_swap=True) -> list[dict]:
+def run(checkpoint=None, threshold=0.0, cats=None, steps=64, repeats=5, relu_swap=True,
+        calibration_tokens=8192) -> list[dict]:
     from actsparse.models.smollm2 import load_pretrained
 
     base, tokenizer = load_pretrained("smollm2-135m")
@@ -101,7 +102,7 @@ def run(checkpoint=None, threshold=0.0, cats=None, steps=64, repeats=5, relu_swa
 
         dm = PretrainedTextDataModule(tokenizer, seq_len=256, batch_size=8)
         model = copy.deepcopy(base)
-        calibrate_cats(model, dm.calibration_batches(8192), float(cats))
+        calibrate_cats(model, dm.calibration_batches(calibration_tokens), float(cats))
         rows.append(bench_pair(f"CATS {float(cats):.0%}", model, prompt, steps, repeats, calib))
     for r in rows:
         r.update(steps=steps, repeats=repeats, threads=torch.get_num_threads(), prompt_tokens=prompt.shape[1])
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None, help="last.ckpt of a ProSparse run (ReLU weights)")
     p.add_argument("--threshold", type=float, default=0.0, help="FATReLU threshold the run ended with (0: ReLU)")
     p.add_argument("--cats", type=float, default=None, help="also CATS at this target sparsity, e.g. 0.5")
+    p.add_argument("--calibration-tokens", type=int, default=8192, help="CATS: training tokens to calibrate on")
     p.add_argument("--no-relu-swap", action="store_true")
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
@@ -136,7 +138,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rows = run(args.checkpoint, args.threshold, args.cats, args.steps, args.repeats, not args.no_relu_swap)
+    rows = run(args.checkpoint, args.threshold, args.cats, args.steps, args.repeats, not args.no_relu_swap,
+               args.calibration_tokens)
     print(format_table(rows), flush=True)
     print(f"({args.steps} greedy tokens after a {rows[0]['prompt_tokens']}-token prompt, batch 1, KV cache, "
           f"{args.threads} thread(s), median of {args.repeats}; {time.perf_counter() - start:.0f} s)")

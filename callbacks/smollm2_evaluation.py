@@ -69,10 +69,10 @@ class LMEvaluation(Callback):
         if not self.train:
             trainer.fit_loop.epoch_loop.max_steps = 0  # what trainer.max_steps reads
         # RunSummary writes summary.json at on_fit_end; it must run after this callback's on_fit_end.
-        summaries = [cb for cb in trainer.callbacks if isinstance(cb, RunSummary)]
-        for cb in summaries:
-            trainer.callbacks.remove(cb)
-        trainer.callbacks.extend(summaries)
+        # A new list, not an edit in place: Lightning is iterating over the current one right now.
+        callbacks = list(trainer.callbacks)
+        trainer.callbacks = ([cb for cb in callbacks if not isinstance(cb, RunSummary)]
+                             + [cb for cb in callbacks if isinstance(cb, RunSummary)])
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Everything this callback reports, measured on ``trainer.datamodule``'s held-out windows."""

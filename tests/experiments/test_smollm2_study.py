@@ -111,14 +111,14 @@ def test_distillation_option_runs_and_changes_training(tmp_path):
             "+callbacks.distill.teacher=${model}", "+callbacks.distill.weight=1.0"])):
         out = tmp_path / name
         proc = run_cli(["experiment=smollm2_prosparse", "hydra.mode=RUN", "callbacks=relu", f"hydra.run.dir={out}",
-                        *TINY, "prosparse.steps=4", "callbacks.lm_eval.ppl_p=[]", "callbacks.metric_history.prefixes=[train/,eval/,distill/]",
+                        *TINY, "prosparse.steps=4", "++callbacks.lm_eval.ppl_p=[]", "callbacks.metric_history.prefixes=[train/,eval/,distill/]",
                         "trainer.log_every_n_steps=1", *extra], cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[name] = json.loads((out / "summary.json").read_text())
     assert "distill/kl" not in runs["plain"]["history"]
     kl = [v for _, v in runs["distill"]["history"]["distill/kl"]]
     assert kl and all(v >= 0 for v in kl)
-    assert final(runs["distill"], "eval/loss") != final(runs["plain"], "eval/loss")
+    assert runs["distill"]["history"]["eval/loss"][-1][1] != runs["plain"]["history"]["eval/loss"][-1][1]
 
 
 def test_distillation_loss_against_a_hand_kl():
