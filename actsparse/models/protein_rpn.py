@@ -28,7 +28,12 @@ The pipeline, as in the paper and its reference code (github.com/Shania99/Protei
 
 Every nonlinearity is an ``nn.ReLU`` module, so :func:`actsparse.plugins.find_sites` finds them
 and actsparse's monitors (sparsity, dead neurons) and swaps work on the model.
-``GMTBaseline`` is the same encoder, readout and heads without steps 2-5.
+``GMTBaseline`` is the same encoder, readout and heads without steps 2-5. Each part can be
+switched off for ablations and controls: ``region_proposal=False`` (no score GNN: node drop ranks by
+``g(h)`` and the structure priors), ``k_hops=0`` (the region is the score itself), ``node_drop=False``
+(every residue goes on), ``attention=False``; with the score GNN but no k-hop, node drop or attention,
+the scores only weight the mean beside the GMT (the control of issue 25). ``head_hidden`` sets the
+GO head's width, so models with fewer parts can be matched in parameter count.
 """
 
 from __future__ import annotations
@@ -119,7 +124,8 @@ class ProteinRPN(nn.Module):
                  k_hops: int = 2, hop_alpha: float = 0.5, pool_ratio: float = 0.3, ss_prior: float = 1.0,
                  proximity_prior: float = 1.0, proximity_scale: float = 8.0, gmt_k: int = 4, gmt_heads: int = 4,
                  gmt_layer_norm: bool = False, weighted_mean_skip: bool = True,
-                 proj_dim: int = 32, dropout: float = 0.1, region_proposal: bool = True) -> None:
+                 proj_dim: int = 32, dropout: float = 0.1, region_proposal: bool = True, node_drop: bool = True,
+                 attention: bool = True, head_hidden: int | None = None) -> None:
         super().__init__()
         if num_terms < 1:
             raise ValueError(f"num_terms must be >= 1, got {num_terms}.")
@@ -127,10 +133,13 @@ class ProteinRPN(nn.Module):
             raise ValueError(f"pool_ratio must be in (0, 1], got {pool_ratio}.")
         if hidden % gmt_heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by gmt_heads ({gmt_heads}).")
+        if k_hops < 0:
+            raise ValueError(f"k_hops must be >= 0 (0: no k-hop regions), got {k_hops}.")
         self.num_terms, self.k_hops, self.hop_alpha = num_terms, k_hops, hop_alpha
         self.pool_ratio, self.proximity_scale = pool_ratio, proximity_scale
-        self.region_proposal = region_proposal
+        self.region_proposal, self.node_drop, self.use_attention = region_proposal, node_drop, attention
         self.weighted_mean_skip = weighted_mean_skip
+        head_hidden = hidden if head_hidden is None else head_hidden
         self.embed = nn.Linear(in_features, hidden)
         self.embed_act = nn.ReLU()
         self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(encoder_layers))
@@ -145,16 +154,18 @@ class ProteinRPN(nn.Module):
             self.score_hidden = nn.Linear(hidden, hidden)
             self.score_act = nn.ReLU()
             self.score_out = nn.Linear(hidden, 1)
+        if node_drop:
             self.keep = nn.Linear(hidden, 1)
             self.ss_weight = nn.Parameter(torch.tensor(float(ss_prior)))
             self.proximity_weight = nn.Parameter(torch.tensor(float(proximity_prior)))
+        if attention:
             self.attention = FunctionalAttention(hidden)
             self.attention_act = nn.ReLU()
         self.readout = GraphMultisetTransformer(hidden, k=gmt_k, heads=gmt_heads, layer_norm=gmt_layer_norm)
-        self.head_hidden = nn.Linear(hidden, hidden)
+        self.head_hidden = nn.Linear(hidden, head_hidden)
         self.head_act = nn.ReLU()
         self.head_drop = nn.Dropout(dropout)
-        self.head_out = nn.Linear(hidden, num_terms)
+        self.head_out = nn.Linear(head_hidden, num_terms)
         self.proj_hidden = nn.Linear(hidden, hidden)
         self.proj_act = nn.ReLU()
         self.proj_out = nn.Linear(hidden, proj_dim)
@@ -183,38 +194,29 @@ class ProteinRPN(nn.Module):
         batch, num_graphs = self._batch(data)
         h = self.encode(data)
         node_logits = node_scores = region = keep_scores = kept = None
-        x_out, batch_out, weights = h, batch, torch.ones(h.shape[0], device=h.device)
+        x_out, batch_out, edge_index = h, batch, data.edge_index
+        scores = torch.ones(h.shape[0], device=h.device)  # uniform weights without a proposal
         if self.region_proposal:
             hs = self._gnn(data, self.score_embed, self.score_embed_act, self.score_convs, self.score_conv_acts)
             node_logits = self.score_out(self.score_act(self.score_hidden(hs))).squeeze(-1)
-            node_scores = torch.sigmoid(node_logits)
-            src, dst = data.edge_index
-            region = node_scores
-            for _ in range(self.k_hops):
-                spread = scatter(region[src], dst, dim=0, dim_size=h.shape[0], reduce="mean")
-                region = self.hop_alpha * spread + (1 - self.hop_alpha) * region
-            # pooling prior: secondary structure and closeness to the region's centroid
-            structured = (data.ss != 0).float()
-            mass = scatter(region, batch, dim=0, dim_size=num_graphs, reduce="sum").clamp_min(1e-6)
-            centroid = scatter(region.unsqueeze(-1) * data.pos, batch, dim=0, dim_size=num_graphs, reduce="sum")
-            centroid = centroid / mass.unsqueeze(-1)
-            closeness = torch.exp(-((data.pos - centroid[batch]) ** 2).sum(-1) / (2 * self.proximity_scale ** 2))
-            keep_logits = (self.keep(h).squeeze(-1) + node_logits + torch.logit(region.clamp(1e-4, 1 - 1e-4))
-                           + self.ss_weight * structured + self.proximity_weight * closeness)
-            keep_scores = torch.sigmoid(keep_logits)
-            perm = topk(keep_scores, self.pool_ratio, batch)
+            node_scores = scores = torch.sigmoid(node_logits)
+            region = self.grow_regions(node_scores, data.edge_index)
+        if self.node_drop:
+            keep_scores, perm = self.keep_scores(data, h, batch, num_graphs, node_logits, region)
             kept = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
             kept[perm] = True
             # straight-through gate: the kept residues pass unscaled, while the task's gradient still
             # reaches the keep scores (d pooled / d keep = h). Scaling by the score itself, as SAGPool
             # does, shrank every representation here: most scores fall towards 0 early in training.
             gate = keep_scores[perm]
-            pooled = h[perm] * (1.0 + gate - gate.detach()).unsqueeze(-1)
+            x_out = h[perm] * (1.0 + gate - gate.detach()).unsqueeze(-1)
             edge_index, _ = subgraph(perm, data.edge_index, relabel_nodes=True, num_nodes=h.shape[0])
-            attended = self.attention(pooled, edge_index, node_scores[perm])
+            batch_out, scores = batch[perm], scores[perm]
+        if self.use_attention:
+            attended = self.attention(x_out, edge_index, scores)
             # enrich the predicted functional residues: the update is gated by the receiver's score
-            x_out = pooled + node_scores[perm].unsqueeze(-1) * self.attention_act(attended)
-            batch_out, weights = batch[perm], node_scores[perm]
+            x_out = x_out + scores.unsqueeze(-1) * self.attention_act(attended)
+        weights = scores
         graph_repr = self.readout(x_out, index=batch_out, dim_size=num_graphs)
         if self.weighted_mean_skip:
             # GMT's attention starts near uniform, so a few functional residues among many are
@@ -227,6 +229,33 @@ class ProteinRPN(nn.Module):
         embedding = self.proj_out(self.proj_act(self.proj_hidden(graph_repr)))
         return ProteinRPNOutput(logits, embedding, graph_repr, node_logits, node_scores, region, keep_scores, kept)
 
+    def grow_regions(self, node_scores: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Soft k-hop regions: ``r <- α·mean_neighbours(r) + (1 - α)·r``, ``k_hops`` times (0: r = s)."""
+        src, dst = edge_index
+        region = node_scores
+        for _ in range(self.k_hops):
+            spread = scatter(region[src], dst, dim=0, dim_size=node_scores.shape[0], reduce="mean")
+            region = self.hop_alpha * spread + (1 - self.hop_alpha) * region
+        return region
+
+    def keep_scores(self, data: Data, h: torch.Tensor, batch: torch.Tensor, num_graphs: int,
+                    node_logits: torch.Tensor | None, region: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hierarchy-aware node drop: keep scores and the indices of the kept top ``pool_ratio`` per
+        chain. Without a proposal the keep logit is ``g(h)`` plus the structure priors, with the
+        chain's plain Cα centroid."""
+        structured = (data.ss != 0).float()
+        mass_of = torch.ones(h.shape[0], device=h.device) if region is None else region
+        mass = scatter(mass_of, batch, dim=0, dim_size=num_graphs, reduce="sum").clamp_min(1e-6)
+        centroid = scatter(mass_of.unsqueeze(-1) * data.pos, batch, dim=0, dim_size=num_graphs, reduce="sum")
+        centroid = centroid / mass.unsqueeze(-1)
+        closeness = torch.exp(-((data.pos - centroid[batch]) ** 2).sum(-1) / (2 * self.proximity_scale ** 2))
+        keep_logits = self.keep(h).squeeze(-1) + self.ss_weight * structured + self.proximity_weight * closeness
+        if node_logits is not None:
+            keep_logits = keep_logits + node_logits + torch.logit(region.clamp(1e-4, 1 - 1e-4))
+        keep_scores = torch.sigmoid(keep_logits)
+        return keep_scores, topk(keep_scores, self.pool_ratio, batch)
+
     @torch.no_grad()
     def propose(self, data: Data, threshold: float = 0.5) -> dict[str, torch.Tensor]:
         """The proposal of one graph or batch: per residue ``score``, ``anchor`` (score >=
@@ -238,7 +267,8 @@ class ProteinRPN(nn.Module):
         out = self(data)
         self.train(was_training)
         anchors, region = anchor_regions(out.node_scores, data.edge_index, self.k_hops, threshold)
-        return {"score": out.node_scores, "anchor": anchors, "region": region, "kept": out.kept}
+        kept = out.kept if out.kept is not None else torch.ones_like(anchors)
+        return {"score": out.node_scores, "anchor": anchors, "region": region, "kept": kept}
 
 
 class GMTBaseline(ProteinRPN):
@@ -247,7 +277,8 @@ class GMTBaseline(ProteinRPN):
 
     def __init__(self, num_terms: int, in_features: int = NODE_FEATURES, hidden: int = 64, encoder_layers: int = 2,
                  gmt_k: int = 4, gmt_heads: int = 4, gmt_layer_norm: bool = False, weighted_mean_skip: bool = True,
-                 proj_dim: int = 32, dropout: float = 0.1) -> None:
+                 proj_dim: int = 32, dropout: float = 0.1, head_hidden: int | None = None) -> None:
         super().__init__(num_terms, in_features, hidden, encoder_layers, gmt_k=gmt_k, gmt_heads=gmt_heads,
                          gmt_layer_norm=gmt_layer_norm, weighted_mean_skip=weighted_mean_skip, proj_dim=proj_dim,
-                         dropout=dropout, region_proposal=False)
+                         dropout=dropout, region_proposal=False, node_drop=False, attention=False,
+                         head_hidden=head_hidden)

@@ -10,11 +10,15 @@ Loss (per training batch of graphs), with the reference code's weights as defaul
 The paper pretrains its region proposal on PDBSite functional-site annotations; ``site_weight``
 does that supervision jointly, and is skipped for models without a proposal or graphs without
 ``site``. SupCon for multi-label targets weights each pair by the Jaccard overlap of their term
-sets. Logs ``train/loss`` (and each part), and after each validation/test ``<stage>/fmax``,
-``<stage>/aupr_micro``, ``<stage>/aupr_macro``, ``<stage>/smin`` (IC from the training labels
-when the datamodule provides ``information_content``), ``<stage>/loss``, and for region-proposal
-models ``<stage>/site_precision`` / ``<stage>/site_recall`` of the anchors (score >= 0.5) against
-the known functional residues.
+sets. Logs ``train/loss`` (and each part), and after each validation/test ``<stage>/fmax`` with
+``<stage>/fmax_coverage``, ``<stage>/aupr_micro``, ``<stage>/aupr_macro``, ``<stage>/smin``,
+``<stage>/loss``, and for region-proposal models ``<stage>/site_precision`` / ``<stage>/site_recall``
+of the anchors (score >= 0.5) against the known functional residues and ``<stage>/kept_recall``
+(the fraction of those residues that survive node drop). The GO metrics follow the field's
+conventions (:mod:`actsparse.metrics.functional.go_terms`); when the datamodule offers a GO graph
+(``go_ancestors``) predictions are propagated up it, and Smin's information content is the
+datamodule's ``information_content`` of the training labels (conditional on the parents when it
+has the graph).
 """
 
 from __future__ import annotations
@@ -63,13 +67,17 @@ def info_nce_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) 
     return F.cross_entropy(sim, target)
 
 
-class _StageMetrics(nn.Module):
-    def __init__(self) -> None:
+class StageMetrics(nn.Module):
+    """The metrics of one stage (validation or test) for ``num_terms`` GO terms, propagated up
+    ``ancestors`` when given."""
+
+    def __init__(self, num_terms: int, ancestors: torch.Tensor | None = None, ic: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.fmax, self.smin = Fmax(), Smin()
-        self.aupr_micro, self.aupr_macro = AUPR("micro"), AUPR("macro")
+        self.fmax = Fmax(ancestors=ancestors, details=True)
+        self.smin = Smin(ic=ic, ancestors=ancestors, num_terms=num_terms)
+        self.aupr_micro, self.aupr_macro = AUPR("micro", ancestors), AUPR("macro", ancestors)
         self.loss = MeanMetric()
-        self.site_precision, self.site_recall = BinaryPrecision(), BinaryRecall()
+        self.site_precision, self.site_recall, self.kept_recall = BinaryPrecision(), BinaryRecall(), BinaryRecall()
 
 
 class ProteinFunction(L.LightningModule):
@@ -95,24 +103,30 @@ class ProteinFunction(L.LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.model = model
         self.save_hyperparameters(ignore=["model"])
-        self.val_metrics, self.test_metrics = _StageMetrics(), _StageMetrics()
-        self.loss_history: list[tuple[int, float]] = []  # (step, training BCE), for curves in studies
+        num_terms = int(getattr(model, "num_terms", 0)) or None
+        self.val_metrics = self.test_metrics = None
+        if num_terms:
+            self.val_metrics, self.test_metrics = StageMetrics(num_terms), StageMetrics(num_terms)
 
     def forward(self, batch):
         return self.model(batch)
 
-    def on_fit_start(self) -> None:
-        self._use_train_ic()
-
-    def on_test_start(self) -> None:
-        self._use_train_ic()
-
-    def _use_train_ic(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        ic = getattr(dm, "information_content", None) if dm is not None else None
-        if ic is not None:
-            for metrics in (self.val_metrics, self.test_metrics):
-                metrics.smin.ic = ic.double()
+    def setup(self, stage: str) -> None:
+        # the datamodule's GO graph and training-label IC, once it has read its data
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        terms = getattr(dm, "num_terms", None) if dm is not None else None
+        if terms is None:
+            if self.val_metrics is None:
+                raise ValueError("ProteinFunction: the model has no num_terms and the datamodule names no terms.")
+            return
+        model_terms = getattr(self.model, "num_terms", terms)
+        if model_terms != terms:
+            raise ValueError(f"The model scores {model_terms} GO terms but the data has {terms}; set model.num_terms "
+                             f"to {terms} (for the synthetic data: num_motifs * 3 / 2).")
+        ancestors = getattr(dm, "go_ancestors", None)
+        ic = getattr(dm, "information_content", None)
+        self.val_metrics = StageMetrics(terms, ancestors, ic)
+        self.test_metrics = StageMetrics(terms, ancestors, ic)
 
     def losses(self, batch, out) -> dict[str, torch.Tensor]:
         h = self.hparams
@@ -133,14 +147,13 @@ class ProteinFunction(L.LightningModule):
         out = self.model(batch)
         parts = self.losses(batch, out)
         n = int(batch.num_graphs)
-        self.loss_history.append((int(self.global_step), float(parts["bce"].detach())))
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=n)
         for key, value in parts.items():
             if key != "loss":
                 self.log(f"train/{key}", value, batch_size=n)
         return parts["loss"]
 
-    def _evaluate(self, batch, metrics: _StageMetrics) -> None:
+    def _evaluate(self, batch, metrics: StageMetrics) -> None:
         out = self.model(batch)
         y = batch.y.float()
         metrics.loss.update(F.binary_cross_entropy_with_logits(out.logits, y), weight=y.shape[0])
@@ -151,16 +164,21 @@ class ProteinFunction(L.LightningModule):
             anchors = (out.node_scores >= self.hparams.anchor_threshold).long()
             metrics.site_precision.update(anchors, batch.site.long())
             metrics.site_recall.update(anchors, batch.site.long())
+        if getattr(out, "kept", None) is not None and getattr(batch, "site", None) is not None:
+            metrics.kept_recall.update(out.kept.long(), batch.site.long())
 
-    def _log_stage(self, metrics: _StageMetrics, stage: str) -> None:
+    def _log_stage(self, metrics: StageMetrics, stage: str) -> None:
+        fmax = metrics.fmax.compute()
         values: dict[str, Any] = {
-            f"{stage}/loss": metrics.loss.compute(), f"{stage}/fmax": metrics.fmax.compute(),
-            f"{stage}/smin": metrics.smin.compute(), f"{stage}/aupr_micro": metrics.aupr_micro.compute(),
-            f"{stage}/aupr_macro": metrics.aupr_macro.compute(),
+            f"{stage}/loss": metrics.loss.compute(), f"{stage}/fmax": fmax.fmax,
+            f"{stage}/fmax_coverage": fmax.coverage, f"{stage}/smin": metrics.smin.compute(),
+            f"{stage}/aupr_micro": metrics.aupr_micro.compute(), f"{stage}/aupr_macro": metrics.aupr_macro.compute(),
         }
         if metrics.site_precision.update_count:
             values[f"{stage}/site_precision"] = metrics.site_precision.compute()
             values[f"{stage}/site_recall"] = metrics.site_recall.compute()
+        if metrics.kept_recall.update_count:
+            values[f"{stage}/kept_recall"] = metrics.kept_recall.compute()
         self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=False)
         for metric in metrics.children():
             metric.reset()

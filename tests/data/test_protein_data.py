@@ -2,6 +2,7 @@
 records), residue graphs, DSSP, the content-keyed cache, DeepFRI/HEAL annotations, perturbations,
 synthetic motif chains, the DataModule, and clear errors for bad input."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -275,10 +276,68 @@ def test_synthetic_datamodule_splits_batches_and_caches(tmp_path):
         ProteinDataModule(source="pdb")
 
 
+def test_synthetic_go_graph_and_conditional_information_content(tmp_path):
+    from actsparse.data.protein_rpn.synthetic import term_parents
+    from actsparse.metrics.functional.go_ontology import ancestor_matrix
+
+    assert term_parents(4) == [[4], [4], [5], [5], [], []]
+    dm = ProteinDataModule(num_proteins=20, seed=3, cache_root=str(tmp_path))
+    dm.setup("fit")
+    assert torch.equal(dm.go_ancestors, ancestor_matrix(term_parents(4)))
+    # IC of motif_0 given group_0, counted by hand over the training labels
+    y = torch.cat([g.y for g in dm.train_set])
+    with_parent = int(y[:, 4].sum())
+    expected = math.log2(with_parent / int(y[:, 0].sum()))
+    assert float(dm.information_content[0]) == pytest.approx(expected)
+    # a group (root) is priced by its marginal frequency
+    assert float(dm.information_content[4]) == pytest.approx(math.log2(len(y) / with_parent))
+
+
+@pytest.mark.skipif(not PDB_DIR.is_dir(), reason="the real PDB files (../shared/data/pdb) are not here")
+def test_motifs_planted_into_real_backbones(tmp_path):
+    from actsparse.data.protein_rpn.planted import planted_dataset, ss_runs
+    from actsparse.data.protein_rpn.structure import read_chain
+
+    motifs = make_motifs(4, seed=0)
+    graphs, terms = planted_dataset(PDB_DIR, num_proteins=18, num_motifs=4, seed=0)
+    assert terms == ["motif_0", "motif_1", "motif_2", "motif_3", "group_0", "group_1"]
+    templates = {p.stem: read_chain(p, missing_ca="skip") for p in sorted(PDB_DIR.glob("*.pdb"))}
+    used = set()
+    for g in graphs:
+        source = g.name.split("_", 2)[2]
+        used.add(source)
+        real = templates[source]
+        # the real geometry is kept: the same Calpha coordinates as the file, a new sequence
+        np.testing.assert_allclose(g.pos.numpy(), real.ca, atol=1e-5)
+        assert g.num_nodes == len(real)
+        y = g.y[0]
+        assert 1 <= int(y[:4].sum()) <= 2
+        for m in motifs:
+            if not y[m.term]:
+                continue
+            assert y[m.parent] == 1
+            # the motif's residues sit at its offsets inside one run of its secondary structure
+            site = torch.nonzero(g.site).flatten().tolist()
+            letters = {AMINO_ACIDS[int(g.aa[i])]: i for i in site}
+            positions = [letters[a] for a in m.residues]
+            start = positions[0] - m.offsets[0]
+            assert [p - start for p in positions] == list(m.offsets)
+            want = 1 if m.ss == "H" else 0
+            run = next(r for r in ss_runs(g.ss.numpy()) if r[0] <= start < r[0] + r[1])
+            assert run[2] == want and start + m.span <= run[0] + run[1]
+        # site marks exactly the planted residues
+        assert int(g.site.sum()) == 3 * int(y[:4].sum())
+    assert len(used) >= 5  # the backbones are used in turn
+    dm = ProteinDataModule(num_proteins=18, seed=0, backbone_dir=str(PDB_DIR), cache_root=str(tmp_path))
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 18
+    assert all(g.name.startswith("planted_") for g in dm.train_set)
+
+
 @pytest.mark.parametrize("name", ["actsparse.data.protein_rpn.graph", "actsparse.data.protein_rpn.cache",
                                   "actsparse.data.protein_rpn.perturb", "actsparse.data.protein_rpn.dssp",
                                   "actsparse.data.protein_rpn.synthetic", "actsparse.models.protein_rpn",
-                                  "actsparse.tasks.protein_rpn"])
+                                  "actsparse.tasks.protein_rpn", "actsparse.data.protein_rpn.planted"])
 def test_docstring_examples(name):
     import doctest
     import importlib

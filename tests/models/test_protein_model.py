@@ -1,12 +1,10 @@
 """ProteinRPN and the GMT baseline: activation sites, batches of different sizes, losses, a few
-training steps whose loss falls, actsparse's monitors attached in a Trainer, and the study end to end."""
-
-import json
+training steps whose loss falls, actsparse's monitors attached in a Trainer, the ablation switches
+and the control (the study itself: tests/experiments/test_protein_rpn.py)."""
 
 import lightning as L
 import pytest
 import torch
-from omegaconf import open_dict
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -16,9 +14,6 @@ from actsparse.data.protein_rpn.synthetic import synthetic_dataset
 from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN, anchor_regions
 from actsparse.plugins import find_sites
 from actsparse.tasks.protein_rpn import ProteinFunction, info_nce_loss, supervised_contrastive_loss
-
-from conftest import PDB_DIR  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,27 +118,63 @@ def test_monitors_run_attached_in_a_trainer(tmp_path):
                         default_root_dir=str(tmp_path))
     trainer.fit(task, datamodule=dm)
     (tested,) = trainer.test(task, datamodule=dm, verbose=False)
-    assert set(tested) >= {"test/fmax", "test/smin", "test/aupr_micro", "test/aupr_macro", "test/site_recall"}
+    assert set(tested) >= {"test/fmax", "test/fmax_coverage", "test/smin", "test/aupr_micro", "test/aupr_macro",
+                           "test/site_recall", "test/kept_recall"}
     assert len(sparsity.history) == trainer.global_step
     assert "model.score_act" in sparsity.last and 0.0 <= sparsity.last["mean"] <= 1.0
     assert "dnr/model.conv_acts.0" in dead.last and len(dead.history) == 2
 
 
-def test_study_runs_end_to_end(tmp_path):
-    from actsparse.experiments import study
-    from actsparse.experiments.protein_rpn import run
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
-    cfg = study.compose("protein_rpn", ["logger=none", "protein_rpn.seeds=[0]", "trainer.max_epochs=1",
-                                        "protein_rpn.models=[protein_rpn,gmt_baseline]", "data.num_proteins=24",
-                                        "data.max_length=80", "model.hidden=16", "model.gmt_heads=2",
-                                        f"data.cache_root={tmp_path / 'cache'}", f"protein_rpn.pdb_dir={PDB_DIR}"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-    summary = run(cfg)
-    out = tmp_path / "run"
-    results = json.loads((out / "results.json").read_text())
-    assert {r["model"] for r in results["runs"]} == {"protein_rpn", "gmt_baseline"}
-    assert 0.0 <= summary["fmax"] <= 1.0
-    assert (out / "proposals.png").stat().st_size > 10_000 and (out / "results.md").exists()
-    if PDB_DIR.is_dir():
-        assert len(results["real"]) == 9 and results["speed_500"]["residues"] == 500
+
+def test_ablation_switches_remove_exactly_their_part(graphs):
+    data, terms = graphs
+    batch = Batch.from_data_list(data)
+    kw = dict(num_terms=len(terms), hidden=16, gmt_heads=2)
+    full = ProteinRPN(**kw)
+    parts = {"region_proposal": {"score_embed", "score_convs", "score_hidden", "score_out"},
+             "node_drop": {"keep", "ss_weight", "proximity_weight"}, "attention": {"attention"}}
+    names = lambda m: {n.split(".")[0] for n, _ in m.named_parameters()}  # noqa: E731
+    for switch, removed in parts.items():
+        model = ProteinRPN(**kw, **{switch: False})
+        assert names(full) - names(model) == removed, switch
+    torch.manual_seed(0)
+    out = ProteinRPN(**kw, node_drop=False).eval()(batch)
+    assert out.kept is None and out.node_scores.shape == (batch.num_nodes,)
+    # no k-hop: the region is the functional score itself
+    model = ProteinRPN(**kw, k_hops=0).eval()
+    with torch.no_grad():
+        out = model(batch)
+    torch.testing.assert_close(out.region, out.node_scores)
+    # the GMT baseline is ProteinRPN with every part off: same parameters, same outputs
+    torch.manual_seed(0)
+    baseline = GMTBaseline(**kw).eval()
+    torch.manual_seed(0)
+    all_off = ProteinRPN(**kw, region_proposal=False, node_drop=False, attention=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(baseline(batch).logits, all_off(batch).logits)
+    with pytest.raises(ValueError, match="k_hops"):
+        ProteinRPN(**kw, k_hops=-1)
+
+
+def test_control_weights_the_mean_by_its_scores():
+    # the control (score GNN, no k-hop, no node drop, no attention): readout = GMT(h) + Σ s·h / Σ s
+    g = synthetic_dataset(num_proteins=1, num_motifs=2, seed=0)[0][0]
+    torch.manual_seed(0)
+    model = ProteinRPN(num_terms=3, hidden=16, gmt_heads=2, k_hops=0, node_drop=False, attention=False).eval()
+    with torch.no_grad():
+        out = model(g)
+        h = model.encode(g)
+        s = out.node_scores.double()
+        expected = model.readout(h, index=torch.zeros(g.num_nodes, dtype=torch.long), dim_size=1).double()
+        expected = expected + (s[:, None] * h.double()).sum(0) / s.sum()
+    torch.testing.assert_close(out.graph_repr.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_head_hidden_sets_the_head_width():
+    narrow, wide = ProteinRPN(num_terms=6, hidden=16, gmt_heads=2), ProteinRPN(num_terms=6, hidden=16, gmt_heads=2,
+                                                                                  head_hidden=26)
+    # head: hidden -> head_hidden -> terms; 10 more units add 10 * (16 + 1 + 6) parameters
+    assert _params(wide) - _params(narrow) == 10 * (16 + 1 + 6)

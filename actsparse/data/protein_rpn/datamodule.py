@@ -4,7 +4,10 @@
     ProteinDataModule(source="pdb", pdb_dir="structures/", annotations="nrPDB-GO_annot.tsv", ontology="mf")
 
 Synthetic: ``num_proteins`` chains from :mod:`actsparse.data.protein_rpn.synthetic` (cached on disk
-by their settings). PDB: every chain listed in the DeepFRI/HEAL annotation TSV is read from
+by their settings); with ``backbone_dir`` the same motifs planted into the real backbones of that
+folder's structure files (:mod:`actsparse.data.protein_rpn.planted`). Synthetic data has a GO-like
+graph (``go_ancestors``: each motif term under its group term), so the metrics propagate
+predictions up it and price terms by their information content given the parents. PDB: every chain listed in the DeepFRI/HEAL annotation TSV is read from
 ``<pdb_dir>/<chain>.pdb`` (or ``.cif``…) through the content-keyed graph cache; annotated
 chains without a file are an error (``missing="skip"`` drops them). Without ``annotations``,
 every structure file of ``pdb_dir`` is loaded unlabelled, for ``predict_dataloader``.
@@ -29,8 +32,9 @@ from torch_geometric.loader import DataLoader
 from actsparse.data.protein_rpn.annotations import STRUCTURE_SUFFIXES, load_annotations, pair_with_structures
 from actsparse.data.protein_rpn.cache import GraphCache
 from actsparse.data.protein_rpn.graph import NODE_FEATURES, load_graph
-from actsparse.data.protein_rpn.synthetic import synthetic_dataset
-from actsparse.metrics.functional.go_terms import information_content
+from actsparse.data.protein_rpn.planted import planted_dataset
+from actsparse.data.protein_rpn.synthetic import synthetic_dataset, term_parents
+from actsparse.metrics.functional.go_ontology import ancestor_matrix, information_content
 from actsparse.runtime import cache_dir
 
 __all__ = ["ProteinDataModule", "structure_files"]
@@ -49,7 +53,7 @@ def structure_files(pdb_dir: str | Path) -> list[Path]:
 
 class ProteinDataModule(L.LightningDataModule):
     def __init__(self, source: str = "synthetic", num_proteins: int = 300, num_motifs: int = 4,
-                 min_length: int = 60, max_length: int = 140, pdb_dir: str | None = None,
+                 min_length: int = 60, max_length: int = 140, backbone_dir: str | None = None, pdb_dir: str | None = None,
                  annotations: str | None = None, ontology: str = "mf", missing: str = "error",
                  radius: float = 10.0, batch_size: int = 16, eval_batch_size: int = 64,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, cache: bool = True,
@@ -80,10 +84,19 @@ class ProteinDataModule(L.LightningDataModule):
         return len(self.term_names)
 
     @property
+    def go_ancestors(self) -> torch.Tensor | None:
+        """The terms' ancestor matrix (``ancestor_matrix``) when the data has a GO graph: the
+        synthetic terms do (motif -> group); a DeepFRI TSV does not (its labels come propagated)."""
+        if self.hparams.source != "synthetic":
+            return None
+        return ancestor_matrix(term_parents(self.hparams.num_motifs))
+
+    @property
     def information_content(self) -> torch.Tensor:
-        """Per-term IC from the training labels (for ``Smin``)."""
+        """Per-term IC from the training labels (for ``Smin``): conditional on the parent terms
+        when the data has a GO graph, else marginal."""
         self._require()
-        return information_content(torch.cat([g.y for g in self.train_set]))
+        return information_content(torch.cat([g.y for g in self.train_set]), self.go_ancestors)
 
     def _require(self) -> None:
         if not self.graphs:
@@ -98,14 +111,24 @@ class ProteinDataModule(L.LightningDataModule):
         h = self.hparams
         settings = {"n": h.num_proteins, "motifs": h.num_motifs, "seed": h.seed, "radius": float(h.radius),
                     "min": h.min_length, "max": h.max_length, "v": 2}
-        if not h.cache:
+        if h.backbone_dir:  # keyed by the backbones' bytes too
+            files = structure_files(h.backbone_dir)
+            settings = {**settings, "min": None, "max": None, "backbones": [
+                hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+
+        def build() -> tuple[list[Data], list[str]]:
+            if h.backbone_dir:
+                return planted_dataset(h.backbone_dir, h.num_proteins, h.num_motifs, h.seed, h.radius)
             return synthetic_dataset(h.num_proteins, h.num_motifs, h.seed, h.radius, h.min_length, h.max_length)
+
+        if not h.cache:
+            return build()
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         path = cache_dir(h.cache_root, "protein") / f"synthetic-{key}.pt"
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
             return [Data.from_dict(d) for d in state["graphs"]], list(state["terms"])
-        graphs, terms = synthetic_dataset(h.num_proteins, h.num_motifs, h.seed, h.radius, h.min_length, h.max_length)
+        graphs, terms = build()
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         try:

@@ -30,7 +30,8 @@ from torch_geometric.data import Data
 from actsparse.data.protein_rpn.graph import AMINO_ACIDS, residue_graph
 from actsparse.data.protein_rpn.structure import ProteinChain
 
-__all__ = ["Motif", "SyntheticChain", "build_backbone", "make_motifs", "synthetic_dataset", "synthetic_chain"]
+__all__ = ["Motif", "SyntheticChain", "background_probabilities", "build_backbone", "make_motifs", "plant_sequence",
+           "synthetic_chain", "synthetic_dataset", "term_parents"]
 
 # Ideal backbone geometry (Engh & Huber): bond lengths (Å) and angles (degrees).
 _N_CA, _CA_C, _C_N, _C_O = 1.458, 1.525, 1.329, 1.231
@@ -168,9 +169,26 @@ def synthetic_chain(index: int, motifs: list[Motif], rng: np.random.Generator,
             phi.append(angles[0])
             psi.append(angles[1])
             kinds.append(kind)
+    seq, site, labels = plant_sequence(length, motifs, spots, rng)
+    backbone = build_backbone(np.array(phi), np.array(psi))
+    chain = ProteinChain(name=f"synthetic_{index:05d}", chain="A", sequence="".join(seq), backbone=backbone,
+                         residue_ids=[str(i + 1) for i in range(length)], source="synthetic")
+    return SyntheticChain(chain, labels, site, [int(m) for m, _ in spots])
+
+
+def background_probabilities(motifs: list[Motif]) -> np.ndarray:
+    """Amino-acid probabilities (order of ``AMINO_ACIDS``) of the background sequence: roughly
+    UniProt's, without any motif's key residues."""
     key = set("".join(m.residues for m in motifs))
     background = np.array([0.0 if a in key else f for a, f in zip(AMINO_ACIDS, _BACKGROUND)])
-    seq = list(rng.choice(list(AMINO_ACIDS), size=length, p=background / background.sum()))
+    return background / background.sum()
+
+
+def plant_sequence(length: int, motifs: list[Motif], spots: list[tuple[int, int]], rng: np.random.Generator
+                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A background sequence with motif ``m``'s key residues at ``start + offsets`` for each
+    ``(m, start)`` of ``spots``, and decoys; returns ``(sequence, site, labels)``."""
+    seq = list(rng.choice(list(AMINO_ACIDS), size=length, p=background_probabilities(motifs)))
     site = np.zeros(length, dtype=np.float32)
     labels = np.zeros(len(motifs) + len(motifs) // 2, dtype=np.float32)
     for m, start in spots:
@@ -181,16 +199,25 @@ def synthetic_chain(index: int, motifs: list[Motif], rng: np.random.Generator,
         labels[motif.term] = labels[motif.parent] = 1.0
     # decoys: with probability 1/2, every key residue of an absent motif, each at its own random
     # place, so the composition of a chain does not tell which motifs it carries
+    chosen = {m for m, _ in spots}
     free = [i for i in range(length) if site[i] == 0]
     for m, motif in enumerate(motifs):
         if m in chosen or rng.random() < 0.5:
             continue
         for aa in motif.residues:
             seq[free[int(rng.integers(len(free)))]] = aa
-    backbone = build_backbone(np.array(phi), np.array(psi))
-    chain = ProteinChain(name=f"synthetic_{index:05d}", chain="A", sequence="".join(seq), backbone=backbone,
-                         residue_ids=[str(i + 1) for i in range(length)], source="synthetic")
-    return SyntheticChain(chain, labels, site, [int(m) for m, _ in spots])
+    return seq, site, labels
+
+
+def term_parents(num_motifs: int) -> list[list[int]]:
+    """The GO-like graph of the synthetic terms: each leaf ``motif_k`` has the parent ``group_{k // 2}``
+    (indices: leaves 0..num_motifs-1, then the groups); the groups are roots.
+
+    Example:
+        >>> term_parents(4)
+        [[4], [4], [5], [5], [], []]
+    """
+    return [[num_motifs + k // 2] for k in range(num_motifs)] + [[] for _ in range(num_motifs // 2)]
 
 
 def _segment_starts(segments: list[tuple[str, int]]) -> list[tuple[int, int]]:
