@@ -189,7 +189,7 @@ def test_sparsing_law_callback_against_its_pieces(tmp_path):
         SparsingLaw(kind="gelu")
 
 
-SPARSING_TINY = ["trainer.max_steps=40", "trainer.val_check_interval=10", "data.max_chars=200000",
+SPARSING_TINY = ["trainer.max_steps=40", "callbacks.sparsity.every_n_steps=5", "trainer.val_check_interval=10", "data.max_chars=200000",
                  "callbacks.sparsing_law.joint_last=2", "callbacks.sparsing_law.skip_first=0",
                  "callbacks.sparsing_law.max_batches=2", "trainer.limit_val_batches=2"]
 
@@ -212,9 +212,11 @@ def test_sparsing_law_study_through_the_cli(tmp_path):
     jobs = {j["overrides"]["model.activation"]: j["summary"] for j in results["jobs"]}
     for summary in jobs.values():
         assert len(summary["history"]["sparsing_law/activation_ratio"]) == 4
-        assert 0 < summary["sparsing_law/joint_cett"] < 1
-    assert jobs["silu"]["sparsing_law/final_zero_ratio"] == 1.0  # SiLU has no exact zeros
-    assert "sparsing_law/zero_A0" in jobs["relu"] and "sparsing_law/zero_A0" not in jobs["silu"]
+        assert 0 < summary["history"]["sparsing_law/joint_cett"][-1][1] < 1  # final values: the history's last step
+    assert jobs["silu"]["history"]["sparsing_law/final_zero_ratio"][-1][1] == 1.0  # SiLU has no exact zeros
+    assert "sparsing_law/zero_A0" in jobs["relu"]["history"] and "sparsing_law/zero_A0" not in jobs["silu"]["history"]
+    (row,) = [r for r in table if r["run"].startswith("relu")]
+    assert row["joint CETT"] == f'{jobs["relu"]["history"]["sparsing_law/joint_cett"][-1][1]:.4g}'
     assert (sweep / "ratio_vs_tokens.png").is_file() and (sweep / "zero_ratio_vs_tokens.png").is_file()
 
 
@@ -230,7 +232,7 @@ def test_sparsing_law_yaml_keys_change_what_runs(tmp_path):
                                    "callbacks.sparsing_law.joint_last=null"])
     (job,) = results["jobs"]
     summary = job["summary"]
-    assert "sparsing_law/joint_cett" not in summary
+    assert "sparsing_law/joint_cett" not in summary["history"] and "sparsing_law/A0" in summary["history"]
     assert len(summary["history"]["val/ppl_p1_sparsity"]) == 4  # searched at each validation
     ratios = [r for _, r in summary["history"]["sparsing_law/activation_ratio"]]
     assert ratios == pytest.approx([1 - s for _, s in summary["history"]["val/ppl_p1_sparsity"]])
