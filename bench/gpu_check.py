@@ -389,6 +389,8 @@ def summarize(results: dict) -> dict:
         dense_wins = sorted({r["batch"] for r in grid if r["sparsity"] == 0
                              and r.get("speedup_kernel_vs_dense", r["speedup_vs_dense"]) < 1.0})
         verdict["batches_where_dense_wins_at_0pct"] = dense_wins
+    if results["device"] == "cuda" and grid:  # issue 26's targets per kernel set (bench/sparse_ffn_kernel_report.py)
+        verdict["kernels"] = _kernel_report().kernel_verdict(issue_rows(results))
     tests = results.get("tests", {})
     verdict["tests_passed"] = (tests.get("ok", False) and tests.get("tests", 0) > 0 and not tests.get("failures")
                                and not tests.get("errors"))
@@ -429,6 +431,9 @@ def markdown(results: dict) -> str:
         lines += ["", "Failed tests: " + ", ".join(f"`{f}`" for f in failed)]
     for name, rows in results.get("bench", {}).get("tables", {}).items():
         lines += ["", f"## Benchmark: {name}", "", format_header(results["device"]), *map(format_row, rows)]
+    rows = issue_rows(results)
+    if results["device"] == "cuda" and rows:
+        lines += ["", "## Kernel sets side by side (forced, dense_above=1)", "", _kernel_report().kernel_table(rows)]
     if results.get("bench", {}).get("copy_gbs"):
         lines.append(f"\nCopy bandwidth (read + write) measured in the same run: {results['bench']['copy_gbs']:.0f} GB/s.")
     dec = results.get("decode", {}).get("rows")
@@ -441,6 +446,13 @@ def markdown(results: dict) -> str:
     if results.get("written"):
         lines += ["", f"Raw rows: `{results['written']['raw']}`; dispatch table: `{results['written']['dispatch_table']}`."]
     return "\n".join(lines) + "\n"
+
+
+def _kernel_report():
+    sys.path.insert(1, str(REPO / "bench"))
+    import sparse_ffn_kernel_report  # bench/sparse_ffn_kernel_report.py
+
+    return sparse_ffn_kernel_report
 
 
 def write_report(out: Path, results: dict) -> str:
@@ -457,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: checks the plumbing only")
     p.add_argument("--out", default=str(REPO / "outputs" / "gpu_check"))
     p.add_argument("--tests", nargs="*", default=["tests/plugins/test_sparse_ffn.py", "tests/plugins/test_sparse_ffn_defects.py",
-                                                   "tests/plugins/test_sparse_ffn_dispatch.py", "tests/test_ext_cache.py"])
+                                                   "tests/plugins/test_sparse_ffn_dispatch.py", "tests/plugins/test_sparse_ffn_cats.py",
+                                                   "tests/plugins/test_sparse_ffn_kernels.py", "tests/test_ext_cache.py"])
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one shell-quoted string")
     p.add_argument("--skip", nargs="*", default=[], choices=list(STEPS), help="steps to leave out")
     p.add_argument("--time-limit", type=float, default=None,

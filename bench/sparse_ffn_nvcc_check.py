@@ -1,6 +1,6 @@
-"""Compile-check the CUDA kernels (``csrc/sparse_ffn_cuda.cu``) with nvcc for sm_90, no GPU needed.
+"""Compile-check the CUDA kernels (``csrc/*.cu``) with nvcc for sm_90, no GPU needed.
 
-Runs nvcc on the one ``.cu`` file with the include paths and flags ``actsparse/ext.py`` would use,
+Runs nvcc on each ``.cu`` file with the include paths and flags ``actsparse/ext.py`` would use,
 plus ``-Xptxas -v``, and prints a table of registers, spill bytes and shared memory per kernel
 instantiation (a register spill in a streaming kernel costs bandwidth: the table is how one
 notices). Nothing built here runs.
@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 # The same nvcc flags as actsparse/ext.py's CUDA_FLAGS (kept in sync by tests/test_gpu_check.py).
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
+# The CUDA translation units (actsparse/ext.py's CUDA_SOURCES, kept in sync by tests/test_gpu_check.py).
+CUDA_SOURCES = ["sparse_ffn_cuda.cu", "sparse_ffn_persistent.cu", "sparse_ffn_tensor_core.cu"]
 
 
 def demangle(names: list[str]) -> list[str]:
@@ -63,7 +65,7 @@ def parse_ptxas(log: str) -> list[dict]:
     return rows
 
 
-def compile_check(arch: str = "90", nvcc: str | None = None) -> dict:
+def compile_check(arch: str = "90", nvcc: str | None = None, sources: list[str] | None = None) -> dict:
     import torch
     from torch.utils import cpp_extension
 
@@ -72,31 +74,35 @@ def compile_check(arch: str = "90", nvcc: str | None = None) -> dict:
     cuda_home = Path(os.path.realpath(nvcc)).parents[1]
     includes.append(str(cuda_home / "include"))
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, "-c", str(CSRC / "sparse_ffn_cuda.cu"), "-o", str(Path(tmp) / "k.o"),
-               *[f"-I{i}" for i in includes], "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-               "-DTORCH_EXTENSION_NAME=actsparse_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
-               "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-               "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-               "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
-               f"-gencode=arch=compute_{arch},code=sm_{arch}", *CUDA_FLAGS, "-Xptxas", "-v"]
-        t0 = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        seconds = time.time() - t0
-    log = proc.stdout + proc.stderr
-    return {"ok": proc.returncode == 0, "seconds": seconds, "nvcc": nvcc, "arch": f"sm_{arch}",
-            "torch": torch.__version__, "kernels": parse_ptxas(log),
-            "errors": [l for l in log.splitlines() if "error" in l.lower()][:40]}
+    ok, seconds, kernels, errors = True, 0.0, [], []
+    for source in sources or CUDA_SOURCES:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [nvcc, "-c", str(CSRC / source), "-o", str(Path(tmp) / "k.o"),
+                   *[f"-I{i}" for i in includes], "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                   "-DTORCH_EXTENSION_NAME=actsparse_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
+                   "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                   "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
+                   f"-gencode=arch=compute_{arch},code=sm_{arch}", *CUDA_FLAGS, "-Xptxas", "-v"]
+            t0 = time.time()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            seconds += time.time() - t0
+        log = proc.stdout + proc.stderr
+        ok = ok and proc.returncode == 0
+        kernels += [{**k, "source": source} for k in parse_ptxas(log)]
+        errors += [f"{source}: {l}" for l in log.splitlines() if "error" in l.lower()][:40]
+    return {"ok": ok, "seconds": seconds, "nvcc": nvcc, "arch": f"sm_{arch}", "torch": torch.__version__,
+            "kernels": kernels, "errors": errors}
 
 
 def format_table(result: dict) -> str:
     lines = [f"# nvcc compile check ({result['arch']}, torch {result['torch']}): "
              f"{'ok' if result['ok'] else 'FAILED'} in {result['seconds']:.0f} s",
-             "| kernel | registers | spill stores B | spill loads B | smem B |", "|---|---:|---:|---:|---:|"]
+             "| source | kernel | registers | spill stores B | spill loads B | smem B |", "|---|---|---:|---:|---:|---:|"]
     for k in result["kernels"]:
         name = k["kernel"].replace("actsparse::(anonymous namespace)::", "").replace("void ", "")
         name = re.sub(r"\(.*", "", name).replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
-        lines.append(f"| `{name}` | {k['registers']} | {k['spill_stores']} | {k['spill_loads']} | {k['smem']} |")
+        lines.append(f"| {k.get('source', '')} | `{name}` | {k['registers']} | {k['spill_stores']} | {k['spill_loads']} | {k['smem']} |")
     lines += [f"error: {e}" for e in result["errors"]]
     return "\n".join(lines)
 
@@ -106,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="90", help="compute capability without the dot (90 = H100/H200)")
     p.add_argument("--nvcc", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--sources", nargs="*", default=None, help="files under csrc/ (default: all CUDA sources)")
     args = p.parse_args(argv)
-    result = compile_check(args.arch, args.nvcc)
+    result = compile_check(args.arch, args.nvcc, args.sources)
     print(format_table(result), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

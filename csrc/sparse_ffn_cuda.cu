@@ -13,7 +13,11 @@
 //      at once for memory-level parallelism. Warps reduce in shared memory; each block writes
 //      fp32 partial sums for its slice.
 //   3. reduce_kernel: sums the slices (+ bias) in a fixed order and casts to the output dtype.
-// Every summation order is fixed, so results are bitwise reproducible. Measured on the H200
+// Every summation order is fixed, so results are bitwise reproducible. Two further kernel sets,
+// unmeasured when written, are chosen per call by the op's `kernel` argument:
+// sparse_ffn_persistent.cu (one persistent cooperative kernel, batch 1) and
+// sparse_ffn_tensor_core.cu (bf16/fp16 mma.sync for batches 2-8); the CATS activation
+// (activation=1: SiLU(z) kept where |SiLU(z)| > t) runs in all of them. Measured on the H200
 // (bench/h200/2026-11-29-run2.md, seven configurations side by side): this beat a single fused
 // kernel (gate, up and down per block of neurons, fp32 atomics, last-block epilogue) in three
 // block shapes by 15-35% at batch 1, and beat gates with 2 or 4 rows per warp or 16 loads in
@@ -24,9 +28,8 @@
 // between 0 and 1 keeps the schema's meaning (dense above that union fraction) at the price of
 // one host read-back of the union size per call, refused under CUDA-graph capture.
 // FATReLU keeps NaN (fatrelu_active), as the dense path's relu does; the threshold is rounded up
-// to float (threshold_for), so z >= t is decided exactly. CATS (activation=1) keeps SiLU(z) where
-// |SiLU(z)| > t, its threshold rounded down.
-#include "sparse_ffn.h"
+// to float (threshold_f32), so z >= t is decided exactly.
+#include "sparse_ffn_cuda_common.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -40,63 +43,11 @@
 namespace actsparse {
 namespace {
 
-constexpr int kMaxSparseBatch = 8;
-constexpr int kWarp = 32;
 constexpr int kGateWarps = 8;   // rows per gate block
 constexpr int kDownWarps = 4;   // warps sharing one column tile in the down kernel
 constexpr int kDownBatch = 4;   // active neurons whose loads a warp issues together
 constexpr int kGateRows = 1;    // neuron rows per gate warp (2 and 4 measured slower, see above)
 constexpr int kGateUnroll = 4;  // 16-byte loads in flight per gate row (8 and 16 measured no faster)
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// 16 bytes of T, unpacked to floats.
-template <typename T>
-struct Vec {
-  static constexpr int N = 16 / sizeof(T);
-  float v[N];
-  __device__ __forceinline__ void load(const T* p) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = to_f(e[i]);
-  }
-  // Weights are streamed once: bypass L1 and mark them evict-first in L2 so x, h and the
-  // partial sums stay cached.
-  __device__ __forceinline__ void load_stream(const T* p) { unpack(load_raw_stream(p)); }
-  // Loads kept packed (4 registers instead of N floats) until used: several loads in flight
-  // without running out of registers at batch 4-8.
-  static __device__ __forceinline__ uint4 load_raw_stream(const T* p) {
-    return __ldcs(reinterpret_cast<const uint4*>(p));
-  }
-  __device__ __forceinline__ void unpack(const uint4& raw) {
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = to_f(e[i]);
-  }
-};
-
-// Programmatic dependent launch (kernel set kKernelThreePdl, sm_90+): a kernel launched with the
-// programmatic-stream-serialization attribute may start while its predecessor still runs; it
-// waits here, before its first read of the predecessor's output, until that grid has completed
-// and its writes are visible. Without the attribute (the default set) this returns at once.
-__device__ __forceinline__ void wait_for_predecessor() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // acc[r][b] = dot(w[j0 + r], x[b]) for the rows r set in `rows` (others stay 0, their bytes are
 // never read), summed over the warp. Weight loads of all rows and unroll steps go out before
@@ -296,66 +247,6 @@ down_kernel(const T* __restrict__ w_out_t, const float* __restrict__ h, int nb, 
   }
 }
 
-template <typename T>
-__global__ void reduce_kernel(const float* __restrict__ partial, const T* __restrict__ b_out, int n_slices,
-                              int nb, int64_t d_out, T* __restrict__ y) {
-  wait_for_predecessor();  // partial comes from down_kernel
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(nb) * d_out) return;
-  float s = b_out ? to_f(b_out[i % d_out]) : 0.f;
-  for (int k = 0; k < n_slices; ++k) s += partial[int64_t(k) * nb * d_out + i];
-  y[i] = from_f<T>(s);
-}
-
-
-template <typename T> struct Native { using type = T; };
-template <> struct Native<at::Half> { using type = __half; };
-template <> struct Native<at::BFloat16> { using type = __nv_bfloat16; };
-
-template <typename T>
-const T* opt_ptr(const OptTensor& t) {
-  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
-}
-
-bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
-
-// Template batch sizes 1, 2, 4, 8: registers per batch row; runtime nb <= NB masks the rest.
-template <typename Fn>
-void with_nb(int nb, Fn&& fn) {
-  if (nb == 1) fn(std::integral_constant<int, 1>{});
-  else if (nb == 2) fn(std::integral_constant<int, 2>{});
-  else if (nb <= 4) fn(std::integral_constant<int, 4>{});
-  else fn(std::integral_constant<int, 8>{});
-}
-
-// Launch `kernel` plainly, or (pdl) with programmatic stream serialization, so its launch overlaps
-// the tail of the kernel before it (which it waits for in wait_for_predecessor). Graph-capturable.
-template <typename... Params, typename... Args>
-void launch(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
-  if (!pdl) {
-    kernel<<<grid, block, 0, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = 0;
-  config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
-}
-
-template <typename Fn>
-void with_bool(bool v, Fn&& fn) {
-  if (v) fn(std::true_type{});
-  else fn(std::false_type{});
-}
-
 template <typename AT>
 at::Tensor sparse_ffn_cuda_impl(const FfnArgs& a) {
   using T = typename Native<AT>::type;
@@ -467,6 +358,15 @@ at::Tensor dispatch_cuda(const char* op, const FfnArgs& args) {
   }
   const FfnArgs a{x_aligned.defined() ? x_aligned : args.x, args.w_in, args.w_up, args.w_out_t, args.threshold,
                   args.b_in, args.b_up, args.b_out, args.dense_above, args.kernel, args.activation};
+  if (a.kernel == kKernelPersistent) {
+    const char* why = "";
+    if (persistent_serves(a, &why)) return persistent_ffn_cuda(a);
+    TORCH_WARN_ONCE(op, ": kernel='persistent' cannot serve this call (", why, "); the three kernels run instead.");
+  } else if (a.kernel == kKernelTensorCore) {
+    const char* why = "";
+    if (tensor_core_serves(a, &why)) return tensor_core_ffn_cuda(a);
+    TORCH_WARN_ONCE(op, ": kernel='tensor_core' cannot serve this call (", why, "); the three kernels run instead.");
+  }
   if (dt == at::kFloat) return sparse_ffn_cuda_impl<float>(a);
   if (dt == at::kHalf) return sparse_ffn_cuda_impl<at::Half>(a);
   return sparse_ffn_cuda_impl<at::BFloat16>(a);

@@ -34,16 +34,30 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
+from actsparse.plugins.activations import FATReLU  # noqa: F401  (the docstring examples use it)
+from actsparse.plugins.sites import (
+    GATED_FFN,
+    PLAIN_FFN,
+    NoSitesError,
+    Site,
+    ffn_sites,
+    find_sites,
+    linear_weight,
+)
+from actsparse.plugins.sparse_ffn_dispatch import (
+    KERNELS,
+    calibrate_sparsity,
+    choose,
+    dense_above_for,
+)
+from actsparse.plugins.sparse_ffn_reference import (
+    activation_id,
+    reference_ffn,
+    reference_gated_ffn,
+    site_activation,
+    validate_reference_args,
+)
 from torch import nn
-
-from actsparse.plugins.activations import FATReLU
-from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, NoSitesError, Site, ffn_sites, find_sites, linear_weight
-from actsparse.plugins.sparse_ffn_dispatch import KERNELS, calibrate_sparsity, choose, dense_above_for
-from actsparse.plugins.sparse_ffn_reference import (activation_id, reference_ffn, reference_gated_ffn,
-                                                   validate_reference_args)
-from actsparse.plugins.training_free import CATSActivation
-
 
 __all__ = [
     "SparseFFN",
@@ -192,60 +206,6 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
 
 # -- conversion ----------------------------------------------------------------------------------------
 
-# Activations that equal FATReLU_0 everywhere (relu(0) = 0 = FATReLU_0(0)), as modules,
-# functions (PyTorch's nn.TransformerEncoderLayer stores F.relu) or names.
-_RELU_FUNCTIONS = (F.relu, torch.relu, torch.Tensor.relu)
-_RELU_NAMES = ("relu",)
-
-
-def _computes_silu(fn) -> bool:
-    """Whether ``fn`` is SiLU, judged by its values (``nn.SiLU``, ``F.silu``, transformers'
-    ``SiLUActivation``, ...) on a float64 grid, so no list of SiLU classes has to be kept."""
-    z = torch.linspace(-30, 30, 241, dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            out = fn(z)
-    except Exception:  # noqa: BLE001  (not callable on a float64 tensor: not SiLU as the kernels compute it)
-        return False
-    return isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, F.silu(z), rtol=1e-12, atol=0)
-
-
-def _activation_of(site: Site) -> tuple[str, float]:
-    """(activation name for the ops, threshold) of a site, or a TypeError naming the fix."""
-    act = site.activation
-    if isinstance(act, FATReLU):
-        return "fatrelu", act.threshold
-    if isinstance(act, nn.ReLU):
-        return "fatrelu", 0.0
-    if isinstance(act, CATSActivation):
-        base = act.base
-        if not _computes_silu(base):
-            raise TypeError(f"Site {site.name!r} carries CATS over {base!r}; the sparse FFN computes CATS over SiLU "
-                            "only (LLaMA-style gates). Keep this site dense (exclude=...) or swap its activation.")
-        return "cats", act.threshold
-    if isinstance(act, str):
-        if act.lower() in _RELU_NAMES:
-            return "fatrelu", 0.0
-        name = repr(act)
-    elif callable(act) and not isinstance(act, nn.Module):
-        if any(act is fn for fn in _RELU_FUNCTIONS):
-            return "fatrelu", 0.0
-        name = f"the function {getattr(act, '__qualname__', repr(act))}"
-    elif act is None:
-        raise TypeError(
-            f"Site {site.name!r} ({type(site.owner).__name__}) computes its activation as a functional call "
-            "inside forward(), so conversion cannot tell which one it is. Make it an attribute (self.act = "
-            "nn.ReLU()) or register the block with actsparse.plugins.register_ffn(..., act='act')."
-        )
-    else:
-        name = type(act).__name__
-    raise TypeError(
-        f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU and CATS (SiLU) activations only "
-        "(zeros are what it skips). Install CATS (actsparse.plugins.training_free.calibrate_cats), or swap the activation (actsparse.plugins.swap_activation(model, 'relu') or "
-        "'fatrelu') and fine-tune, e.g. with the ProSparse callback, then convert."
-    )
-
-
 class SparseFFN(nn.Module):
     """Inference FFN that skips inactive neurons (see the module docstring).
 
@@ -293,7 +253,7 @@ class SparseFFN(nn.Module):
         site = module_or_site if isinstance(module_or_site, Site) else _own_ffn_site(module_or_site)
         if site.kind not in (GATED_FFN, PLAIN_FFN):
             raise TypeError(f"Site {site.name!r} is a bare activation ({site.kind}), not an FFN block.")
-        activation, threshold = _activation_of(site)
+        activation, threshold = site_activation(site)
 
         def bias(layer):
             return getattr(layer, "bias", None)

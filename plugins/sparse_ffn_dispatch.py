@@ -56,9 +56,11 @@ log = logging.getLogger(__name__)
 TABLES_ENV = "ACTSPARSE_DISPATCH_TABLES"
 FORMAT = "actsparse-dispatch/1"
 # The sparse kernel sets this build can run, by name, with the op's ``kernel`` argument: the
-# measured three-kernel path, the same with programmatic dependent launch (sm_90+, unmeasured),
-# and the CPU's. A table's other columns (kernels of a later or earlier tree) are ignored.
-KERNELS = {"three_kernel": 0, "three_kernel_pdl": 1, "cpu": 0}
+# measured three-kernel path, the same with programmatic dependent launch (sm_90+), one
+# persistent cooperative kernel (batch 1; any batch up to 8 runs), bf16/fp16 tensor cores
+# (batches 2-8; float32 runs the three kernels with a warning) - the last three unmeasured when
+# written - and the CPU's. A table's other columns (kernels of a later or earlier tree) are ignored.
+KERNELS = {"three_kernel": 0, "three_kernel_pdl": 1, "persistent": 2, "tensor_core": 3, "cpu": 0}
 # A kernel must beat dense by 3% (the run-to-run noise of the H200 timings) to be picked.
 MARGIN = 1.03
 

@@ -17,9 +17,12 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from actsparse.plugins.activations import FATReLU
+from actsparse.plugins.training_free import CATSActivation
+from torch import nn
 
 __all__ = ["ACTIVATIONS", "activate", "activation_id", "fatrelu", "inactive", "reference_ffn", "reference_gated_ffn",
-           "threshold_like", "validate_reference_args"]
+           "site_activation", "threshold_like", "validate_reference_args"]
 
 # The op's ``activation`` argument by name (csrc/sparse_ffn.h: kActFatrelu, kActCatsSilu).
 ACTIVATIONS = {"fatrelu": 0, "cats": 1}
@@ -163,3 +166,58 @@ def validate_reference_args(op: str, x, weights: dict, biases: dict, d_out_name:
         if b is not None and (b.shape != (sizes[name],) or b.dtype != x.dtype or b.device != x.device):
             raise ValueError(f"{op}: {name} must be a 1-D tensor of size {sizes[name]} with x's dtype and "
                              f"device, got {tuple(b.shape)} {b.dtype} on {b.device}.")
+
+
+# Activations that equal FATReLU_0 everywhere (relu(0) = 0 = FATReLU_0(0)), as modules,
+# functions (PyTorch's nn.TransformerEncoderLayer stores F.relu) or names.
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.Tensor.relu)
+_RELU_NAMES = ("relu",)
+
+
+def _computes_silu(fn) -> bool:
+    """Whether ``fn`` is SiLU, judged by its values (``nn.SiLU``, ``F.silu``, transformers'
+    ``SiLUActivation``, ...) on a float64 grid, so no list of SiLU classes has to be kept."""
+    z = torch.linspace(-30, 30, 241, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            out = fn(z)
+    except Exception:  # noqa: BLE001  (not callable on a float64 tensor: not SiLU as the kernels compute it)
+        return False
+    return isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, F.silu(z), rtol=1e-12, atol=0)
+
+
+def site_activation(site) -> tuple[str, float]:
+    """The ops' (activation name, threshold) for an FFN site's activation, or a TypeError naming the fix
+    (conversion calls it once per site)."""
+    act = site.activation
+    if isinstance(act, FATReLU):
+        return "fatrelu", act.threshold
+    if isinstance(act, nn.ReLU):
+        return "fatrelu", 0.0
+    if isinstance(act, CATSActivation):
+        base = act.base
+        if not _computes_silu(base):
+            raise TypeError(f"Site {site.name!r} carries CATS over {base!r}; the sparse FFN computes CATS over SiLU "
+                            "only (LLaMA-style gates). Keep this site dense (exclude=...) or swap its activation.")
+        return "cats", act.threshold
+    if isinstance(act, str):
+        if act.lower() in _RELU_NAMES:
+            return "fatrelu", 0.0
+        name = repr(act)
+    elif callable(act) and not isinstance(act, nn.Module):
+        if any(act is fn for fn in _RELU_FUNCTIONS):
+            return "fatrelu", 0.0
+        name = f"the function {getattr(act, '__qualname__', repr(act))}"
+    elif act is None:
+        raise TypeError(
+            f"Site {site.name!r} ({type(site.owner).__name__}) computes its activation as a functional call "
+            "inside forward(), so conversion cannot tell which one it is. Make it an attribute (self.act = "
+            "nn.ReLU()) or register the block with actsparse.plugins.register_ffn(..., act='act')."
+        )
+    else:
+        name = type(act).__name__
+    raise TypeError(
+        f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU and CATS (SiLU) activations only "
+        "(zeros are what it skips). Install CATS (actsparse.plugins.training_free.calibrate_cats), or swap the activation (actsparse.plugins.swap_activation(model, 'relu') or "
+        "'fatrelu') and fine-tune, e.g. with the ProSparse callback, then convert."
+    )

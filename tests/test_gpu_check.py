@@ -141,8 +141,29 @@ def test_ptxas_parsing_and_flags_in_sync():
     from actsparse import ext
 
     assert nvcc_check.CUDA_FLAGS == ext.CUDA_FLAGS
+    assert list(nvcc_check.CUDA_SOURCES) == list(ext.CUDA_SOURCES)
 
 
 def test_shell_wrapper_finds_an_interpreter():
     text = (REPO / "bench" / "gpu_check.sh").read_text()
     assert "python3" in text and "exec \"$PY\" bench/gpu_check.py" in text and "set -e" not in text
+
+
+def test_kernel_report_table_and_targets():
+    """Issue 26's side-by-side table and targets from hand-made rows: the best kernel set per point,
+    its ratios to dense and fused dense, and each target met or not (both sides of a threshold)."""
+    report = _load("sparse_ffn_kernel_report")
+    base = {"shape": "7b", "pattern": "random", "table": "grid", "dense_us": 80.0, "dense_fused_us": 72.0}
+    rows = [dict(base, batch=1, sparsity=90, kernels_us={"three_kernel": 40.0, "persistent": 31.0}),
+            dict(base, batch=2, sparsity=90, kernels_us={"three_kernel": 51.0, "tensor_core": 39.0}),
+            dict(base, batch=8, sparsity=90, kernels_us={"three_kernel": 172.0, "tensor_core": 62.5}),
+            dict(base, batch=8, sparsity=0, kernels_us={"three_kernel": 211.0, "tensor_core": 83.0})]
+    verdict = report.kernel_verdict(rows)
+    assert verdict["7b_b1_90"]["best"] == "persistent" and verdict["7b_b1_90"]["speedup"] == round(80 / 31, 2)
+    assert verdict["7b_b1_90"]["meets_2.5x"] and verdict["7b_b1_90"]["meets_2.2x_fused"]  # 2.58x, 2.32x
+    assert verdict["7b_b2_90"]["met"] and verdict["7b_b2_90"]["tensor_core_speedup"] == round(80 / 39, 2)  # 2.05x
+    assert not verdict["7b_b8_90"]["met"]  # 80 / 62.5 = 1.28x < 1.3x
+    assert not verdict["7b_b8_0"]["met"]  # 80 / 83 = 0.96x < 0.97x
+    table = report.kernel_table(rows)
+    assert "| persistent µs |" in table and "| tensor_core µs |" in table
+    assert "| 7b | 1 | 90 | random | 80.0 | 72.0 | 40.0 | 31.0 |  | persistent | 2.58x | 2.32x |" in table

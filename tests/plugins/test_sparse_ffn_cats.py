@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from test_sparse_ffn import CUDA, DEVICES, TOL, make, need, ops, rel_err  # noqa: F401  (ops: the fixture)
-
-from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.sparse_ffn import (
+    SparseFFN,
+    convert_to_sparse,
+    sparse_ffn,
+    sparse_gated_ffn,
+)
 from actsparse.plugins.training_free import CATSActivation, calibrate_cats
+from test_sparse_ffn import CUDA, DEVICES, TOL, make, need, ops, rel_err  # noqa: F401  (ops: the fixture)
+from torch import nn
 
 
 def cats64(x, w_in, w_out_t, t, w_up=None, b_in=None, b_up=None, b_out=None):
@@ -134,7 +137,7 @@ cuda_only = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 
 
 @cuda_only
-@pytest.mark.parametrize("kernel", ["three_kernel", "three_kernel_pdl"])
+@pytest.mark.parametrize("kernel", ["three_kernel", "three_kernel_pdl", "persistent", "tensor_core"])
 @pytest.mark.parametrize("batch", [1, 2, 5, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cats_cuda_kernels(ops, kernel, batch, dtype):
