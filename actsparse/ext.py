@@ -46,8 +46,8 @@ from actsparse.runtime import cache_dir
 # whichever way the package was imported and does not rebuild a cached tree.
 CSRC = Path(os.path.realpath(str(importlib.resources.files("actsparse.csrc"))))
 CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp")
-CUDA_SOURCES = ("sparse_ffn_cuda.cu",)
-HEADERS = ("sparse_ffn.h",)
+CUDA_SOURCES = ("sparse_ffn_cuda.cu", "sparse_ffn_persistent.cu", "sparse_ffn_tensor_core.cu")
+HEADERS = ("sparse_ffn.h", "sparse_ffn_cuda_common.h")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 # Built for the visible GPU's architecture (TORCH_CUDA_ARCH_LIST overrides, as usual).
