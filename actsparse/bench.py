@@ -143,11 +143,29 @@ def _pdl_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
-CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn, "kernel_pdl": actsparse_pdl_ffn}
+def actsparse_persistent_ffn(x, w):
+    """One persistent cooperative kernel (issue 26 item 1; unmeasured when written)."""
+    from actsparse.plugins.sparse_ffn import sparse_gated_ffn
+
+    return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, dense_above=1.0, kernel="persistent",
+                            backend="ext")
+
+
+def actsparse_tensor_core_ffn(x, w):
+    """bf16/fp16 mma.sync over the union (issue 26 item 2; unmeasured when written)."""
+    from actsparse.plugins.sparse_ffn import sparse_gated_ffn
+
+    return sparse_gated_ffn(x, w["w_gate"], w["w_up"], w["w_down_t"], 0.0, dense_above=1.0, kernel="tensor_core",
+                            backend="ext")
+
+
+CUDA_VARIANTS = {**VARIANTS, "kernel": actsparse_kernel_ffn, "kernel_pdl": actsparse_pdl_ffn,
+                 "kernel_persistent": actsparse_persistent_ffn, "kernel_tc": actsparse_tensor_core_ffn}
 # The sparse CUDA kernel sets timed side by side, forced (dense_above=1): the dispatch table's
 # columns, by the names actsparse.plugins.sparse_ffn_dispatch.KERNELS knows.
-CUDA_KERNELS = {"three_kernel": "kernel", "three_kernel_pdl": "kernel_pdl"}
-CAPTURED = ("dense", "dense_fused", "actsparse", "kernel", "kernel_pdl")
+CUDA_KERNELS = {"three_kernel": "kernel", "three_kernel_pdl": "kernel_pdl", "persistent": "kernel_persistent",
+                "tensor_core": "kernel_tc"}
+CAPTURED = ("dense", "dense_fused", "actsparse", "kernel", "kernel_pdl", "kernel_persistent", "kernel_tc")
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
@@ -242,7 +260,7 @@ def bench_config(d, f, batch, sparsity, pattern, dtype, device, repeats, weight_
         # per-call arithmetic (the replay must be a bit faster, never several times off).
         fns["dense_eager"] = over_sets(dense_ffn)
         rel_kernel = max(float((fn(x, layers[0]).double() - ref).norm() / ref.norm().clamp_min(1e-30))
-                         for k, fn in variants.items() if k in ("kernel", "kernel_pdl"))
+                         for k, fn in variants.items() if k.startswith("kernel"))
     else:
         fns = {k: over_sets(v) for k, v in VARIANTS.items()}
     times = time_interleaved(fns, device, repeats)
