@@ -62,7 +62,7 @@ def test_model_configs_switch_the_parts_they_name():
     assert flags["protein_rpn_no_attention"] == (True, 2, True, False)
 
 
-TINY = ["seed=0", "trainer.max_epochs=2", "trainer.min_epochs=1", "data.num_proteins=24", "data.max_length=70",
+TINY = ["seed=0", "trainer.max_epochs=2", "trainer.min_epochs=1", "trainer.log_every_n_steps=1", "data.num_proteins=24", "data.max_length=70",
         "model.hidden=16"]
 
 
