@@ -97,6 +97,7 @@ def test_verdict_from_rows():
     assert v["7b_b1_90"] == {"us": 30.0, "speedup": 2.6, "meets_33us": True, "meets_2.5x": True,
                              "speedup_vs_fused": 2.1, "meets_2.2x_fused": False}
     assert v["never_slower_than_dense"] is False and v["worst_case"]["batch"] == 4
+    assert "kernels" not in v  # rows without per-kernel times: no kernel verdict
     assert v["batches_where_dense_wins_at_0pct"] == [4] and not v["tests_passed"], "0 tests run is not a pass"
     results["tests"]["tests"] = 12
     assert check.summarize(results)["tests_passed"]
@@ -122,6 +123,9 @@ def test_raw_rows_and_dispatch_table_from_results():
     assert rows[0] == {**rows[0], "gpu": "NVIDIA H200", "shape": "7b", "batch": 1, "sparsity": 0, "dense_us": 80.0,
                        "dense_fused_us": 70.0, "actsparse_us": 75.0}
     assert rows[-1]["pattern"] == "recorded" and rows[-1]["sparsity"] == 91.5 and rows[-1]["max_rel_err"] == 2e-3
+    kernels = check.kernel_report().kernel_verdict(rows)  # issue 26's targets per kernel set, from these rows
+    assert kernels["7b_b1_90"]["best"] == "three_kernel" and kernels["7b_b1_90"]["speedup"] == 2.0
+    assert not kernels["7b_b1_90"]["meets_2.5x"] and kernels["7b_b2_90"]["speedup"] == round(80 / 51, 2)
     table = dispatch.validate(check.dispatch_table(rows, "cuda:NVIDIA H200", "abc123", "cmd"))
     assert len(table["points"]) == 4, "the recorded rows are not table points"
     assert dispatch.choose_from(table, 1, None).path == "sparse"
