@@ -73,7 +73,7 @@ def main() -> None:
                 t = time.perf_counter()
                 model(graph)
                 forward.append(time.perf_counter() - t)
-    ms = lambda xs: round(1e3 * statistics.median(xs), 2)  # noqa: E731
+    ms = lambda xs: round(1e3 * statistics.median(xs), 2)
     row = {"chain": source, "residues": graph.num_nodes, "contacts": int(graph.edge_index.shape[1] // 2),
            "build ms": ms(build), "cache load ms": ms(load), "forward ms": ms(forward),
            "cached graph + forward ms": round(ms(load) + ms(forward), 2), "threads": args.threads,

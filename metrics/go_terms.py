@@ -13,13 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
-
 from actsparse.metrics.functional.go_ontology import ic_counts, ic_from_counts
 from actsparse.metrics.functional.go_terms import (
-    DEFAULT_THRESHOLDS, FmaxResult, aupr, check_go_inputs, fmax_from_sums, fmax_sums, smin_from_sums, smin_sums,
+    DEFAULT_THRESHOLDS,
+    FmaxResult,
+    aupr,
+    check_go_inputs,
+    fmax_from_sums,
+    fmax_sums,
+    smin_from_sums,
+    smin_sums,
 )
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 __all__ = ["AUPR", "Fmax", "Smin"]
 

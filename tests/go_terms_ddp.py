@@ -2,7 +2,6 @@
 import only this (torch and actsparse.metrics), not the test module with Lightning."""
 
 import torch
-
 from actsparse.metrics.functional.go_ontology import ancestor_matrix
 from actsparse.metrics.go_terms import AUPR, Fmax, Smin
 

@@ -46,7 +46,13 @@ from torch_geometric.data import Data
 from torch_geometric.nn import GCNConv, MessagePassing
 from torch_geometric.nn.aggr import GraphMultisetTransformer
 from torch_geometric.nn.pool.select.topk import topk
-from torch_geometric.utils import add_self_loops, k_hop_subgraph, scatter, softmax, subgraph
+from torch_geometric.utils import (
+    add_self_loops,
+    k_hop_subgraph,
+    scatter,
+    softmax,
+    subgraph,
+)
 
 from actsparse.data.protein_rpn.graph import NODE_FEATURES
 

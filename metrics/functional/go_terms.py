@@ -33,8 +33,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-
-from actsparse.metrics.functional.go_ontology import ic_counts, ic_from_counts, propagate
+from actsparse.metrics.functional.go_ontology import (
+    ic_counts,
+    ic_from_counts,
+    propagate,
+)
 
 __all__ = ["DEFAULT_THRESHOLDS", "FmaxResult", "aupr", "average_precision", "fmax", "fmax_from_sums", "fmax_result",
            "fmax_sums", "precision_recall_curve_go", "smin", "smin_from_sums", "smin_sums"]

@@ -8,17 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PDB_DIR
 from torch_geometric.data import Batch
 
-from actsparse.data.protein_rpn.annotations import AnnotationError, load_annotations, pair_with_structures
+from actsparse.data.protein_rpn.annotations import (
+    AnnotationError,
+    load_annotations,
+    pair_with_structures,
+)
 from actsparse.data.protein_rpn.cache import GraphCache
 from actsparse.data.protein_rpn.datamodule import ProteinDataModule
 from actsparse.data.protein_rpn.graph import AMINO_ACIDS, load_graph, residue_graph
-from actsparse.data.protein_rpn.perturb import coordinate_noise, edge_dropout, perturbed_view
+from actsparse.data.protein_rpn.perturb import (
+    coordinate_noise,
+    edge_dropout,
+    perturbed_view,
+)
 from actsparse.data.protein_rpn.structure import StructureError, read_chain
 from actsparse.data.protein_rpn.synthetic import make_motifs, synthetic_dataset
 
-from conftest import PDB_DIR  # noqa: E402
 needs_pdb = pytest.mark.skipif(not PDB_DIR.is_dir(), reason=f"real PDB files not found in {PDB_DIR}")
 REAL = ["1S3P-A", "2J9H-A", "2PE5-B", "2W83-E", "rosetta_1", "rosetta_2", "rosetta_3", "rosetta_4", "rosetta_5"]
 
@@ -277,8 +285,9 @@ def test_synthetic_datamodule_splits_batches_and_caches(tmp_path):
 
 
 def test_synthetic_go_graph_and_conditional_information_content(tmp_path):
-    from actsparse.data.protein_rpn.synthetic import term_parents
     from actsparse.metrics.functional.go_ontology import ancestor_matrix
+
+    from actsparse.data.protein_rpn.synthetic import term_parents
 
     assert term_parents(4) == [[4], [4], [5], [5], [], []]
     dm = ProteinDataModule(num_proteins=20, seed=3, cache_root=str(tmp_path))

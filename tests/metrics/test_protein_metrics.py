@@ -12,13 +12,22 @@ import sys
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
-
-from actsparse.metrics.functional.go_ontology import ancestor_matrix, information_content, propagate
-from actsparse.metrics.functional.go_terms import aupr, average_precision, fmax, fmax_result, smin
+from actsparse.metrics.functional.go_ontology import (
+    ancestor_matrix,
+    information_content,
+    propagate,
+)
+from actsparse.metrics.functional.go_terms import (
+    aupr,
+    average_precision,
+    fmax,
+    fmax_result,
+    smin,
+)
 from actsparse.metrics.go_terms import AUPR, Fmax, Smin
 from distributed import run_ranks
 from go_terms_ddp import PARENTS, go_data, metric_values, worker
+from sklearn.metrics import average_precision_score
 
 THRESHOLDS = [k / 100 for k in range(1, 100)]
 
@@ -48,7 +57,6 @@ def loop_fmax(preds, targets):
 
 def loop_ic(targets, parents=None):
     """-log2 P(f | all parents of f) by counting proteins (parents=None: the marginal)."""
-    n = len(targets)
     out = []
     for j in range(len(targets[0])):
         having_parents = [row for row in targets if all(row[q] for q in (parents[j] if parents else []))]
@@ -116,7 +124,7 @@ def test_fmax_hand_computed():
     targets = torch.tensor([[1, 0, 0], [0, 1, 1]])
     # t in (0.2, 0.3]: protein 1 predicts {0, 2} (precision 1/2, recall 1), protein 2 {1, 2} (1, 1)
     assert float(fmax(preds, targets)) == pytest.approx(2 * 0.75 * 1.0 / 1.75)
-    value, threshold = fmax(preds, targets, return_threshold=True)
+    _, threshold = fmax(preds, targets, return_threshold=True)
     assert 0.2 < float(threshold) <= 0.3
 
 

@@ -5,15 +5,19 @@ and the control (the study itself: tests/experiments/test_protein_rpn.py)."""
 import lightning as L
 import pytest
 import torch
+from actsparse.callbacks import DeadNeuronMonitor, SparsityMonitor
+from actsparse.plugins import find_sites
 from torch import nn
 from torch_geometric.data import Batch
 
-from actsparse.callbacks import DeadNeuronMonitor, SparsityMonitor
 from actsparse.data.protein_rpn.datamodule import ProteinDataModule
 from actsparse.data.protein_rpn.synthetic import synthetic_dataset
 from actsparse.models.protein_rpn import GMTBaseline, ProteinRPN, anchor_regions
-from actsparse.plugins import find_sites
-from actsparse.tasks.protein_rpn import ProteinFunction, info_nce_loss, supervised_contrastive_loss
+from actsparse.tasks.protein_rpn import (
+    ProteinFunction,
+    info_nce_loss,
+    supervised_contrastive_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,11 +136,11 @@ def _params(model) -> int:
 def test_ablation_switches_remove_exactly_their_part(graphs):
     data, terms = graphs
     batch = Batch.from_data_list(data)
-    kw = dict(num_terms=len(terms), hidden=16, gmt_heads=2)
+    kw = {"num_terms": len(terms), "hidden": 16, "gmt_heads": 2}
     full = ProteinRPN(**kw)
     parts = {"region_proposal": {"score_embed", "score_convs", "score_hidden", "score_out"},
              "node_drop": {"keep", "ss_weight", "proximity_weight"}, "attention": {"attention"}}
-    names = lambda m: {n.split(".")[0] for n, _ in m.named_parameters()}  # noqa: E731
+    names = lambda m: {n.split(".")[0] for n, _ in m.named_parameters()}
     for switch, removed in parts.items():
         model = ProteinRPN(**kw, **{switch: False})
         assert names(full) - names(model) == removed, switch

@@ -29,12 +29,19 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from actsparse.data.protein_rpn.annotations import STRUCTURE_SUFFIXES, load_annotations, pair_with_structures
+from actsparse.data.protein_rpn.annotations import (
+    STRUCTURE_SUFFIXES,
+    load_annotations,
+    pair_with_structures,
+)
 from actsparse.data.protein_rpn.cache import GraphCache
 from actsparse.data.protein_rpn.graph import NODE_FEATURES, load_graph
 from actsparse.data.protein_rpn.planted import planted_dataset
 from actsparse.data.protein_rpn.synthetic import synthetic_dataset, term_parents
-from actsparse.metrics.functional.go_ontology import ancestor_matrix, information_content
+from actsparse.metrics.functional.go_ontology import (
+    ancestor_matrix,
+    information_content,
+)
 from actsparse.runtime import cache_dir
 
 __all__ = ["ProteinDataModule", "structure_files"]
