@@ -11,17 +11,17 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch import nn
-from typing_extensions import override
-
 from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.history import MetricHistory
 from actsparse.callbacks.sparsity import SparsityMonitor
-from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity
 from actsparse.metrics.functional.laws import ActivationLaw, fit_activation_law
 from actsparse.metrics.sparsity import MEAN
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.sites import resolve_sites
+from torch import nn
+from typing_extensions import override
+
+from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity
 
 log = logging.getLogger(__name__)
 

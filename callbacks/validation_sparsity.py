@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
-from torch import nn
-from typing_extensions import override
-
-from actsparse.evaluation.perplexity import perplexity
 from actsparse.metrics.sparsity import MEAN, ActivationSparsity
 from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.recording import Recording
 from actsparse.plugins.sites import resolve_sites
 from actsparse.plugins.swap import swap_activation
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from typing_extensions import override
+
+from actsparse.evaluation.perplexity import perplexity
 
 
 class ValidationSparsity(Callback):

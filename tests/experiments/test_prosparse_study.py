@@ -13,15 +13,15 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from actsparse.callbacks import ActivationSwap
+from actsparse.callbacks.validation_sparsity import ValidationSparsity
+from actsparse.plugins import find_sites
 from conftest import run_cli
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from actsparse.callbacks import ActivationSwap
-from actsparse.callbacks.validation_sparsity import ValidationSparsity
 from actsparse.experiments import cached_fit
 from actsparse.models import TinyLM
-from actsparse.plugins import find_sites
 from actsparse.tasks.lm import CausalLM
 
 # 20 pretraining + 30 steps per regime of a d32 x 1-layer LM; the llama2-7b schedule scaled to 30
@@ -79,7 +79,7 @@ def test_prosparse_yaml_keys_change_what_runs(tmp_path):
     _, results = _sweep(tmp_path, ["callbacks=relu_fixed", "prosparse.final_lambda=1e-4,0.1"])
     sparsity = {j["overrides"]["prosparse.final_lambda"]: j["summary"]["val/sparsity"] for j in results["jobs"]}
     assert sparsity["0.1"] > sparsity["0.0001"] + 0.05, sparsity
-    _, longer = _sweep(tmp_path, ["callbacks=relu", "prosparse.pretrain_steps=25"], name="longer")
+    _sweep(tmp_path, ["callbacks=relu", "prosparse.pretrain_steps=25"], name="longer")
     fits = sorted(p for p in (tmp_path / "cache" / "fits").iterdir() if p.is_dir())
     assert len(fits) == 2
     assert sorted(OmegaConf.load(f / "config_resolved.yaml").trainer.max_steps for f in fits) == [20, 25]
@@ -111,8 +111,8 @@ def test_cached_fit_composes_keys_and_reuses(tmp_path, monkeypatch):
         return {"checkpoint": str(ckpt)}
 
     monkeypatch.setattr(actsparse.train, "fit", fake_fit)
-    args = dict(overrides=["experiment=tiny_lm", "model.activation=silu", "trainer.max_steps=7"],
-                nodes={"model": OmegaConf.merge(job.model, {"max_seq_len": 64})}, cache=str(tmp_path / "cache"))
+    args = {"overrides": ["experiment=tiny_lm", "model.activation=silu", "trainer.max_steps=7"],
+            "nodes": {"model": OmegaConf.merge(job.model, {"max_seq_len": 64})}, "cache": str(tmp_path / "cache")}
     first = cached_fit.cached_fit(**args)
     assert cached_fit.cached_fit(**args) == first and len(calls) == 1
     expected = cached_fit.run_key(cached_fit.compose_run(args["overrides"], args["nodes"]))

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from ppl_sparsity_ddp import bigram_batches, reference_eval
 
 from actsparse.evaluation import ppl_p_sparsity
 from actsparse.evaluation.joint_cett import activation_ratio_at_cett, joint_cett
 from actsparse.models import TinyLM
-from ppl_sparsity_ddp import bigram_batches, reference_eval
 
 P = 1.0
 SHAPE = {"d_model": 32, "n_layers": 2, "n_heads": 2, "activation": "relu", "max_seq_len": 32}
@@ -99,10 +99,10 @@ def test_checkpoint_paths_are_loaded(checkpoints, batches, tmp_path):
 
 def test_sparsity_evaluator_joint_mode_in_a_fit(tmp_path):
     import lightning as L
+    from actsparse.callbacks.evaluator import SparsityEvaluator
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from actsparse.callbacks.evaluator import SparsityEvaluator
     from actsparse.tasks.lm import CausalLM
 
     torch.manual_seed(0)
@@ -141,11 +141,11 @@ def test_sparsing_law_callback_against_its_pieces(tmp_path):
     """SparsingLaw's curve, law and final PPL-p% sparsity against the public functions run by hand
     on the same snapshots (tokens per step counted by hand: 4 sequences x 16 tokens)."""
     import lightning as L
-    from torch.utils.data import DataLoader
-
     from actsparse.callbacks import MetricHistory, SparsityMonitor
     from actsparse.callbacks.sparsing_law import SparsingLaw
     from actsparse.metrics.functional.laws import fit_activation_law
+    from torch.utils.data import DataLoader
+
     from actsparse.tasks.lm import CausalLM
 
     torch.manual_seed(0)
