@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import hf_decode  # noqa: E402  (bench/decode.py: the KV-cached greedy loop)
+from decode import hf_decode
 
 PROMPT = ("Return a new list containing all items from the iterable in ascending order. A custom key "
           "function can be supplied to customize the sort order, and the reverse flag can be set to")
@@ -97,8 +97,9 @@ def run(checkpoint=None, threshold=0.0, cats=None, steps=64, repeats=5, relu_swa
         rows.append(bench_pair(f"prosparse ({Path(checkpoint).parent.parent.name})",
                                relu_model(base, checkpoint, threshold), prompt, steps, repeats, calib))
     if cats:
-        from actsparse.data.smollm2_text import PretrainedTextDataModule
         from actsparse.plugins.training_free import calibrate_cats
+
+        from actsparse.data.smollm2_text import PretrainedTextDataModule
 
         dm = PretrainedTextDataModule(tokenizer, seq_len=256, batch_size=8)
         model = copy.deepcopy(base)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
+from actsparse.callbacks.summary import RunSummary
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from actsparse.callbacks.summary import RunSummary
 from actsparse.evaluation.perplexity import perplexity
 from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity
 

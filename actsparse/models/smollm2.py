@@ -261,7 +261,7 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}: use a torch dtype name such as float32 or bfloat16.")
+        raise TypeError(f"Unknown dtype {dtype!r}: use a torch dtype name such as float32 or bfloat16.")
     return value
 
 

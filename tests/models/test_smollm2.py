@@ -16,12 +16,22 @@ import time
 
 import pytest
 import torch
+from actsparse.plugins import find_sites, record, swap_activation
 
-from actsparse.data.smollm2_text import PretrainedTextDataModule, spread, tokenize_stream
+from actsparse.data.smollm2_text import (
+    PretrainedTextDataModule,
+    spread,
+    tokenize_stream,
+)
 from actsparse.evaluation.perplexity import perplexity
 from actsparse.models import smollm2
-from actsparse.models.smollm2 import KNOWN_MODELS, PretrainedSpec, cache_path, check_tokenizer, load_pretrained
-from actsparse.plugins import find_sites, record, swap_activation
+from actsparse.models.smollm2 import (
+    KNOWN_MODELS,
+    PretrainedSpec,
+    cache_path,
+    check_tokenizer,
+    load_pretrained,
+)
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only contend
@@ -208,8 +218,8 @@ def test_hf_llama_trains_under_causal_lm_with_the_prosparse_callbacks(tok, tmp_p
     (its output object's logits), ActivationSwap + ProSparse act on its FFN sites, and the task's
     validation loss is the float64 cross-entropy written out."""
     import lightning as L
-
     from actsparse.callbacks import ActivationSwap, ProSparse
+
     from actsparse.tasks import CausalLM
 
     file = tmp_path / "corpus.txt"
