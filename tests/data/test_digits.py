@@ -4,15 +4,13 @@
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
+from actsparse.plugins import find_sites
+from conftest import compose_train
 
 from actsparse.data.digits import DigitsDataModule, load_digits_arrays, split_digits
 from actsparse.models import CNN, MLP
 from actsparse.models.mlp import build_classifier
-from actsparse.plugins import find_sites
-from actsparse.tasks.classify import Classifier
 from actsparse.train import fit
-from conftest import compose_config, compose_train
 
 DIGITS = ["data=digits", "model=mlp", "task=classify", "logger=none", "~init_from", "~task.warmup_steps"]  # not the default run's SiLU pretraining
 
