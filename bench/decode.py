@@ -141,6 +141,18 @@ def impose_sparsity(model, calib_forward, sparsity: float) -> float:
     return statistics.mean(zeros)
 
 
+def time_interleaved(decode, dense, sparse, prompt: torch.Tensor, steps: int, repeats: int) -> tuple[dict, bool]:
+    """Tokens/s of each model per repeat, runs interleaved so machine load hits both alike, and
+    whether the last runs produced the same tokens."""
+    runs, outputs = {"dense": [], "sparse": []}, {}
+    for _ in range(repeats):
+        for label, model in (("dense", dense), ("sparse", sparse)):
+            tokens, seconds = decode(model, prompt, steps)
+            runs[label].append((steps - 1) / seconds)
+            outputs[label] = tokens
+    return runs, bool(torch.equal(outputs["dense"], outputs["sparse"]))
+
+
 def bench_model(name: str, device: str, quick: bool, sparsity: float, steps: int, repeats: int) -> dict:
     from actsparse.plugins.sparse_ffn import convert_to_sparse
 
@@ -153,18 +165,12 @@ def bench_model(name: str, device: str, quick: bool, sparsity: float, steps: int
     calib = torch.randint(0, vocab, (1, 128), device=device)
     measured = impose_sparsity(dense, lambda: dense(calib), sparsity)
     sparse = convert_to_sparse(dense, inplace=False)
-    runs = {"dense": [], "sparse": []}
-    outputs = {}
-    for _ in range(repeats):  # interleaved: machine load hits both alike
-        for label, model in (("dense", dense), ("sparse", sparse)):
-            tokens, seconds = decode(model, prompt, steps)
-            runs[label].append((steps - 1) / seconds)
-            outputs[label] = tokens
+    runs, same_tokens = time_interleaved(decode, dense, sparse, prompt, steps, repeats)
     dense_tps, sparse_tps = statistics.median(runs["dense"]), statistics.median(runs["sparse"])
     return {"model": name, "device": device, "d": size["d"], "f": size["f"], "layers": size["layers"],
             "params_m": round(sum(p.numel() for p in dense.parameters()) / 1e6, 1),
             "ffn_sparsity": round(measured, 3), "dense_tok_s": dense_tps, "sparse_tok_s": sparse_tps,
-            "speedup": sparse_tps / dense_tps, "same_tokens": bool(torch.equal(outputs["dense"], outputs["sparse"])),
+            "speedup": sparse_tps / dense_tps, "same_tokens": same_tokens,
             "steps": steps, "repeats": repeats, "threads": torch.get_num_threads()}
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import hf_decode
+from decode import hf_decode, time_interleaved
 
 PROMPT = ("Return a new list containing all items from the iterable in ascending order. A custom key "
           "function can be supplied to customize the sort order, and the reverse flag can be set to")
@@ -69,15 +69,10 @@ def bench_pair(label: str, dense, prompt: torch.Tensor, steps: int, repeats: int
         sparse = convert_to_sparse(dense, inplace=False, calibration=calib)
     except TypeError as err:
         return {"model": label, "ffn_sparsity": sparsity, "skipped": f"not convertible: {err}"}
-    runs, outputs = {"dense": [], "sparse": []}, {}
-    for _ in range(repeats):  # interleaved: machine load hits both alike
-        for name, model in (("dense", dense), ("sparse", sparse)):
-            tokens, seconds = hf_decode(model, prompt, steps)
-            runs[name].append((steps - 1) / seconds)
-            outputs[name] = tokens
+    runs, same_tokens = time_interleaved(hf_decode, dense, sparse, prompt, steps, repeats)
     d, s = statistics.median(runs["dense"]), statistics.median(runs["sparse"])
     return {"model": label, "ffn_sparsity": sparsity, "dense_tok_s": d, "sparse_tok_s": s, "speedup": s / d,
-            "same_tokens": bool(torch.equal(outputs["dense"], outputs["sparse"])), "runs": runs}
+            "same_tokens": same_tokens, "runs": runs}
 
 
 def run(checkpoint=None, threshold=0.0, cats=None, steps=64, repeats=5, relu_swap=True,
