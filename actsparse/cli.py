@@ -2,9 +2,10 @@
 loggers from ``actsparse.conf`` and runs the config's ``entry`` (``actsparse.train.fit`` for one
 training; a study names its own).
 
-    actsparse-train                                  # the default experiment
-    actsparse-train model.activation=relu trainer.max_steps=200
-    actsparse-train -m model.activation=relu,silu    # a multirun
+    actsparse-train                                  # the default experiment (experiment=prosparse, a study)
+    actsparse-train experiment=tiny_lm model.activation=relu trainer.max_steps=200   # one training
+    actsparse-train ~experiment model=mlp data=digits task=classify                   # one training, no experiment
+    actsparse-train -m experiment=tiny_lm model.activation=relu,silu                  # a multirun
     actsparse-train -m hydra/launcher=slurm ...      # on a Slurm cluster (pip install 'actsparse[slurm]')
     actsparse-train ckpt_path=outputs/.../checkpoints/last.ckpt   # resume: continues that run folder
     python -m actsparse.cli ...                      # the same without the installed script
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
@@ -45,8 +47,27 @@ def user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+GROUPS_OF_ONE_RUN = ("model", "data", "task")
+
+
+def default_experiment_note(choices: dict, task_overrides: list[str]) -> str | None:
+    """A line for a user who chose a model, data or task but no experiment: the default
+    experiment (a study with its own grid, pretraining and schedule) still applies to them."""
+    if any(o.lstrip("+~").split("=")[0] == "experiment" for o in task_overrides):
+        return None
+    chosen = [o for o in task_overrides if o.lstrip("+").split("=")[0] in GROUPS_OF_ONE_RUN]
+    if not chosen or not choices.get("experiment"):
+        return None
+    return (f"No experiment= given, so the default experiment={choices['experiment']} (a study) runs with "
+            f"{' '.join(chosen)}. For one training run add ~experiment (or experiment=tiny_lm).")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://actsparse.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    note = default_experiment_note(dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+    if note:
+        log.warning(note)
     entry = cfg.get("entry") or FIT
     try:
         summary = get_method(entry)(cfg)
