@@ -2,6 +2,7 @@
 ``trainer.loggers`` (``LightningModule.log``)."""
 
 from actsparse.callbacks.dnr import DeadNeuronMonitor
+from actsparse.callbacks.early_stopping import EarlyStopping
 from actsparse.callbacks.evaluator import SparsityEvaluator
 from actsparse.callbacks.hash_codes import HashCodeMonitor
 from actsparse.callbacks.history import Curves, MetricHistory
@@ -18,6 +19,7 @@ __all__ = [
     "ActivationSwap",
     "Curves",
     "DeadNeuronMonitor",
+    "EarlyStopping",
     "HashCodeMonitor",
     "IterativeMagnitudePruning",
     "MetricHistory",

@@ -28,9 +28,11 @@ def test_main_study_gives_every_model_the_same_chance():
     assert len(grid.seed.split(",")) >= 5
     assert cfg.task.site_weight == 0.0  # nobody gets residue labels in the main table
     stop = cfg.callbacks.early_stopping
-    assert stop._target_ == "lightning.pytorch.callbacks.EarlyStopping" and stop.monitor == "val/loss"
+    # not Lightning's with trainer.min_epochs: that stops at min_epochs runs that improved after an early plateau
+    assert stop._target_ == "actsparse.callbacks.EarlyStopping" and stop.monitor == "val/loss"
+    assert stop.start_epoch >= 1 and cfg.trainer.get("min_epochs") is None
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.test_ckpt_path == "best"
-    assert cfg.trainer.min_epochs >= 1 and cfg.trainer.max_epochs > cfg.trainer.min_epochs
+    assert cfg.trainer.max_epochs > stop.start_epoch + stop.patience
     assert cfg.test_after_fit and cfg.get("entry", "actsparse.train.fit") == "actsparse.train.fit"
     sites = compose_config(["experiment=protein_rpn_sites"], return_hydra_config=True)
     assert sites.task.site_weight == 1.0
@@ -62,7 +64,7 @@ def test_model_configs_switch_the_parts_they_name():
     assert flags["protein_rpn_no_attention"] == (True, 2, True, False)
 
 
-TINY = ["seed=0", "trainer.max_epochs=2", "trainer.min_epochs=1", "trainer.log_every_n_steps=1", "data.num_proteins=24", "data.max_length=70",
+TINY = ["seed=0", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "data.num_proteins=24", "data.max_length=70",
         "model.hidden=16"]
 
 
@@ -100,7 +102,7 @@ def test_grid_through_the_cli_and_yaml_keys_take_effect(tmp_path):
 @pytest.mark.skipif(not PDB_DIR.is_dir(), reason="the real PDB files (../shared/data/pdb) are not here")
 def test_motifs_planted_into_real_backbones_through_the_cli(tmp_path):
     results = _sweep(tmp_path, "planted", ["experiment=protein_rpn", "model=protein_rpn", f"data.backbone_dir={PDB_DIR}",
-                                           "seed=0", "trainer.max_epochs=1", "trainer.min_epochs=1",
+                                           "seed=0", "trainer.max_epochs=1",
                                            "data.num_proteins=20", "model.hidden=16"])
     (job,) = results["jobs"]
     assert 0.0 <= job["summary"]["test/fmax"] <= 1.0
