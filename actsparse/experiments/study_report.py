@@ -21,6 +21,12 @@ the grid keys named in ``study.rows`` (the remaining keys, e.g. ``seed``, are re
         vs_width: {x: model.width, y: {k-NN: test/knn_acc}, group: model.depth, xscale: log}
       paired: {key: model, against: cnn, metric: test/acc, better: higher}   # optional: per-seed paired
                                                  # tests and win counts (experiments/study_paired.py)
+      ignores:                                   # optional: grid keys some jobs do not read
+        - {where: {callbacks: [relu]}, keys: [prosparse.final_lambda]}
+
+``study.ignores`` names grid keys that some jobs do not read (Hydra's grid is a Cartesian product,
+so a regime without a penalty still runs once per lambda): the table shows those keys as "–" and
+counts each repeat once (the job at the key's first value), so means and intervals are not skewed.
 
 What a key of a YAML says is what runs: the job configs are the composed configs, nothing is
 rebuilt in Python.
@@ -38,6 +44,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
+
+from actsparse.experiments.study_tables import log_to_wandb, write_results
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,37 @@ def read_jobs(sweep_dir: str | Path) -> list[Job]:
             overrides[key.lstrip("+~")] = value
         jobs.append(Job(folder, overrides, json.loads(summary_file.read_text())))
     return jobs
+
+
+def ignored_keys(overrides: Mapping[str, str], ignores: Sequence[Mapping[str, Any]] | None) -> set[str]:
+    """The grid keys that ``study.ignores`` says a job with these overrides does not read."""
+    keys: set[str] = set()
+    for rule in ignores or ():
+        where = {k: [str(v) for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+                 for k, vs in dict(rule.get("where") or {}).items()}
+        if all(overrides.get(k) in vs for k, vs in where.items()):
+            keys.update(rule.get("keys") or ())
+    return keys
+
+
+def without_ignored(jobs: Sequence[Job], ignores: Sequence[Mapping[str, Any]] | None) -> list[Job]:
+    """Jobs with the keys they ignore (``study.ignores``) shown as "–", each repeat once: of jobs
+    that differ only in ignored keys, the first (in job order, i.e. the grid's first values) stays."""
+    kept, seen = [], set()
+    for job in jobs:
+        ignored = ignored_keys(job.overrides, ignores) & set(job.overrides)
+        if not ignored:
+            kept.append(job)
+            continue
+        overrides = {k: ("–" if k in ignored else v) for k, v in job.overrides.items()}
+        key = tuple(sorted(overrides.items()))
+        if key in seen:
+            log.info("Study job %s repeats an earlier one but for %s (study.ignores): counted once.",
+                     job.folder.name, ", ".join(sorted(ignored)))
+            continue
+        seen.add(key)
+        kept.append(Job(job.folder, overrides, job.summary))
+    return kept
 
 
 def group_jobs(jobs: Sequence[Job], rows: Sequence[str], labels: Mapping[str, Mapping[str, str]] | None = None) -> list[Group]:
@@ -248,10 +287,8 @@ def report(sweep_dir: str | Path, study: Mapping[str, Any], config: DictConfig |
     """Aggregate the multirun in ``sweep_dir`` as ``study`` (the experiment's ``study:`` block)
     says; write ``results.md``, ``results.json`` and the figures there, and log them to W&B when
     ``config`` has the wandb logger. Returns the tables."""
-    from actsparse.experiments.study import log_to_wandb, write_results
-
     sweep_dir = Path(sweep_dir)
-    jobs = read_jobs(sweep_dir)
+    jobs = without_ignored(read_jobs(sweep_dir), study.get("ignores"))
     if not jobs:
         log.warning("No finished job in %s: no study table written.", sweep_dir)
         return {}
