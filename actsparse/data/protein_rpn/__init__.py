@@ -21,6 +21,7 @@ from actsparse.data.protein_rpn.graph import (
     radius_edges,
     residue_graph,
 )
+from actsparse.data.protein_rpn.identity import identity_clusters, identity_split, sequence_identity
 from actsparse.data.protein_rpn.perturb import (
     coordinate_noise,
     edge_dropout,
@@ -45,6 +46,8 @@ __all__ = [
     "StructureError",
     "coordinate_noise",
     "edge_dropout",
+    "identity_clusters",
+    "identity_split",
     "load_annotations",
     "load_graph",
     "make_motifs",
@@ -54,6 +57,7 @@ __all__ = [
     "read_chain",
     "residue_graph",
     "secondary_structure",
+    "sequence_identity",
     "structure_files",
     "synthetic_dataset",
 ]

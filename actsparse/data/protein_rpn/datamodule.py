@@ -11,7 +11,9 @@ predictions up it and price terms by their information content given the parents
 ``<pdb_dir>/<chain>.pdb`` (or ``.cif``…) through the content-keyed graph cache; annotated
 chains without a file are an error (``missing="skip"`` drops them). Without ``annotations``,
 every structure file of ``pdb_dir`` is loaded unlabelled, for ``predict_dataloader``.
-Splits are a seeded random permutation. Batches are ``torch_geometric.data.Batch`` with ``y``
+Splits are a seeded random permutation (``split="random"``) or whole sequence-identity clusters
+(``split="identity"``: no val/test chain at >= ``identity_threshold`` identity to a training chain,
+:mod:`actsparse.data.protein_rpn.identity`), which real-data tables need. Batches are ``torch_geometric.data.Batch`` with ``y``
 ``[graphs, terms]``.
 """
 
@@ -35,7 +37,8 @@ from actsparse.data.protein_rpn.annotations import (
     pair_with_structures,
 )
 from actsparse.data.protein_rpn.cache import GraphCache
-from actsparse.data.protein_rpn.graph import NODE_FEATURES, load_graph
+from actsparse.data.protein_rpn.graph import AMINO_ACIDS, NODE_FEATURES, load_graph
+from actsparse.data.protein_rpn.identity import identity_split
 from actsparse.data.protein_rpn.planted import planted_dataset
 from actsparse.data.protein_rpn.synthetic import synthetic_dataset, term_parents
 from actsparse.metrics.functional.go_ontology import (
@@ -64,8 +67,14 @@ class ProteinDataModule(L.LightningDataModule):
                  annotations: str | None = None, ontology: str = "mf", missing: str = "error",
                  radius: float = 10.0, batch_size: int = 16, eval_batch_size: int = 64,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0, cache: bool = True,
-                 cache_root: str | None = None, num_workers: int = 0) -> None:
+                 cache_root: str | None = None, num_workers: int = 0, split: str = "random",
+                 identity_threshold: float = 0.3) -> None:
         super().__init__()
+        if split not in ("random", "identity"):
+            raise ValueError(f"split must be 'random' (seeded permutation) or 'identity' (by sequence-identity "
+                             f"clusters at identity_threshold), got {split!r}.")
+        if split == "identity" and not 0.0 < identity_threshold <= 1.0:
+            raise ValueError(f"identity_threshold is a fraction in (0, 1] (0.3 = 30% identity), got {identity_threshold}.")
         if source not in ("synthetic", "pdb"):
             raise ValueError(f"source must be 'synthetic' or 'pdb', got {source!r}.")
         if source == "pdb" and not pdb_dir:
@@ -172,15 +181,22 @@ class ProteinDataModule(L.LightningDataModule):
         self.graphs, self.term_names = graphs, terms
         if not graphs:
             return
-        order = torch.randperm(len(graphs), generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
-        n_val = int(round(self.hparams.val_fraction * len(graphs)))
-        n_test = int(round(self.hparams.test_fraction * len(graphs)))
-        if len(graphs) - n_val - n_test < 1:
-            raise ValueError(f"{len(graphs)} proteins leave no training set with val_fraction={self.hparams.val_fraction} "
-                             f"and test_fraction={self.hparams.test_fraction}.")
-        self.val_set = [graphs[i] for i in order[:n_val]]
-        self.test_set = [graphs[i] for i in order[n_val:n_val + n_test]]
-        self.train_set = [graphs[i] for i in order[n_val + n_test:]]
+        h = self.hparams
+        if h.split == "identity":
+            letters = AMINO_ACIDS + "X"  # graph.aa: index into AMINO_ACIDS, len(AMINO_ACIDS) for unknown residues
+            sequences = ["".join(letters[i] for i in g.aa.tolist()) for g in graphs]
+            train, val, test = identity_split(sequences, h.identity_threshold, h.val_fraction, h.test_fraction, h.seed)
+        else:
+            order = torch.randperm(len(graphs), generator=torch.Generator().manual_seed(h.seed)).tolist()
+            n_val = int(round(h.val_fraction * len(graphs)))
+            n_test = int(round(h.test_fraction * len(graphs)))
+            if len(graphs) - n_val - n_test < 1:
+                raise ValueError(f"{len(graphs)} proteins leave no training set with val_fraction={h.val_fraction} "
+                                 f"and test_fraction={h.test_fraction}.")
+            val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+        self.val_set = [graphs[i] for i in val]
+        self.test_set = [graphs[i] for i in test]
+        self.train_set = [graphs[i] for i in train]
         if not self.predict_set:
             self.predict_set = self.test_set
 
