@@ -38,6 +38,7 @@ def test_probe_passes():
 """
 
 
+@pytest.mark.slow  # ~40 s: the whole GPU check script end to end; run it (-m slow) before a GPU session
 @pytest.mark.timeout(1800)  # builds the extension when the build cache is cold (~25 s quiet, minutes loaded)
 def test_cpu_dry_run_of_the_gpu_check(tmp_path):
     out = tmp_path / "check"

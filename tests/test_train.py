@@ -151,6 +151,7 @@ def test_multirun_basic_launcher(tmp_path):
     assert activations == {"relu", "silu"}
 
 
+@pytest.mark.slow  # ~45 s of submitit process start-up; test_multirun_basic_launcher runs a multirun by default
 def test_multirun_submitit_local_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     out = run_cli(["-m", *SMOKE, "hydra/launcher=submitit_local", "model.activation=relu,silu",
