@@ -98,7 +98,9 @@ class SentenceDistillation(L.LightningModule):
         if teacher is None and teacher_targets is None:
             raise ValueError("SentenceDistillation needs a teacher module or teacher_targets.")
         self.save_hyperparameters(ignore=["model", "teacher", "teacher_targets"])
-        self.model = model
+        # from_pretrained returns eval mode and Lightning keeps each module's mode at fit start:
+        # without this a student with dropout would train without it.
+        self.model = model.train()
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # not a submodule: no sites, no parameters, no checkpoint

@@ -78,3 +78,27 @@ def test_report_writes_the_table_with_intervals_and_figures(tmp_path):
     saved = json.loads((sweep / "results.json").read_text())
     assert len(saved["jobs"]) == 4 and "T" in saved["tables"]
     assert "| mlp |" in (sweep / "results.md").read_text()
+
+
+def test_ignored_keys_show_as_a_dash_and_repeats_count_once(tmp_path):
+    """study.ignores: a regime without a penalty ran once per lambda (Hydra's grid is Cartesian);
+    its row has lambda "–" and each seed's repeat counts once, the reference job once in all."""
+    sweep = tmp_path / "sweep"
+    jobs = [(["callbacks=ref", "lam=1", "seed=0"], 1.0), (["callbacks=ref", "lam=2", "seed=0"], 1.0),
+            (["callbacks=ref", "lam=1", "seed=1"], 1.0),
+            (["callbacks=relu", "lam=1", "seed=0"], 0.90), (["callbacks=relu", "lam=2", "seed=0"], 0.90),
+            (["callbacks=relu", "lam=1", "seed=1"], 0.80), (["callbacks=relu", "lam=2", "seed=1"], 0.80),
+            (["callbacks=fixed", "lam=1", "seed=0"], 0.70), (["callbacks=fixed", "lam=2", "seed=0"], 0.60)]
+    for num, (overrides, cos) in enumerate(jobs):
+        _job(sweep, num, overrides, {"cos": cos})
+    study = {"title": "T", "rows": ["callbacks", "lam"], "columns": {"cos": "cos"},
+             "labels": {"lam": {"–": "none"}},
+             "ignores": [{"where": {"callbacks": ["ref"]}, "keys": ["lam", "seed"]},
+                         {"where": {"callbacks": "relu"}, "keys": ["lam"]}]}
+    rows = {r["run"]: r for r in report(sweep, study)["T"]}
+    assert list(rows) == ["ref · none", "relu · none", "fixed · 1", "fixed · 2"]
+    assert [r["repeats"] for r in rows.values()] == [1, 2, 1, 1]
+    mean, half = t_interval([0.90, 0.80])  # not over [0.9, 0.9, 0.8, 0.8]: that would narrow the interval
+    assert rows["relu · none"]["cos"] == f"{mean:.4g} ± {half:.2g}"
+    kept = [j["folder"].rsplit("/", 1)[-1] for j in json.loads((sweep / "results.json").read_text())["jobs"]]
+    assert kept == ["0", "3", "5", "7", "8"]  # the first of each set of repeats, in job order
