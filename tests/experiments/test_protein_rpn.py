@@ -79,8 +79,9 @@ def _sweep(tmp_path, name, overrides):
 def test_grid_through_the_cli_and_yaml_keys_take_effect(tmp_path):
     results = _sweep(tmp_path, "main", ["experiment=protein_rpn", "model=protein_rpn,protein_rpn_gmt_baseline",
                                         *TINY])
-    (table,) = results["tables"].values()
+    table, *paired = results["tables"].values()  # the study table, then study.paired's (ProteinRPN vs the others)
     assert [r["run"] for r in table] == ["ProteinRPN", "GMT baseline"]
+    assert paired and all(r["vs"] == "GMT baseline" for t in paired for r in t)
     jobs = {j["overrides"]["model"]: j["summary"] for j in results["jobs"]}
     for summary in jobs.values():
         assert 0.0 <= summary["test/fmax"] <= 1.0 and 0.0 < summary["test/fmax_coverage"] <= 1.0
