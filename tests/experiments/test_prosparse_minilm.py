@@ -213,7 +213,8 @@ def test_grid_through_the_cli_counts_each_repeat_once(tmp_path):
                     "callbacks.fidelity.k=3"], cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((sweep / "results.json").read_text())
-    assert len(results["jobs"]) == 3 * 2 * 2  # Hydra runs the Cartesian grid
+    assert len([d for d in sweep.iterdir() if (d / "summary.json").is_file()]) == 3 * 2 * 2  # Hydra's Cartesian grid
+    assert len(results["jobs"]) == 1 + 2 + 2 * 2  # the table's jobs: each repeat once
     table = next(iter(results["tables"].values()))
     rows = {r["run"]: r for r in table}
     assert list(rows) == ["original (GELU) · –", "ReLU + distillation · –", "ReLU + fixed λ · 0.03",
