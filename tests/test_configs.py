@@ -68,7 +68,9 @@ def test_callbacks_group(option, tmp_path):
              "prosparse_fatrelu": relu | {"ProSparse", "ThresholdShift"},
              "imp": {"DeadNeuronMonitor", "IterativeMagnitudePruning"},
              "imp_ap": {"DeadNeuronMonitor", "IterativeMagnitudePruning", "ActivatingWhilePruning"},
-             "hash_codes": {"HashCodeMonitor"}}
+             "hash_codes": {"HashCodeMonitor"},
+             # prosparse_minilm's 0-step reference rows: the original GELU model, and swapped to ReLU
+             "minilm_original": set(), "minilm_relu_swap": relu}
     # SmolLM2's evaluation rows: each is an LMEvaluation set up by its experiment (experiment=smollm2_prosparse)
     extra.update({o: set() for o in options("callbacks") if o.startswith("smollm2_")})
     if option == "none":
