@@ -8,20 +8,15 @@ GELU original, the ReLU swap without training) of the study's grid.
 
 from __future__ import annotations
 
-import logging
-
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
-from typing_extensions import override
-
-from actsparse.callbacks.summary import RunSummary
+from actsparse.callbacks.final_evaluation import FinalEvaluation
 from actsparse.metrics import ActivationSparsity
 from actsparse.plugins import record
-from actsparse.tasks.minilm_distill import encode
+from typing_extensions import override
 
-log = logging.getLogger(__name__)
+from actsparse.tasks.minilm_distill import encode
 
 
 def neighbour_agreement(student: torch.Tensor, teacher: torch.Tensor, k: int = 10) -> dict[str, float]:
@@ -57,7 +52,7 @@ def embed_with_sparsity(model: torch.nn.Module, loader) -> tuple[torch.Tensor, d
     return torch.cat(embeddings), {name: float(v) for name, v in sparsity.compute().items()}
 
 
-class EmbeddingFidelity(Callback):
+class EmbeddingFidelity(FinalEvaluation):
     """At the end of the fit, on the datamodule's ``split`` sentences: ``fidelity/cosine`` (mean
     cosine of the model's embedding to the teacher's), ``fidelity/cosine_min``, ``fidelity/nn1``
     (top-1 nearest-neighbour agreement), ``fidelity/overlap`` (top-``k`` neighbour overlap),
@@ -67,10 +62,8 @@ class EmbeddingFidelity(Callback):
     The task provides the teacher's embeddings (``teacher_embeddings(split)``:
     :class:`actsparse.tasks.minilm_distill.SentenceDistillation`) and the datamodule the sentences
     (``loader(split)``: :class:`actsparse.data.minilm_sentences.SentenceDataModule`). Values go to
-    the trainer's loggers at the final step (CSV, W&B, and ``MetricHistory``, so they reach
-    ``summary.json``'s history, where the study engine reads them). Lightning lets no module log at
-    ``on_fit_end``, the one hook that also runs when no step was taken; so at ``setup`` the run's
-    :class:`RunSummary` is moved after this callback, to write the summary once these values exist.
+    the trainer's loggers at the final step (:class:`FinalEvaluation`: CSV, W&B and ``summary.json``'s
+    history, where the study engine reads them).
 
     Args:
         train: False: an evaluation job; the fit takes no optimizer step (the fit loop's
@@ -83,8 +76,8 @@ class EmbeddingFidelity(Callback):
     def __init__(self, train: bool = True, k: int = 10, split: str = "test", batch_size: int = 64) -> None:
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}.")
-        self.train, self.k, self.split, self.batch_size = bool(train), int(k), split, int(batch_size)
-        self.results: dict[str, float] = {}
+        super().__init__(train)
+        self.k, self.split, self.batch_size = int(k), split, int(batch_size)
 
     @property
     @override
@@ -92,17 +85,6 @@ class EmbeddingFidelity(Callback):
         return self._generate_state_key(k=self.k, split=self.split)
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.train:
-            trainer.fit_loop.epoch_loop.max_steps = 0  # what trainer.max_steps reads
-        # RunSummary writes summary.json at on_fit_end; it must run after this callback's on_fit_end.
-        # A new list, not an edit in place: Lightning is iterating over the current one right now.
-        callbacks = list(trainer.callbacks)
-        trainer.callbacks = ([cb for cb in callbacks if not isinstance(cb, RunSummary)]
-                             + [cb for cb in callbacks if isinstance(cb, RunSummary)])
-
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Everything this callback reports, for the model as it is now."""
         if not hasattr(pl_module, "teacher_embeddings"):
@@ -127,10 +109,5 @@ class EmbeddingFidelity(Callback):
         return values
 
     @override
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.results = self.measure(trainer, pl_module)
-        log.info("Fidelity at step %d: %s", trainer.global_step,
-                 ", ".join(f"{k}={v:.4g}" for k, v in self.results.items() if not k.startswith("fidelity/sparsity/")))
-        for logger in trainer.loggers:
-            logger.log_metrics(self.results, step=trainer.global_step)
-            logger.save()
+    def shown(self, name: str) -> bool:
+        return not name.startswith("fidelity/sparsity/")

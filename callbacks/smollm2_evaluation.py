@@ -7,36 +7,29 @@ loaded, with no optimizer step: the pretrained and training-free rows of a study
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-from actsparse.callbacks.summary import RunSummary
-from lightning.pytorch.callbacks import Callback
+from actsparse.callbacks.final_evaluation import FinalEvaluation
 from typing_extensions import override
 
 from actsparse.evaluation.perplexity import perplexity
 from actsparse.evaluation.ppl_sparsity import ppl_p_sparsity
 
-log = logging.getLogger(__name__)
-
 METHODS = ("cats", "teal")
 
 
-class LMEvaluation(Callback):
+class LMEvaluation(FinalEvaluation):
     """At the end of the fit: ``eval/ppl``, ``eval/loss``, ``eval/sparsity`` (zero fraction of every
     FFN site's ``x1``, pooled: the ProSparse measure) on the datamodule's held-out windows, and for
     each ``p`` in ``ppl_p``: ``eval/ppl_p{p}_sparsity``, ``eval/ppl_p{p}_cett``, ``eval/ppl_p{p}_ratio``
     and ``eval/ppl_p{p}_activation_ratio/<layer>`` (1 - the layer's dropped fraction at the accepted
     CETT: the Sparsing Law's per-layer activation ratio) with their mean ``.../mean``.
 
-    Values go to the trainer's loggers at the final step (W&B, CSV, and :class:`MetricHistory`, so
-    they reach ``summary.json``'s history, where the study engine reads them). Lightning does not
-    let a module ``log`` at ``on_fit_end``, which is the one hook that also runs when no step was
-    taken; so at ``setup`` the run's :class:`RunSummary` is moved after this callback, to write the
-    summary once these values exist (ProSparse adds its monitor to ``trainer.callbacks`` the same way).
+    Values go to the trainer's loggers at the final step (:class:`FinalEvaluation`: W&B, CSV and
+    ``summary.json``'s history, where the study engine reads them).
 
     Args:
         train: False: an evaluation job; the fit takes no optimizer step (the fit loop's
@@ -56,25 +49,14 @@ class LMEvaluation(Callback):
             raise ValueError(f"method must be None or one of {METHODS}, got {method!r}.")
         if method is not None and (sparsity is None or not 0 < float(sparsity) < 1):
             raise ValueError(f"method={method!r} needs a target sparsity in (0, 1), got {sparsity!r}.")
-        self.train, self.method, self.sparsity = bool(train), method, None if sparsity is None else float(sparsity)
+        super().__init__(train)
+        self.method, self.sparsity = method, None if sparsity is None else float(sparsity)
         self.calibration_tokens, self.passes = int(calibration_tokens), int(passes)
         self.ppl_p = [float(p) for p in (ppl_p or ())]
         self.ppl_p_options = dict(ppl_p_options or {})
         self.max_batches = max_batches
-        self.results: dict[str, float] = {}
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.train:
-            trainer.fit_loop.epoch_loop.max_steps = 0  # what trainer.max_steps reads
-        # RunSummary writes summary.json at on_fit_end; it must run after this callback's on_fit_end.
-        # A new list, not an edit in place: Lightning is iterating over the current one right now.
-        callbacks = list(trainer.callbacks)
-        trainer.callbacks = ([cb for cb in callbacks if not isinstance(cb, RunSummary)]
-                             + [cb for cb in callbacks if isinstance(cb, RunSummary)])
-
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Everything this callback reports, measured on ``trainer.datamodule``'s held-out windows."""
         from actsparse.plugins.training_free import calibrate_cats, calibrate_teal
@@ -119,11 +101,5 @@ class LMEvaluation(Callback):
         return values
 
     @override
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.results = self.measure(trainer, pl_module)
-        log.info("Evaluation at step %d: %s", trainer.global_step,
-                 ", ".join(f"{k}={v:.4g}" for k, v in self.results.items() if "activation_ratio/" not in k
-                           or k.endswith("/mean")))
-        for logger in trainer.loggers:
-            logger.log_metrics(self.results, step=trainer.global_step)
-            logger.save()
+    def shown(self, name: str) -> bool:
+        return "activation_ratio/" not in name or name.endswith("/mean")
