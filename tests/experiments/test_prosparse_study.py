@@ -73,12 +73,16 @@ def test_prosparse_study_through_the_cli(tmp_path):
     assert job["summary"]["val/sparsity"] == jobs["relu"]["val/sparsity"]
 
 
-def test_prosparse_yaml_keys_change_what_runs(tmp_path):
-    """prosparse.final_lambda reaches relu_fixed's ProSparse (more L1, more zeros), and
-    prosparse.pretrain_steps keys a new pretraining."""
+def test_prosparse_final_lambda_key_changes_what_runs(tmp_path):
+    """prosparse.final_lambda reaches relu_fixed's ProSparse: more L1, more zeros."""
     _, results = _sweep(tmp_path, ["callbacks=relu_fixed", "prosparse.final_lambda=1e-4,0.1"])
     sparsity = {j["overrides"]["prosparse.final_lambda"]: j["summary"]["val/sparsity"] for j in results["jobs"]}
     assert sparsity["0.1"] > sparsity["0.0001"] + 0.05, sparsity
+
+
+@pytest.mark.slow  # two CLI studies (~25 s); test_cached_fit_composes_keys_and_reuses checks the cache keys in-process
+def test_prosparse_pretrain_steps_key_keys_a_new_pretraining(tmp_path):
+    _sweep(tmp_path, ["callbacks=relu", "prosparse.pretrain_steps=20"], name="shorter")
     _sweep(tmp_path, ["callbacks=relu", "prosparse.pretrain_steps=25"], name="longer")
     fits = sorted(p for p in (tmp_path / "cache" / "fits").iterdir() if p.is_dir())
     assert len(fits) == 2

@@ -26,7 +26,8 @@ def _curve(results, name):
     return rows
 
 
-@pytest.mark.parametrize("amount", [0.2, 0.5])
+# One amount shows the key takes effect (the remaining fraction is checked exactly); the second is slow.
+@pytest.mark.parametrize("amount", [pytest.param(0.2, marks=pytest.mark.slow), 0.5])
 def test_ap_digits_grid_runs_and_the_pruning_amount_key_takes_effect(tmp_path, amount):
     sweep, results = _study(tmp_path, "ap_digits", [*AP_TINY, f"callbacks.pruning.amount={amount}"])
     jobs = results["jobs"]
