@@ -268,8 +268,10 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
 def pretrained_model(name: str = "smollm2-135m", dtype: torch.dtype | str = "float32",
                      cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """The model of :func:`load_pretrained` alone: what a config's ``model:`` builds
-    (``conf/model/smollm2.yaml``); the data module loads the matching tokenizer by name."""
-    return load_pretrained(name, _dtype(dtype), cache_dir)[0]
+    (``conf/model/smollm2.yaml``); the data module loads the matching tokenizer by name. In train
+    mode, as a config's model is there to be trained: Lightning keeps the eval mode that
+    ``from_pretrained`` leaves (and warns about it), which would switch dropout off unseen."""
+    return load_pretrained(name, _dtype(dtype), cache_dir)[0].train()
 
 
 def tiny_llama(vocab_size: int = 49152, hidden_size: int = 32, intermediate_size: int = 64, layers: int = 2,

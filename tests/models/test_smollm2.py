@@ -118,6 +118,9 @@ def test_cache_built_once_then_reused(tiny, caplog):
     bf16, _ = load_pretrained("tiny", dtype=torch.bfloat16, cache_dir=cache)
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
     assert isinstance(again, transformers.LlamaForCausalLM) and not again.training
+    # what a config's model: node builds is for training: every module in train mode (Lightning keeps modes)
+    configured = smollm2.pretrained_model("tiny", cache_dir=cache)
+    assert len(spec.builds) == 1 and all(m.training for m in configured.modules())
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "manifest", "tokenizer"])
