@@ -45,9 +45,9 @@ from actsparse.runtime import cache_dir
 # Resolved through symlinks (bench/gpu_check.py's shim), so ninja sees the same source paths
 # whichever way the package was imported and does not rebuild a cached tree.
 CSRC = Path(os.path.realpath(str(importlib.resources.files("actsparse.csrc"))))
-CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp")
+CPU_SOURCES = ("ops.cpp", "sparse_ffn_cpu.cpp", "teal_ffn_cpu.cpp")
 CUDA_SOURCES = ("sparse_ffn_cuda.cu", "sparse_ffn_persistent.cu", "sparse_ffn_tensor_core.cu")
-HEADERS = ("sparse_ffn.h", "sparse_ffn_cuda_common.h")
+HEADERS = ("sparse_ffn.h", "sparse_ffn_cpu_common.h", "sparse_ffn_cuda_common.h")
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 # Built for the visible GPU's architecture (TORCH_CUDA_ARCH_LIST overrides, as usual).
@@ -316,6 +316,13 @@ def _register_fakes() -> None:
         torch._check(x.dim() == 2 and w_fc.shape[1] == x.shape[1] and w_proj_t.shape[0] == w_fc.shape[0])
         return out_like(x, w_proj_t)
 
+    @torch.library.register_fake("actsparse::teal_ffn")
+    def _(x, w_in_t, w_up_t, w_out_t, input_threshold, down_threshold, b_in=None, b_up=None, b_out=None,
+          activation=0, dense_above=1.0):
+        torch._check(x.dim() == 2 and w_in_t.shape[0] == x.shape[1] and w_out_t.shape[0] == w_in_t.shape[1])
+        torch._check(w_up_t is None or w_up_t.shape == w_in_t.shape)
+        return out_like(x, w_out_t)
+
 
 def _has_fake(qualname: str) -> bool:
     try:
@@ -327,8 +334,8 @@ def _has_fake(qualname: str) -> bool:
 
 
 def has_fake_kernels() -> bool:
-    """Whether both ops have fake (shape) implementations registered in this process."""
-    return _has_fake("actsparse::sparse_ffn") and _has_fake("actsparse::sparse_gated_ffn")
+    """Whether every op has a fake (shape) implementation registered in this process."""
+    return all(_has_fake(f"actsparse::{op}") for op in ("sparse_ffn", "sparse_gated_ffn", "teal_ffn"))
 
 
 _warned_no_cuda = False

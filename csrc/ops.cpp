@@ -152,6 +152,12 @@ TORCH_LIBRARY(actsparse, m) {
   // y = FATReLU_t(x w_fcᵀ + b_fc) w_proj_t + b_proj (GPT-2 / BERT / OPT FFNs carry biases).
   m.def("sparse_ffn(Tensor x, Tensor w_fc, Tensor w_proj_t, float threshold=0., "
         "Tensor? b_fc=None, Tensor? b_proj=None, float dense_above=1., int kernel=0, int activation=0) -> Tensor");
+  // TEAL (activation: 0 SiLU, 1 ReLU, 2 GELU, 3 GELU-tanh; the FFN's own): the projections read
+  // x·1[|x| > input_threshold] and x1·1[|x1| > down_threshold], x1 = act(x w_in) (* x w_up).
+  // w_in_t / w_up_t input-major [d, f], w_out_t [f, d_out]; CPU kernel in teal_ffn_cpu.cpp.
+  m.def("teal_ffn(Tensor x, Tensor w_in_t, Tensor? w_up_t, Tensor w_out_t, float input_threshold, "
+        "float down_threshold, Tensor? b_in=None, Tensor? b_up=None, Tensor? b_out=None, int activation=0, "
+        "float dense_above=1.) -> Tensor");
   // Tests only: NaN-fill outputs and scratch before kernels run. Returns the previous setting.
   m.def("_set_debug_poison(bool on) -> bool", &actsparse::set_debug_poison);
 }

@@ -27,6 +27,7 @@ from actsparse.plugins.sites import (
 )
 from actsparse.plugins.pruning import activating_prune, magnitude_prune
 from actsparse.plugins.sparse_ffn import SparseFFN, convert_to_sparse, sparse_ffn, sparse_gated_ffn
+from actsparse.plugins.sparse_ffn_teal import TealFFN, teal_ffn
 from actsparse.plugins.sparse_experts import SparseExperts
 from actsparse.plugins.ffn_experts import ExpertSite
 from actsparse.plugins.swap import SwapReport, swap_activation
@@ -41,6 +42,7 @@ from actsparse.plugins.training_free import (
     collect_teal,
     install_cats,
     install_teal,
+    teal_thresholds,
 )
 from actsparse.plugins.kan import (
     SPACES,
@@ -89,6 +91,7 @@ __all__ = [
     "collect_teal",
     "install_cats",
     "install_teal",
+    "teal_thresholds",
     "ACTIVATION",
     "DendriticLayer",
     "DualActivation",
@@ -126,6 +129,7 @@ __all__ = [
     "SiteRecord",
     "SparseFFN",
     "SwapReport",
+    "TealFFN",
     "activating_prune",
     "convert_to_sparse",
     "ffn_sites",
@@ -139,5 +143,6 @@ __all__ = [
     "sparse_ffn",
     "sparse_gated_ffn",
     "swap_activation",
+    "teal_ffn",
     "unpack_codes",
 ]

@@ -92,7 +92,9 @@ def _route(x: torch.Tensor, batch: int, dense_above, sparsity, kernel) -> tuple[
 
 # -- the fronts --------------------------------------------------------------------------------------
 
-def _use_ext(x: torch.Tensor, tensors, backend: str) -> bool:
+def use_kernels(x: torch.Tensor, tensors, backend: str) -> bool:
+    """Whether a call on ``x`` runs the compiled kernels (``backend`` "auto", "ext" or "reference"): not
+    when a tensor needs gradients or sits elsewhere, nor for a device or dtype without kernels."""
     if backend not in ("auto", "ext", "reference"):
         raise ValueError(f"backend must be 'auto', 'ext' or 'reference', got {backend!r}.")
     if backend == "reference":
@@ -167,7 +169,7 @@ def sparse_gated_ffn(x, w_gate, w_up, w_down_t, threshold: float = 0.0, *, b_gat
     act = _activation(op, activation, threshold)
     dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
     tensors = (x, w_gate, w_up, w_down_t, b_gate, b_up, b_down)
-    if _use_ext(x, tensors, backend):
+    if use_kernels(x, tensors, backend):
         y = torch.ops.actsparse.sparse_gated_ffn(x2, w_gate, w_up, w_down_t, float(threshold), b_gate, b_up, b_down,
                                                  dense_above, kernel_id, act)
     else:
@@ -195,7 +197,7 @@ def sparse_ffn(x, w_fc, w_proj_t, threshold: float = 0.0, *, b_fc=None, b_proj=N
     x2 = _flat(x)
     act = _activation(op, activation, threshold)
     dense_above, kernel_id = _route(x, x2.shape[0], dense_above, sparsity, kernel)
-    if _use_ext(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
+    if use_kernels(x, (x, w_fc, w_proj_t, b_fc, b_proj), backend):
         y = torch.ops.actsparse.sparse_ffn(x2, w_fc, w_proj_t, float(threshold), b_fc, b_proj, dense_above, kernel_id,
                                            act)
     else:
@@ -294,6 +296,17 @@ class SparseFFN(nn.Module):
         return f"kind={self.kind}, d={d}, f={f}, d_out={self.w_out_t.shape[1]}, threshold={self.threshold}{act}{sparsity}"
 
 
+def _converted(site: Site, **options) -> nn.Module:
+    """The inference module for one FFN site: a TealFFN where TEAL is installed, else a SparseFFN."""
+    from actsparse.plugins.sparse_ffn_teal import TealFFN  # imported here: it imports this module
+    from actsparse.plugins.training_free import teal_thresholds
+
+    thresholds = teal_thresholds(site)
+    if thresholds is not None:
+        return TealFFN.from_site(site, thresholds, **options)
+    return SparseFFN.from_dense(site, **options)
+
+
 def _own_ffn_site(module: nn.Module) -> Site:
     sites = [s for s in ffn_sites(module) if s.owner is module]
     if not sites:
@@ -360,7 +373,9 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
     ``include``/``exclude`` select sites as in :func:`find_sites`. Every selected FFN must use a
     ReLU or FATReLU activation (a module, ``F.relu``, or the name ``"relu"``) or carry CATS over
     SiLU (:class:`~actsparse.plugins.training_free.CATSActivation`, installed by ``calibrate_cats``:
-    the layer then computes ``activation="cats"`` with its threshold); else a ``TypeError``
+    the layer then computes ``activation="cats"`` with its threshold) or have TEAL installed
+    (``calibrate_teal``: the site becomes a :class:`~actsparse.plugins.sparse_ffn_teal.TealFFN`
+    with its thresholds and the FFN's own activation); else a ``TypeError``
     names the site and the fix. A module that is only the FFN (``LlamaMLP``, ``GPT2MLP``,
     actsparse's FFNs) is replaced whole; a plain FFN inside a larger layer (BERT's ``BertLayer``,
     ``nn.TransformerEncoderLayer``) is rewired in place: its fc becomes the :class:`SparseFFN`,
@@ -394,8 +409,8 @@ def convert_to_sparse(model: nn.Module, include=None, exclude=None, *, inplace: 
         raise NoSitesError(f"{type(model).__name__}'s FFN sites are all mixture-of-experts experts whose modules "
                            f"cannot be converted ({len(dense_experts)}; the warnings say why); they stay dense.")
     measured = calibrate_sparsity(model, sites, calibration) if calibration is not None else {}
-    plans = [_plan(model, s, SparseFFN.from_dense(s, dense_above=dense_above, backend=backend,
-                                                  sparsity=measured.get(s.name))) for s in sites]
+    plans = [_plan(model, s, _converted(s, dense_above=dense_above, backend=backend, sparsity=measured.get(s.name)))
+             for s in sites]
     plans += [[step] for step in expert_plans]
     for plan in plans:  # every site validated before the model is touched
         for owner, attr, value in plan:

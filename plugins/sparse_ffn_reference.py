@@ -21,7 +21,7 @@ from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.training_free import CATSActivation
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "activate", "activation_id", "fatrelu", "inactive", "reference_ffn", "reference_gated_ffn",
+__all__ = ["ACTIVATIONS", "activate", "activation_id", "computes", "fatrelu", "inactive", "reference_ffn", "reference_gated_ffn",
            "site_activation", "threshold_like", "validate_reference_args"]
 
 # The op's ``activation`` argument by name (csrc/sparse_ffn.h: kActFatrelu, kActCatsSilu).
@@ -174,16 +174,26 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.Tensor.relu)
 _RELU_NAMES = ("relu",)
 
 
-def _computes_silu(fn) -> bool:
-    """Whether ``fn`` is SiLU, judged by its values (``nn.SiLU``, ``F.silu``, transformers'
-    ``SiLUActivation``, ...) on a float64 grid, so no list of SiLU classes has to be kept."""
+def computes(fn, reference) -> bool:
+    """Whether ``fn`` computes ``reference`` (e.g. ``F.silu``), judged by its values on a float64
+    grid (``nn.SiLU``, ``F.silu``, transformers' ``SiLUActivation`` all pass), so no list of
+    classes has to be kept.
+
+    Example:
+        >>> computes(nn.SiLU(), F.silu), computes(nn.GELU(), F.silu)
+        (True, False)
+    """
     z = torch.linspace(-30, 30, 241, dtype=torch.float64)
     try:
         with torch.no_grad():
-            out = fn(z)
-    except Exception:  # noqa: BLE001  (not callable on a float64 tensor: not SiLU as the kernels compute it)
+            out, want = fn(z), reference(z)
+    except Exception:  # noqa: BLE001  (not callable on a float64 tensor: not what the kernels compute)
         return False
-    return isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, F.silu(z), rtol=1e-12, atol=0)
+    return isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, want, rtol=1e-12, atol=0)
+
+
+def _computes_silu(fn) -> bool:
+    return computes(fn, F.silu)
 
 
 def site_activation(site) -> tuple[str, float]:
@@ -218,6 +228,6 @@ def site_activation(site) -> tuple[str, float]:
         name = type(act).__name__
     raise TypeError(
         f"Site {site.name!r} uses {name}; the sparse FFN computes ReLU/FATReLU and CATS (SiLU) activations only "
-        "(zeros are what it skips). Install CATS (actsparse.plugins.training_free.calibrate_cats), or swap the activation (actsparse.plugins.swap_activation(model, 'relu') or "
+        "(zeros are what it skips). Install CATS or TEAL (actsparse.plugins.training_free.calibrate_cats / calibrate_teal), or swap the activation (actsparse.plugins.swap_activation(model, 'relu') or "
         "'fatrelu') and fine-tune, e.g. with the ProSparse callback, then convert."
     )

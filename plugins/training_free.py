@@ -21,6 +21,11 @@ allocation of per-projection sparsities is not implemented). The sparsifiers run
 pre-hooks on the projections (:class:`MagnitudeSparsifier`), so weights, module tree and
 ``state_dict`` keys stay as they were.
 
+Both convert to fast inference layers with :func:`~actsparse.plugins.sparse_ffn.convert_to_sparse`:
+a CATS site becomes a ``SparseFFN(activation="cats")`` (up/down rows of dropped neurons skipped), a
+TEAL site a :class:`~actsparse.plugins.sparse_ffn_teal.TealFFN` (the weight rows of zeroed inputs
+skipped in gate/up, and of zeroed ``x1`` entries in down; :func:`teal_thresholds` is what it reads).
+
 Both follow their papers' calibration: one pass of the *dense* model; thresholds are exact
 empirical quantiles of a bounded random sample of the magnitudes (the papers read them from
 histograms; TEAL's ``icdf(0.5 + s/2)`` of a signed, symmetric histogram is the ``s``-quantile of
@@ -38,7 +43,6 @@ prefill included (TEAL's evaluation code leaves the first half of each sequence 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -58,10 +62,13 @@ __all__ = [
     "collect_teal",
     "install_cats",
     "install_teal",
+    "teal_thresholds",
 ]
 
 CATS_POINTS, TEAL_POINTS = ("activation",), ("input", "down")
-_TEAL_OWNERS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+# Where install_teal leaves a site's thresholds: on the FFN's owner module, so that conversion to the
+# sparse FFN finds them, also in a deep copy of the model (convert_to_sparse(..., inplace=False)).
+TEAL_ATTRIBUTE = "_actsparse_teal_thresholds"
 
 
 def _zeroed(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -122,8 +129,17 @@ class MagnitudeSparsifier(nn.Module):
         return f"threshold={self.threshold:.6g}"
 
 
+def teal_thresholds(site: Site) -> dict[str, float] | None:
+    """The TEAL thresholds installed on ``site`` (``{"input": t, "down": t}``), or None when it has none.
+
+    What :func:`~actsparse.plugins.sparse_ffn.convert_to_sparse` reads to build a
+    :class:`~actsparse.plugins.sparse_ffn_teal.TealFFN` for the site."""
+    found = getattr(site.owner, TEAL_ATTRIBUTE, None)
+    return None if found is None else dict(found)
+
+
 def _check_dense(site: Site, method: str) -> None:
-    if isinstance(site.activation, CATSActivation) or site.owner in _TEAL_OWNERS:
+    if isinstance(site.activation, CATSActivation) or teal_thresholds(site) is not None:
         raise RuntimeError(
             f"Site {site.name!r} already has a training-free sparsifier installed; remove() it before "
             f"installing {method} (one sparsifier per site)."
@@ -325,8 +341,8 @@ def install_teal(model: nn.Module, thresholds: dict[str, dict[str, float]], *, s
             handle = proj.register_forward_pre_hook(lambda mod, args, sp=sp: (sp(args[0]), *args[1:]), prepend=True)
             installed._undo.append(handle.remove)
         installed.sparsifiers[site.name] = pre
-        _TEAL_OWNERS.add(site.owner)
-        installed._undo.append(lambda owner=site.owner: _TEAL_OWNERS.discard(owner))
+        setattr(site.owner, TEAL_ATTRIBUTE, {p: float(t[p]) for p in TEAL_POINTS})
+        installed._undo.append(lambda owner=site.owner: delattr(owner, TEAL_ATTRIBUTE))
     return installed
 
 
