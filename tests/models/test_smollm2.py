@@ -346,3 +346,44 @@ def test_real_relu_swap_and_conversion_give_the_dense_logits(real):
             assert torch.equal(got.argmax(-1), want.argmax(-1))
     with torch.no_grad():  # the dense reference is really the ReLU model, not the SiLU one
         assert not torch.allclose(model(x).logits, relu(x).logits, atol=1e-2)
+
+
+@pytest.mark.slow
+@needs_wheel
+def test_real_teal_conversion_and_decode_bench(real):
+    """TEAL on the real model: calibrated at 70% and converted to TealFFN layers, the model computes
+    what the hooked one computes (per token, the decode path); the decode bench's rows carry what its
+    table needs (speed is the bench's business, not asserted here)."""
+    import copy
+    import sys
+    from pathlib import Path
+
+    from actsparse.data.smollm2_text import PretrainedTextDataModule
+    from actsparse.plugins.sparse_ffn import convert_to_sparse
+    from actsparse.plugins.sparse_ffn_teal import TealFFN
+    from actsparse.plugins.training_free import calibrate_teal
+
+    model, tokenizer, _ = real
+    x = tokenizer(SENTENCE, return_tensors="pt")["input_ids"]
+    windows = PretrainedTextDataModule(tokenizer, seq_len=64, batch_size=4).calibration_batches(512)
+    hooked = copy.deepcopy(model).eval()
+    teal = calibrate_teal(hooked, windows, 0.7)
+    converted = convert_to_sparse(hooked, inplace=False)
+    assert sum(isinstance(m, TealFFN) for m in converted.modules()) == 30
+    with torch.no_grad():
+        want = hooked(x).logits
+        assert not torch.allclose(want, model(x).logits, atol=1e-1)  # TEAL at 70% is not the dense model
+        got = converted(x).logits  # a batch of 10 tokens: the kernel's dense path
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
+        row = converted(x[:, :1]).logits  # one token: the sparse path
+        torch.testing.assert_close(row, want[:, :1], atol=2e-3, rtol=1e-3)
+    assert 0.65 < teal.input_sparsity("input") < 0.75
+    teal.remove()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import decode_smollm2
+
+    rows = decode_smollm2.run(relu_swap=False, teal=(0.7,), steps=4, repeats=1, calibration_tokens=512)
+    assert [r["model"] for r in rows] == ["SiLU dense (pretrained)", "TEAL 70%"]
+    assert 0.6 < rows[1]["ffn_sparsity"] < 0.9 and rows[1]["speedup"] > 0 and 1 <= rows[1]["agreeing_tokens"] <= 4
+    assert "TEAL 70%" in decode_smollm2.format_table(rows)
