@@ -162,7 +162,7 @@ def test_cats_cuda_dense_and_union_paths(ops):
 
 # -- conversion of a CATS model ------------------------------------------------------------------------
 
-def _tiny_llama(dtype):
+def tiny_llama(dtype):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -170,18 +170,26 @@ def _tiny_llama(dtype):
     return transformers.LlamaForCausalLM(config).to(dtype).eval()
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["float64", "float32"])
-def test_convert_cats_llama_matches_cats_logits(dtype, tol):
-    llama = _tiny_llama(dtype)
+def sparsified(model, calibrate, tol):
+    """``calibrate`` (CATS or TEAL) at 60% on random token batches: (calibration inputs, a 2 × 12
+    prompt, the dense logits, the installed method, its logits), checked to differ from dense by far
+    more than ``tol`` (so a conversion that stayed dense fails the comparison)."""
     g = torch.Generator().manual_seed(1)
     calib = [torch.randint(0, 61, (4, 16), generator=g) for _ in range(3)]
     prompt = torch.randint(0, 61, (2, 12), generator=g)
     with torch.no_grad():
-        dense = llama(prompt).logits
-    cats = calibrate_cats(llama, [(t, t) for t in calib], 0.6)
+        dense = model(prompt).logits
+    installed = calibrate(model, [(t, t) for t in calib], 0.6)
     with torch.no_grad():
-        want = llama(prompt).logits
-    assert (want - dense).abs().max() > 1e3 * tol  # CATS at 60% changes the model: the comparison can fail
+        want = model(prompt).logits
+    assert (want - dense).abs().max() > 1e3 * tol
+    return calib, prompt, dense, installed, want
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["float64", "float32"])
+def test_convert_cats_llama_matches_cats_logits(dtype, tol):
+    llama = tiny_llama(dtype)
+    calib, prompt, _, cats, want = sparsified(llama, calibrate_cats, tol)
     sparse = convert_to_sparse(llama, inplace=False, calibration=calib)
     layers = [m for m in sparse.modules() if isinstance(m, SparseFFN)]
     assert len(layers) == 3 and all(m.activation == "cats" for m in layers)

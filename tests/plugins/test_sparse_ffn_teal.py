@@ -14,6 +14,7 @@ from actsparse.plugins.sparse_ffn import convert_to_sparse
 from actsparse.plugins.sparse_ffn_teal import TealFFN, reference_teal_ffn, teal_activation, teal_ffn
 from actsparse.plugins.training_free import calibrate_teal, install_teal, teal_thresholds
 from test_sparse_ffn import TOL, make, ops, rel_err  # noqa: F401  (ops: the fixture)
+from test_sparse_ffn_cats import sparsified, tiny_llama
 from torch import nn
 
 ACT64 = {  # the activations written out in float64, not through F.*
@@ -170,32 +171,20 @@ def test_teal_reference_has_gradients():
 # -- conversion ----------------------------------------------------------------------------------------
 
 def _tiny(family, dtype):
+    if family == "llama":
+        return tiny_llama(dtype)
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    if family == "llama":
-        config = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        model = transformers.LlamaForCausalLM(config)
-    else:
-        config = transformers.GPT2Config(vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                         resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
-        model = transformers.GPT2LMHeadModel(config)
-    return model.to(dtype).eval()
+    config = transformers.GPT2Config(vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    return transformers.GPT2LMHeadModel(config).to(dtype).eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["float64", "float32"])
 def test_convert_teal_matches_hooked_model(family, dtype, tol):
     model = _tiny(family, dtype)
-    g = torch.Generator().manual_seed(1)
-    calib = [torch.randint(0, 61, (4, 16), generator=g) for _ in range(3)]
-    prompt = torch.randint(0, 61, (2, 12), generator=g)
-    with torch.no_grad():
-        dense = model(prompt).logits
-    teal = calibrate_teal(model, [(t, t) for t in calib], 0.6)
-    with torch.no_grad():
-        want = model(prompt).logits
-    assert (want - dense).abs().max() > 1e3 * tol  # TEAL at 60% changes the model: the comparison can fail
+    _, prompt, dense, teal, want = sparsified(model, calibrate_teal, tol)
     converted = convert_to_sparse(model, inplace=False)
     layers = [m for m in converted.modules() if isinstance(m, TealFFN)]
     assert len(layers) == model.config.num_hidden_layers
