@@ -21,8 +21,8 @@ from actsparse.plugins.activations import FATReLU
 from actsparse.plugins.training_free import CATSActivation
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "activate", "activation_id", "computes", "fatrelu", "inactive", "reference_ffn", "reference_gated_ffn",
-           "site_activation", "threshold_like", "validate_reference_args"]
+__all__ = ["ACTIVATIONS", "activate", "activation_id", "computes", "fatrelu", "inactive", "reference_ffn",
+           "reference_gated_ffn", "site_activation", "threshold_like", "validate_reference_args"]
 
 # The op's ``activation`` argument by name (csrc/sparse_ffn.h: kActFatrelu, kActCatsSilu).
 ACTIVATIONS = {"fatrelu": 0, "cats": 1}

@@ -142,7 +142,8 @@ def _check_dense(site: Site, method: str) -> None:
     if isinstance(site.activation, CATSActivation) or teal_thresholds(site) is not None:
         raise RuntimeError(
             f"Site {site.name!r} already has a training-free sparsifier installed; remove() it before "
-            f"installing {method} (one sparsifier per site)."
+            f"installing {method} (one sparsifier per site). A deep copy of a model carries the sparsifiers "
+            "of its original: install on the original, or copy after remove()."
         )
 
 

@@ -231,3 +231,17 @@ def test_convert_teal_in_place_and_mixed_with_relu():
     kinds = [type(model.model.layers[i].mlp).__name__ for i in range(3)]
     assert kinds == ["TealFFN", "TealFFN", SparseFFN.__name__]
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_a_deep_copy_carries_teal_and_refuses_a_second_install():
+    import copy
+
+    model = tiny_llama(torch.float32)
+    thresholds = {f"model.layers.{i}.mlp": {"input": 0.5, "down": 0.01} for i in range(3)}
+    teal = install_teal(model, thresholds)
+    twin = copy.deepcopy(model)
+    assert [teal_thresholds(s) for s in _sites(twin)] == [thresholds[s.name] for s in _sites(twin)]
+    with pytest.raises(RuntimeError, match="deep copy of a model carries"):
+        install_teal(twin, thresholds)
+    teal.remove()
+    assert all(teal_thresholds(s) is None for s in _sites(model))
