@@ -90,12 +90,12 @@ def hf_llama(size: dict):
     return LlamaForCausalLM(cfg)
 
 
-@torch.no_grad()
 def cache_keyword(model) -> str:
     """The forward's keyword for the KV cache: renamed (past_key_values -> cache) in recent transformers."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def hf_decode(model, prompt: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
     from transformers import DynamicCache
 

@@ -172,3 +172,19 @@ def test_kernel_report_table_and_targets():
     table = report.kernel_table(rows)
     assert "| persistent µs |" in table and "| tensor_core µs |" in table
     assert "| 7b | 1 | 90 | random | 80.0 | 72.0 | 40.0 | 31.0 |  | persistent | 2.58x | 2.32x |" in table
+
+
+def test_hf_decode_runs_without_autograd():
+    """bench/decode.py's greedy decode runs under no_grad: with autograd on, the sparse FFN takes its
+    differentiable reference path (and dense decoding pays for the graph), so every timing would be wrong."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    decode = _load("decode")
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2)).eval()
+    seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda mod, args, out: seen.append(torch.is_grad_enabled()))
+    tokens, _ = decode.hf_decode(model, torch.randint(0, 50, (1, 4)), 3)
+    assert tokens.shape == (1, 3) and len(seen) == 3 and not any(seen)
