@@ -120,7 +120,7 @@ at::Tensor teal_impl(const at::Tensor& x, const at::Tensor& w_in_t, const OptTen
                      const at::Tensor& w_out_t, double t_in, double t_down, const OptTensor& b_in,
                      const OptTensor& b_up, const OptTensor& b_out, int64_t activation, double dense_above) {
   const auto dt = x.scalar_type();
-  at::Tensor xs = x.to(at::kFloat).contiguous().clone();  // a private copy: sparsified in place
+  at::Tensor xs = dt == at::kFloat ? x.clone() : x.to(at::kFloat);  // a private fp32 copy: sparsified in place
   const std::vector<int64_t> in_idx = sparsify_(xs, compare_threshold(t_in, dt));
   at::Tensor x1 = rows_mm<T>(xs, in_idx, w_in_t, b_in, dense_above);
   if (dt != at::kFloat) x1 = x1.to(dt).to(at::kFloat);  // z as the model's dtype holds it

@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from actsparse.metrics.functional.sparsity import active_mask
 from actsparse.plugins.sites import GATED_FFN, PLAIN_FFN, Site, ffn_sites, linear_weight  # noqa: F401  (ffn_sites: the example)
 from actsparse.plugins.sparse_ffn import default_dense_above, use_kernels
 from actsparse.plugins.sparse_ffn_reference import computes
+from actsparse.plugins.training_free import zero_small  # the hooks' rule: |x| > t in x's dtype
 from torch import nn
 
 __all__ = ["TEAL_ACTIVATIONS", "TealFFN", "reference_teal_ffn", "teal_activation", "teal_ffn"]
@@ -68,11 +68,6 @@ def teal_activation(act) -> str:
                     "Keep the site dense (convert_to_sparse(..., exclude=[...])).")
 
 
-def _sparsify(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    # the hooks' rule (MagnitudeSparsifier): |x| > t in x's dtype, exact zeros elsewhere (also for NaN)
-    return torch.where(active_mask(x, threshold), x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def reference_teal_ffn(x, w_in_t, w_up_t, w_out_t, input_threshold, down_threshold, b_in=None, b_up=None, b_out=None,
                        activation="silu"):
     """TEAL's FFN in PyTorch on ``x [..., d]``: dense matrix products on the sparsified inputs
@@ -83,13 +78,13 @@ def reference_teal_ffn(x, w_in_t, w_up_t, w_out_t, input_threshold, down_thresho
         >>> reference_teal_ffn(x, eye, None, eye, 0.5, 0.0, activation="relu")   # 0.2 dropped, relu(-3) = 0
         tensor([[0., 0.]])
     """
-    xs = _sparsify(x, input_threshold)
+    xs = zero_small(x, input_threshold)
     z = xs @ w_in_t
     x1 = _FUNCTIONS[activation](z if b_in is None else z + b_in)
     if w_up_t is not None:
         u = xs @ w_up_t
         x1 = x1 * (u if b_up is None else u + b_up)
-    out = _sparsify(x1, down_threshold) @ w_out_t
+    out = zero_small(x1, down_threshold) @ w_out_t
     return out if b_out is None else out + b_out
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "install_cats",
     "install_teal",
     "teal_thresholds",
+    "zero_small",
 ]
 
 CATS_POINTS, TEAL_POINTS = ("activation",), ("input", "down")
@@ -71,7 +72,14 @@ CATS_POINTS, TEAL_POINTS = ("activation",), ("input", "down")
 TEAL_ATTRIBUTE = "_actsparse_teal_thresholds"
 
 
-def _zeroed(x: torch.Tensor, threshold: float) -> torch.Tensor:
+def zero_small(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``x·1[|x| > threshold]`` with exact zeros (also for NaN): the rule of CATS and TEAL here, and of
+    the TEAL layers conversion builds (:mod:`actsparse.plugins.sparse_ffn_teal`).
+
+    Example:
+        >>> zero_small(torch.tensor([-2.0, 0.5, float("nan"), 0.7]), 0.5)
+        tensor([-2.0000,  0.0000,  0.0000,  0.7000])
+    """
     # `where` rather than a multiply, so that -inf/nan below the threshold become exact zeros.
     return torch.where(active_mask(x, threshold), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
@@ -92,7 +100,7 @@ class CATSActivation(nn.Module):
         object.__setattr__(self, "base", base if base is not None else nn.SiLU())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return _zeroed(self.base(z), self.threshold)
+        return zero_small(self.base(z), self.threshold)
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold:.6g}, base={self.base!r}"
@@ -111,7 +119,7 @@ class MagnitudeSparsifier(nn.Module):
         self.elements = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _zeroed(x, self.threshold)
+        out = zero_small(x, self.threshold)
         if not self.count:
             return out
         counts = sparsity_counts(out.detach())  # the one counting rule; read on demand: no sync here
